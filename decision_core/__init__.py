@@ -1,0 +1,3 @@
+"""decision_core: learn goal-reaching decision policies from logs of sequential systems."""
+
+__version__ = "0.1.0"

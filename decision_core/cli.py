@@ -1,0 +1,122 @@
+"""The ``decision-core`` command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from decision_core.errors import DecisionCoreError
+from decision_core.settings import CoreSettings
+
+app = typer.Typer(
+    name="decision-core",
+    help="Learn goal-reaching decision policies from logs; evaluate, serve and fine-tune them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+DbOption = Annotated[
+    Path | None,
+    typer.Option("--db", help="DuckDB store (default: $DECISION_CORE_DB or .decision_core/store.duckdb)"),
+]
+
+
+def fail(exc: Exception) -> typer.Exit:
+    """Print a user error and return the exit to raise (status 2 for bad input)."""
+    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def db_path(db: Path | None) -> Path:
+    return db or CoreSettings().db_path
+
+
+@app.command("adapters")
+def adapters_cmd() -> None:
+    """List the registered adapters with their domain spec summary."""
+    from adapters import ADAPTERS
+
+    table = Table("adapter", "version", "domain", "spec", "origin")
+    for name in ADAPTERS.names():
+        try:
+            cls = ADAPTERS.get(name)
+            spec = cls().spec()
+            table.add_row(name, cls.version, spec.name, spec.summary(), ADAPTERS.origin(name))
+        except DecisionCoreError as exc:
+            table.add_row(name, "?", "?", f"[red]failed to load: {exc}[/]", ADAPTERS.origin(name))
+    out.print(table)
+
+
+@app.command("ingest")
+def ingest_cmd(
+    adapter: Annotated[str, typer.Argument(help="Adapter name (see `decision-core adapters`).")],
+    paths: Annotated[list[Path], typer.Argument(help="Raw log files.")],
+    db: DbOption = None,
+    mapping: Annotated[
+        Path | None, typer.Option("--mapping", help="TOML/JSON column mapping for differently named logs.")
+    ] = None,
+) -> None:
+    """Validate raw logs and write them into the store in one transaction (nothing is written on error)."""
+    from adapters import ColumnMapping, get_adapter
+    from adapters.ingest import ingest
+    from decision_core.store import DecisionStore
+
+    try:
+        ad = get_adapter(adapter)
+        cmap = ColumnMapping.load(mapping) if mapping else None
+        with DecisionStore(db_path(db)) as store, console.status("ingesting") as status:
+            report = ingest(
+                ad, paths, store, mapping=cmap, progress=lambda p: status.update(f"ingesting {p}")
+            )
+    except DecisionCoreError as exc:
+        raise fail(exc) from None
+    out.print(
+        f"[green]ingested[/] {report.files} file(s) into domain '{report.domain}': {report.rows_read} raw rows -> "
+        f"{report.steps_staged} steps, {report.steps_inserted} new, {report.steps_skipped} already stored"
+    )
+
+
+@app.command("show")
+def show_cmd(
+    db: DbOption = None,
+    domain: Annotated[str | None, typer.Option(help="Show one domain's spec in full.")] = None,
+) -> None:
+    """Show what the store holds: domains, steps, episodes, propensity and reward coverage."""
+    from decision_core.store import DecisionStore
+
+    try:
+        with DecisionStore(db_path(db), read_only=True) as store:
+            if domain:
+                out.print_json(store.spec(domain).to_json())
+            table = Table(
+                "domain", "steps", "episodes", "with propensity", "with reward", "terminated", "spec"
+            )
+            for name in store.domains():
+                s = store.summary(name)
+                table.add_row(
+                    name,
+                    str(s["steps"]),
+                    str(s["episodes"]),
+                    str(s["with_propensity"]),
+                    str(s["with_reward"]),
+                    str(s["terminated"]),
+                    store.spec(name).summary(),
+                )
+    except DecisionCoreError as exc:
+        raise fail(exc) from None
+    out.print(table)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    try:
+        app()
+    except DecisionCoreError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(2)

@@ -1,0 +1,366 @@
+"""The decision store: one DuckDB file holding every domain's specs and steps.
+
+Layout (schema version :data:`~decision_core.schema.SCHEMA_VERSION`):
+
+- ``schema_info(key, value)``: ``schema_version`` and the creating library version;
+- ``domains(name, version, spec_json, created_at)``: the registered domain specs;
+- ``ingests(ingest_id, domain, adapter, adapter_version, source, fingerprint, rows, steps, ingested_at)``: what was
+  loaded from where, so a re-ingest of the same source is recognised;
+- ``steps_<domain>``: one row per step in the common schema (DDL derived from the domain spec).
+
+Reads for training go through :meth:`DecisionStore.load_arrays`, which streams Arrow record batches straight
+into preallocated contiguous numpy arrays: one query per domain, no per-row Python.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from decision_core.errors import StoreError
+from decision_core.schema import SCHEMA_VERSION, STEP_COLUMNS, DomainSpec, steps_ddl
+
+_META_DDL = (
+    "CREATE TABLE IF NOT EXISTS schema_info (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS domains (name VARCHAR PRIMARY KEY, version VARCHAR NOT NULL, "
+    "spec_json VARCHAR NOT NULL, created_at TIMESTAMP DEFAULT current_timestamp)",
+    "CREATE SEQUENCE IF NOT EXISTS ingest_ids",
+    "CREATE TABLE IF NOT EXISTS ingests (ingest_id BIGINT PRIMARY KEY DEFAULT nextval('ingest_ids'), "
+    "domain VARCHAR NOT NULL, adapter VARCHAR NOT NULL, adapter_version VARCHAR NOT NULL, "
+    "source VARCHAR NOT NULL, fingerprint VARCHAR NOT NULL, rows BIGINT NOT NULL, steps BIGINT NOT NULL, "
+    "ingested_at TIMESTAMP DEFAULT current_timestamp)",
+)
+
+
+def fetch_one(con: duckdb.DuckDBPyConnection, query: str, params: list[object] | None = None) -> tuple | None:
+    """The first row of ``query`` (or ``None``), with the result fully consumed so the connection is free."""
+    rows = con.execute(query, params or []).fetchall()
+    return rows[0] if rows else None
+
+
+@dataclass
+class DomainArrays:
+    """A whole domain as contiguous arrays, episodes stored back to back.
+
+    Episode ``e`` spans rows ``episode_starts[e]:episode_ends[e]``; ``rewards`` and ``propensities`` hold NaN
+    where the logs had none; ``action_masks`` is ``None`` unless the spec declares masked actions.
+    """
+
+    spec: DomainSpec
+    states: np.ndarray  # (N, S) float32
+    actions: np.ndarray  # (N, A) float32; discrete: the action index as a float
+    next_states: np.ndarray  # (N, S) float32
+    rewards: np.ndarray  # (N,) float32, NaN = not logged
+    propensities: np.ndarray  # (N,) float32, NaN = not logged
+    terminated: np.ndarray  # (N,) bool
+    truncated: np.ndarray  # (N,) bool
+    action_masks: np.ndarray | None  # (N, K) bool
+    episode_starts: np.ndarray  # (E,) int64
+    episode_ends: np.ndarray  # (E,) int64, exclusive
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.states.shape[0])
+
+    @property
+    def n_episodes(self) -> int:
+        return int(self.episode_starts.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [
+            self.states,
+            self.actions,
+            self.next_states,
+            self.rewards,
+            self.propensities,
+            self.terminated,
+            self.truncated,
+            self.episode_starts,
+            self.episode_ends,
+        ]
+        if self.action_masks is not None:
+            arrays.append(self.action_masks)
+        return sum(a.nbytes for a in arrays)
+
+    @property
+    def episode_index(self) -> np.ndarray:
+        """(N,) episode number of every step."""
+        lengths = self.episode_ends - self.episode_starts
+        return np.repeat(np.arange(self.n_episodes, dtype=np.int64), lengths)
+
+    @property
+    def has_propensities(self) -> bool:
+        return bool(self.n_steps) and not bool(np.isnan(self.propensities).any())
+
+    @property
+    def has_rewards(self) -> bool:
+        return bool(self.n_steps) and not bool(np.isnan(self.rewards).any())
+
+    def select_episodes(self, episodes: np.ndarray) -> DomainArrays:
+        """A copy holding only the given episode numbers (used to shard data by episode)."""
+        episodes = np.asarray(episodes, dtype=np.int64)
+        rows = np.concatenate(
+            [np.arange(self.episode_starts[e], self.episode_ends[e]) for e in episodes]
+            or [np.zeros(0, dtype=np.int64)]
+        )
+        lengths = self.episode_ends[episodes] - self.episode_starts[episodes]
+        ends = np.cumsum(lengths)
+        return DomainArrays(
+            spec=self.spec,
+            states=self.states[rows],
+            actions=self.actions[rows],
+            next_states=self.next_states[rows],
+            rewards=self.rewards[rows],
+            propensities=self.propensities[rows],
+            terminated=self.terminated[rows],
+            truncated=self.truncated[rows],
+            action_masks=None if self.action_masks is None else self.action_masks[rows],
+            episode_starts=ends - lengths,
+            episode_ends=ends,
+        )
+
+
+class DecisionStore:
+    """A DuckDB-backed store of domain specs and steps.
+
+    One instance owns one connection; DuckDB allows one writing process per file, so a server keeps one store
+    and funnels writes through it. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        self.path = Path(path) if str(path) != ":memory:" else Path(":memory:")
+        if str(path) != ":memory:":
+            if read_only and not self.path.exists():
+                raise StoreError(f"no store at {self.path}; ingest logs first (decision-core ingest ...)")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(str(path), read_only=read_only)
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
+        self.read_only = read_only
+        self._lock = threading.RLock()
+        self._check_or_init_schema()
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def __enter__(self) -> DecisionStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.con.close()
+
+    def _check_or_init_schema(self) -> None:
+        tables = {
+            r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+        }
+        if "schema_info" in tables:
+            row = fetch_one(self.con, "SELECT value FROM schema_info WHERE key = 'schema_version'")
+            found = int(row[0]) if row else None
+            if found != SCHEMA_VERSION:
+                raise StoreError(
+                    f"store {self.path} was written with schema version {found}, this library reads version "
+                    f"{SCHEMA_VERSION}; re-ingest the logs into a new store (or use the library version that "
+                    f"wrote it)"
+                )
+            return
+        if tables and "schema_info" not in tables:
+            raise StoreError(f"{self.path} is a DuckDB file but not a decision store (no schema_info table)")
+        if self.read_only:
+            raise StoreError(f"store {self.path} is empty; ingest logs first")
+        with self.transaction() as con:
+            for ddl in _META_DDL:
+                con.execute(ddl)
+            con.execute("INSERT INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Run a block in one transaction: everything it wrote is committed together or not at all."""
+        with self._lock:
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                yield self.con
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+            self.con.execute("COMMIT")
+
+    # -- domains ------------------------------------------------------------------------------------------
+    def ensure_domain(self, spec: DomainSpec, con: duckdb.DuckDBPyConnection | None = None) -> None:
+        """Register ``spec`` and create its steps table; a different spec under the same name is refused."""
+        c = con or self.con
+        row = fetch_one(c, "SELECT spec_json FROM domains WHERE name = ?", [spec.name])
+        if row is not None:
+            stored = DomainSpec.from_json(row[0])
+            if _shape(stored) != _shape(spec):
+                raise StoreError(
+                    f"domain '{spec.name}' is stored with a different shape (state/outcome features or actions) "
+                    f"than the one being written; use another domain name or a new store"
+                )
+            if stored.to_json() != spec.to_json():
+                c.execute(
+                    "UPDATE domains SET version = ?, spec_json = ? WHERE name = ?",
+                    [spec.version, spec.to_json(), spec.name],
+                )
+            return
+        c.execute(steps_ddl(spec))
+        c.execute(
+            "INSERT INTO domains (name, version, spec_json) VALUES (?, ?, ?)",
+            [spec.name, spec.version, spec.to_json()],
+        )
+
+    def domains(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self.con.execute("SELECT name FROM domains ORDER BY name").fetchall()]
+
+    def spec(self, domain: str) -> DomainSpec:
+        with self._lock:
+            row = fetch_one(self.con, "SELECT spec_json FROM domains WHERE name = ?", [domain])
+        if row is None:
+            known = self.domains()
+            raise StoreError(
+                f"no domain '{domain}' in store {self.path}. Stored: {', '.join(known) or 'none'}; "
+                f"ingest it with: decision-core ingest <adapter> <files>"
+            )
+        return DomainSpec.from_json(row[0])
+
+    # -- writing ------------------------------------------------------------------------------------------
+    def insert_steps(self, spec: DomainSpec, relation: str, con: duckdb.DuckDBPyConnection) -> int:
+        """Insert the validated rows of table/view ``relation`` inside the caller's transaction, in episode
+        order; rows whose (episode_id, step) are already stored are skipped. Returns the rows inserted."""
+        self.ensure_domain(spec, con)
+        cols = ", ".join(f"s.{c}" for c in STEP_COLUMNS)
+        before = fetch_one(con, f"SELECT count(*) FROM {spec.table}")[0]  # type: ignore[index]
+        con.execute(
+            f"INSERT INTO {spec.table} SELECT {cols} FROM {relation} s "
+            f"ANTI JOIN {spec.table} t ON s.episode_id = t.episode_id AND s.step = t.step "
+            f"ORDER BY s.episode_id, s.step"
+        )
+        after = fetch_one(con, f"SELECT count(*) FROM {spec.table}")[0]  # type: ignore[index]
+        return int(after - before)
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def count_steps(self, domain: str) -> int:
+        spec = self.spec(domain)
+        with self._lock:
+            return int(fetch_one(self.con, f"SELECT count(*) FROM {spec.table}")[0])  # type: ignore[index]
+
+    def summary(self, domain: str) -> dict[str, object]:
+        spec = self.spec(domain)
+        with self._lock:
+            row = fetch_one(
+                self.con,
+                f"SELECT count(*), count(DISTINCT episode_id), count(propensity), count(reward), "
+                f"sum(terminated::INT), min(timestamp), max(timestamp) FROM {spec.table}",
+            )
+        assert row is not None
+        return {
+            "domain": domain,
+            "steps": int(row[0]),
+            "episodes": int(row[1]),
+            "with_propensity": int(row[2]),
+            "with_reward": int(row[3]),
+            "terminated": int(row[4] or 0),
+            "first": row[5],
+            "last": row[6],
+        }
+
+    def load_arrays(self, domain: str, *, batch_rows: int = 262_144) -> DomainArrays:
+        """Read all steps of ``domain`` into contiguous arrays, episode by episode, in one query."""
+        spec = self.spec(domain)
+        n = self.count_steps(domain)
+        if n == 0:
+            raise StoreError(f"domain '{domain}' has no steps in {self.path}; ingest logs first")
+        arrays = self._read(spec, n, batch_rows, ordered=False)
+        if arrays is None:  # stored out of episode order (e.g. appended served traffic): sort in DuckDB
+            arrays = self._read(spec, n, batch_rows, ordered=True)
+            assert arrays is not None
+        return arrays
+
+    def _read(self, spec: DomainSpec, n: int, batch_rows: int, *, ordered: bool) -> DomainArrays | None:
+        s, a = spec.state_dim, spec.action_dim
+        k = spec.n_actions if spec.masked else 0
+        states = np.empty((n, s), np.float32)
+        next_states = np.empty((n, s), np.float32)
+        actions = np.empty((n, a), np.float32)
+        rewards = np.empty(n, np.float32)
+        props = np.empty(n, np.float32)
+        term = np.empty(n, np.bool_)
+        trunc = np.empty(n, np.bool_)
+        keys = np.empty(n, np.uint64)
+        steps = np.empty(n, np.int32)
+        masks = np.empty((n, k), np.bool_) if k else None
+        mask_col = ", action_mask" if k else ""
+        order = " ORDER BY episode_id, step" if ordered else ""
+        query = (
+            f"SELECT state, next_state, action, coalesce(reward, 'NaN'::FLOAT)::FLOAT, "
+            f"coalesce(propensity, 'NaN'::FLOAT)::FLOAT, terminated, truncated, hash(episode_id), step{mask_col} "
+            f"FROM {spec.table}{order}"
+        )
+        i = 0
+        with self._lock:
+            reader = self.con.sql(query).to_arrow_reader(batch_rows)
+            for batch in reader:
+                m = batch.num_rows
+                cols = batch.columns
+                states[i : i + m] = cols[0].values.to_numpy(zero_copy_only=True).reshape(m, s)
+                next_states[i : i + m] = cols[1].values.to_numpy(zero_copy_only=True).reshape(m, s)
+                actions[i : i + m] = cols[2].values.to_numpy(zero_copy_only=True).reshape(m, a)
+                rewards[i : i + m] = cols[3].to_numpy()
+                props[i : i + m] = cols[4].to_numpy()
+                term[i : i + m] = cols[5].to_numpy(zero_copy_only=False)
+                trunc[i : i + m] = cols[6].to_numpy(zero_copy_only=False)
+                keys[i : i + m] = cols[7].to_numpy()
+                steps[i : i + m] = cols[8].to_numpy()
+                if masks is not None:
+                    masks[i : i + m] = cols[9].values.to_numpy(zero_copy_only=False).reshape(m, k)
+                i += m
+        if i != n:
+            raise StoreError(f"domain '{spec.name}' changed while it was being read ({i} of {n} rows); retry")
+        new_episode = np.empty(n, np.bool_)
+        new_episode[0] = True
+        np.not_equal(keys[1:], keys[:-1], out=new_episode[1:])
+        starts = np.flatnonzero(new_episode)
+        # Contiguity check: each episode key forms one run and steps rise by one within it.
+        if len(np.unique(keys[starts])) != len(starts):
+            return None
+        step_diff = np.diff(steps)
+        if not np.all(step_diff[~new_episode[1:]] == 1):
+            if ordered:
+                raise StoreError(
+                    f"domain '{spec.name}' has gaps in its step numbering; re-ingest the episode"
+                )
+            return None
+        ends = np.append(starts[1:], n)
+        return DomainArrays(
+            spec=spec,
+            states=states,
+            actions=actions,
+            next_states=next_states,
+            rewards=rewards,
+            propensities=props,
+            terminated=term,
+            truncated=trunc,
+            action_masks=masks,
+            episode_starts=starts.astype(np.int64),
+            episode_ends=ends.astype(np.int64),
+        )
+
+
+def _shape(spec: DomainSpec) -> tuple[object, ...]:
+    return (
+        tuple(spec.state_names),
+        tuple(spec.outcome_names),
+        spec.actions.kind,
+        spec.action_dim,
+        spec.n_actions,
+        spec.masked,
+    )
