@@ -86,6 +86,10 @@ def _parse_types(adapter: Adapter, path: Path, lf: pl.LazyFrame, present: list[s
                 .then(False)
                 .otherwise(None)
             )
+        elif frame.schema[c] == pl.String and isinstance(dtype, pl.Datetime):
+            parsed = col.str.strip_chars().str.to_datetime(time_unit=dtype.time_unit or "us", strict=False)
+        elif frame.schema[c] == pl.String and dtype == pl.Date:
+            parsed = col.str.strip_chars().str.to_date(strict=False)
         elif frame.schema[c] == pl.String and dtype != pl.String:
             parsed = col.str.strip_chars().cast(dtype, strict=False)
         else:

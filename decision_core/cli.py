@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from decision_core.errors import DecisionCoreError
 from decision_core.settings import CoreSettings
@@ -43,7 +43,8 @@ def adapters_cmd() -> None:
     """List the registered adapters with their domain spec summary."""
     from adapters import ADAPTERS
 
-    table = Table("adapter", "version", "domain", "spec", "origin")
+    table = Table("version", "domain", "spec", "origin")
+    table.columns.insert(0, Column("adapter", no_wrap=True))
     for name in ADAPTERS.names():
         try:
             cls = ADAPTERS.get(name)

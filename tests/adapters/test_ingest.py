@@ -1,0 +1,160 @@
+"""The generic ingest rules: every kind of bad input is named precisely, and a failed ingest writes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from adapters.base import ColumnMapping
+from adapters.ingest import ingest
+from decision_core.errors import IngestError, SpecError
+from decision_core.store import DecisionStore
+
+GOOD = [
+    "r1,0,18.0,2,0.6,false,2026-01-01T00:00:00",
+    "r1,1,19.5,1,0.3,false,2026-01-01T00:10:00",
+    "r1,2,20.0,0,0.5,true,2026-01-01T00:20:00",
+    "r2,0,21.0,0,0.9,false,2026-01-01T00:00:00",
+    "r2,1,20.5,0,0.9,false,2026-01-01T00:10:00",
+]
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with DecisionStore(tmp_path / "store.duckdb") as s:
+        yield s
+
+
+def test_ingest_stores_steps_in_the_common_schema(thermostat, write_csv, store):
+    report = ingest(thermostat, [write_csv("a.csv", GOOD)], store)
+    assert (report.rows_read, report.steps_staged, report.steps_inserted) == (5, 5, 5)
+    arrays = store.load_arrays("thermostat")
+    assert arrays.n_episodes == 2
+    np.testing.assert_allclose(arrays.states[:, 0], [18.0, 19.5, 20.0, 21.0, 20.5])
+    # next state is the following observation; the last step of an episode keeps its own
+    np.testing.assert_allclose(arrays.next_states[:, 0], [19.5, 20.0, 20.0, 20.5, 20.5])
+    np.testing.assert_allclose(arrays.actions[:, 0], [2, 1, 0, 0, 0])
+    np.testing.assert_allclose(arrays.propensities, [0.6, 0.3, 0.5, 0.9, 0.9], rtol=1e-6)
+    assert arrays.terminated.tolist() == [False, False, True, False, False]
+    assert np.isnan(arrays.rewards).all()
+
+
+def test_reingesting_the_same_source_adds_nothing(thermostat, write_csv, store):
+    path = write_csv("a.csv", GOOD)
+    ingest(thermostat, [path], store)
+    again = ingest(thermostat, [path], store)
+    assert again.steps_inserted == 0 and again.steps_skipped == 5
+    assert store.count_steps("thermostat") == 5
+
+
+def test_logs_without_propensities_still_load(thermostat, write_csv, store):
+    path = write_csv("nop.csv", ["r1,0,18.0,2,,false,", "r1,1,19.0,1,,true,"])
+    ingest(thermostat, [path], store)
+    arrays = store.load_arrays("thermostat")
+    assert np.isnan(arrays.propensities).all() and not arrays.has_propensities
+
+
+@pytest.mark.parametrize(
+    ("lines", "row", "column", "rule"),
+    [
+        (GOOD[:1] + ["r1,1,warm,1,0.3,false,"], 1, "temp", "wrong type"),
+        (GOOD[:1] + ["r1,1,nan,1,0.3,false,"], 1, "state.temp", "NaN or infinite"),
+        (GOOD[:1] + ["r1,1,inf,1,0.3,false,"], 1, "state.temp", "NaN or infinite"),
+        (GOOD[:1] + ["r1,1,19.0,3,0.3,false,"], 1, "action", "action outside the space"),
+        (GOOD[:1] + ["r1,1,19.0,1,1.5,false,"], 1, "propensity", "propensity outside (0, 1]"),
+        (GOOD[:1] + ["r1,1,19.0,1,0,false,"], 1, "propensity", "propensity outside (0, 1]"),
+        (GOOD[:1] + ["r1,2,19.0,1,0.5,false,"], 1, "step", "step gap"),
+        (GOOD[:1] + ["r1,0,19.0,1,0.5,false,"], 0, "step", "duplicate step"),
+        (["r1,0,18.0,2,0.6,true,", "r1,1,19.0,1,0.5,false,"], 0, "terminated", "ends at step 0"),
+        (["r1,,18.0,2,0.6,false,"], 0, "t", "missing value"),
+        (["r9,3,18.0,2,0.6,false,"], 0, "step", "starts at step 3"),
+    ],
+)
+def test_bad_rows_are_named_by_file_row_and_column(thermostat, write_csv, store, lines, row, column, rule):
+    path = write_csv("bad.csv", lines)
+    with pytest.raises(IngestError) as info:
+        ingest(thermostat, [path], store)
+    err = info.value
+    assert (err.file, err.row, err.column) == (str(path), row, column)
+    assert rule in str(err) and str(path) in str(err)
+
+
+def test_missing_column_names_it_and_suggests_a_mapping(thermostat, write_csv, store):
+    path = write_csv("nocol.csv", ["r1,0,18.0,0.6,false,"], header="room,t,temp,p,done,ts\n")
+    with pytest.raises(IngestError, match=r"column 'setting': missing column.*--mapping") as info:
+        ingest(thermostat, [path], store)
+    assert info.value.row is None
+
+
+def test_a_failed_ingest_of_several_files_writes_nothing(thermostat, write_csv, store):
+    good = write_csv("good.csv", GOOD)
+    bad = write_csv("bad.csv", ["r3,0,18.0,7,0.6,false,"])
+    with pytest.raises(IngestError):
+        ingest(thermostat, [good, bad], store)
+    assert store.domains() == []
+    ingest(thermostat, [good], store)
+    with pytest.raises(IngestError):
+        ingest(thermostat, [write_csv("more.csv", ["r4,0,18.0,1,0.5,false,"]), bad], store)
+    assert store.count_steps("thermostat") == 5
+
+
+def test_column_mapping_ingests_a_differently_named_log(thermostat, tmp_path, store):
+    raw = tmp_path / "other.csv"
+    raw.write_text("Room,time,temperature,heater\nr1,0,18.0,2\nr1,1,19.0,0\n")
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text(
+        '[rename]\nRoom = "room"\ntime = "t"\ntemperature = "temp"\nheater = "setting"\n\n[defaults]\ndone = false\n'
+    )
+    report = ingest(thermostat, [raw], store, mapping=ColumnMapping.load(mapping))
+    assert report.steps_inserted == 2
+    np.testing.assert_allclose(store.load_arrays("thermostat").actions[:, 0], [2, 0])
+
+
+def test_mapping_file_errors_are_explained(tmp_path):
+    bad = tmp_path / "m.toml"
+    bad.write_text('[renames]\na = "b"\n')
+    with pytest.raises(SpecError, match="unknown sections"):
+        ColumnMapping.load(bad)
+    broken = tmp_path / "m.json"
+    broken.write_text("{not json")
+    with pytest.raises(SpecError, match="not valid JSON"):
+        ColumnMapping.load(broken)
+
+
+def test_episodes_appended_later_are_read_back_in_order(thermostat, write_csv, store):
+    ingest(thermostat, [write_csv("a.csv", GOOD[3:] + GOOD[:2])], store)
+    ingest(thermostat, [write_csv("b.csv", GOOD[2:3])], store)  # r1 step 2 stored after r2
+    arrays = store.load_arrays("thermostat")
+    assert arrays.n_episodes == 2
+    lengths = sorted((arrays.episode_ends - arrays.episode_starts).tolist())
+    assert lengths == [2, 3]
+    r1 = int(np.flatnonzero(arrays.episode_ends - arrays.episode_starts == 3)[0])
+    rows = slice(arrays.episode_starts[r1], arrays.episode_ends[r1])
+    np.testing.assert_allclose(arrays.states[rows, 0], [18.0, 19.5, 20.0])
+
+
+def test_cli_ingest_exits_non_zero_and_names_the_row(thermostat, write_csv, tmp_path, monkeypatch):
+    from adapters import ADAPTERS
+    from decision_core.cli import app
+
+    ADAPTERS.register("thermostat", type(thermostat), origin="test")
+    try:
+        bad = write_csv("bad.csv", GOOD[:1] + ["r1,1,19.0,9,0.3,false,"])
+        result = CliRunner().invoke(
+            app, ["ingest", "thermostat", str(bad), "--db", str(tmp_path / "s.duckdb")]
+        )
+        assert result.exit_code == 2
+        assert "row 1" in result.output and "action" in result.output
+        good = write_csv("good.csv", GOOD)
+        result = CliRunner().invoke(
+            app, ["ingest", "thermostat", str(good), "--db", str(tmp_path / "s.duckdb")]
+        )
+        assert result.exit_code == 0, result.output
+        assert "5 new" in result.output
+        result = CliRunner().invoke(app, ["show", "--db", str(tmp_path / "s.duckdb")], env={"COLUMNS": "200"})
+        assert result.exit_code == 0 and "thermostat" in result.output
+    finally:
+        ADAPTERS.unregister("thermostat")
