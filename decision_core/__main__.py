@@ -1,0 +1,3 @@
+from decision_core.cli import main
+
+main()
