@@ -44,6 +44,10 @@ def fetch_one(con: duckdb.DuckDBPyConnection, query: str, params: list[object] |
     return rows[0] if rows else None
 
 
+#: DuckDB buffer pool size while bulk-reading a domain into arrays (see ``DecisionStore._bounded_buffers``).
+READ_BUFFER_MIB = 64
+
+
 @dataclass
 class DomainArrays:
     """A whole domain as contiguous arrays, episodes stored back to back.
@@ -193,6 +197,25 @@ class DecisionStore:
                 raise
             self.con.execute("COMMIT")
 
+    @contextmanager
+    def _bounded_buffers(self) -> Iterator[None]:
+        """Bound DuckDB's buffer pool (and scan in order on one thread) during a bulk read.
+
+        The scanned blocks would otherwise stay cached beside the arrays we copy them into, doubling the read's
+        memory; the arrays are the only copy training needs.
+        """
+        saved = {
+            name: fetch_one(self.con, f"SELECT current_setting('{name}')")[0]  # type: ignore[index]
+            for name in ("memory_limit", "threads")
+        }
+        self.con.execute(f"SET memory_limit = '{READ_BUFFER_MIB}MB'")
+        self.con.execute("SET threads = 1")
+        try:
+            yield
+        finally:
+            self.con.execute(f"SET memory_limit = '{saved['memory_limit']}'")
+            self.con.execute(f"SET threads = {int(saved['threads'])}")
+
     # -- domains ------------------------------------------------------------------------------------------
     def ensure_domain(self, spec: DomainSpec, con: duckdb.DuckDBPyConnection | None = None) -> None:
         """Register ``spec`` and create its steps table; a different spec under the same name is refused."""
@@ -306,7 +329,7 @@ class DecisionStore:
             f"FROM {spec.table}{order}"
         )
         i = 0
-        with self._lock:
+        with self._lock, self._bounded_buffers():
             reader = self.con.sql(query).to_arrow_reader(batch_rows)
             for batch in reader:
                 m = batch.num_rows
