@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
+from decision_core.envs.cli import evaluate_cmd, simulate_cmd
 from decision_core.errors import DecisionCoreError
 from decision_core.settings import CoreSettings
 
@@ -113,6 +114,10 @@ def show_cmd(
     except DecisionCoreError as exc:
         raise fail(exc) from None
     out.print(table)
+
+
+app.command("simulate")(simulate_cmd)
+app.command("evaluate")(evaluate_cmd)
 
 
 def main() -> None:  # pragma: no cover - console entry point
