@@ -1,0 +1,311 @@
+"""Offline policy evaluation: how well would a policy do, judged only from logs of another one.
+
+:func:`evaluate_policy` runs the estimators of :mod:`decision_core.ope.estimators` (IPS, SNIPS, per-decision
+weighted IS, doubly robust, weighted DR, FQE) on a domain's logged data for one :class:`TargetPolicy`, each with a
+bootstrap confidence interval and an effective sample size.
+
+The task being evaluated is either a reward (the domain's reward expression, any expression over its features,
+or ``"logged"``) or a goal: for a goal, the return of an episode is 1 if it reaches the goal within the logged
+horizon and 0 otherwise (reward 1 on the first step whose next state reaches it; the episode is cut there),
+which is exactly the success rate the simulator evaluation measures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from decision_core.ope.estimators import (
+    ESTIMATORS,
+    NEEDS_PROPENSITIES,
+    NEEDS_Q_MODEL,
+    Estimate,
+    OPEError,
+    OPEInputs,
+    estimate,
+    on_policy_value,
+)
+from decision_core.ope.fqe import FittedQ, FQEConfig, fit_fqe
+from decision_core.ope.policy import AgentPolicy, MixturePolicy, TargetPolicy, UniformPolicy
+
+__all__ = [
+    "ESTIMATORS",
+    "AgentPolicy",
+    "Estimate",
+    "FQEConfig",
+    "FittedQ",
+    "MixturePolicy",
+    "OPEError",
+    "OPEInputs",
+    "OPEReport",
+    "OPETask",
+    "TargetPolicy",
+    "UniformPolicy",
+    "estimate",
+    "evaluate_policy",
+    "goal_task",
+    "reward_task",
+    "supported_estimators",
+]
+
+
+@dataclass
+class OPETask:
+    """The logged steps and per-step rewards of the task a policy is evaluated on."""
+
+    description: str
+    rows: np.ndarray  # (M,) indices of the logged steps used, episodes back to back
+    rewards: np.ndarray  # (M,) float64
+    episode_starts: np.ndarray  # (E,) into rows
+    episode_ends: np.ndarray  # (E,) exclusive
+
+
+def reward_task(arrays: Any, reward: str | None = None) -> OPETask:
+    """The reward task: ``reward`` (an expression or ``"logged"``), else the spec's reward, else logged rewards."""
+    spec = arrays.spec
+    source = reward if reward is not None else spec.reward
+    if source is None and arrays.has_rewards:
+        source = "logged"
+    try:
+        from decision_core.reward import rewards_for
+    except ImportError:  # pragma: no cover - the reward module ships with the package
+        if source not in (None, "logged"):
+            raise OPEError(f"reward expressions are unavailable; cannot evaluate '{source}'") from None
+        rewards = arrays.rewards
+    else:
+        rewards = rewards_for(arrays, source)
+    n = arrays.n_steps
+    return OPETask(
+        description=f"reward: {source}",
+        rows=np.arange(n, dtype=np.int64),
+        rewards=np.asarray(rewards, np.float64),
+        episode_starts=np.asarray(arrays.episode_starts, np.int64),
+        episode_ends=np.asarray(arrays.episode_ends, np.int64),
+    )
+
+
+def goal_task(arrays: Any, goal: np.ndarray, goal_mask: np.ndarray, name: str = "goal") -> OPETask:
+    """Success at reaching ``goal``: reward 1 on the first step whose next state reaches it; episodes cut there."""
+    spec = arrays.spec
+    goal = np.asarray(goal, np.float32)
+    goal_mask = np.asarray(goal_mask, np.bool_)
+    if goal.shape != (len(spec.outcomes),) or goal_mask.shape != goal.shape:
+        raise OPEError(f"goal must give one value and mask entry per outcome feature ({', '.join(spec.outcome_names)})")
+    outcomes = arrays.next_states[:, spec.outcome_index]
+    close = np.abs(outcomes - goal[None, :]) <= spec.tolerances[None, :]
+    reached = np.all(close | ~goal_mask[None, :], axis=1)
+    n = arrays.n_steps
+    starts, ends = np.asarray(arrays.episode_starts), np.asarray(arrays.episode_ends)
+    first = np.minimum.reduceat(np.where(reached, np.arange(n), n), starts)
+    cut_ends = np.where(first < ends, first + 1, ends)
+    lengths = cut_ends - starts
+    rows = np.concatenate([np.arange(s, e) for s, e in zip(starts, cut_ends, strict=True)])
+    new_ends = np.cumsum(lengths)
+    rewards = reached[rows].astype(np.float64)
+    targets = ", ".join(f"{f}={v:g}" for f, v, m in zip(spec.outcome_names, goal, goal_mask, strict=True) if m)
+    return OPETask(
+        description=f"goal {name}: {targets}",
+        rows=rows.astype(np.int64),
+        rewards=rewards,
+        episode_starts=(new_ends - lengths).astype(np.int64),
+        episode_ends=new_ends.astype(np.int64),
+    )
+
+
+@dataclass
+class OPEReport:
+    """Every estimator's estimate of one policy's value on one task."""
+
+    policy: str
+    task: str
+    estimates: dict[str, Estimate]
+    behaviour_value: float
+    n_episodes: int
+    n_steps: int
+    gamma: float
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def metrics(self, prefix: str = "ope") -> dict[str, float]:
+        """Flat metrics for tracking: ``ope/<estimator>``, ``.../ci_low``, ``.../ci_high``, ``.../ess``."""
+        out = {f"{prefix}/behaviour": self.behaviour_value}
+        for name, e in self.estimates.items():
+            out[f"{prefix}/{name}"] = e.value
+            out[f"{prefix}/{name}/ci_low"] = e.ci_low
+            out[f"{prefix}/{name}/ci_high"] = e.ci_high
+            out[f"{prefix}/{name}/ess"] = e.ess
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "task": self.task,
+            "behaviour_value": self.behaviour_value,
+            "n_episodes": self.n_episodes,
+            "n_steps": self.n_steps,
+            "gamma": self.gamma,
+            "estimates": {k: v.to_dict() for k, v in self.estimates.items()},
+            "skipped": dict(self.skipped),
+        }
+
+
+def supported_estimators(arrays: Any, policy: TargetPolicy) -> tuple[list[str], dict[str, str]]:
+    """The estimators the data and policy allow, and why each other one is not."""
+    usable, skipped = [], {}
+    has_props = arrays.has_propensities
+    for name in ESTIMATORS:
+        if name in NEEDS_PROPENSITIES and not has_props:
+            skipped[name] = "the logs lack propensities"
+        elif name in NEEDS_PROPENSITIES and not policy.stochastic:
+            skipped[name] = "a deterministic continuous policy has no density"
+        else:
+            usable.append(name)
+    return usable, skipped
+
+
+def evaluate_policy(
+    arrays: Any,
+    policy: TargetPolicy,
+    *,
+    rng: np.random.Generator,
+    estimators: Sequence[str] | None = None,
+    task: OPETask | None = None,
+    gamma: float = 1.0,
+    n_bootstrap: int = 200,
+    confidence: float = 0.9,
+    fqe: FQEConfig | None = None,
+    max_episodes: int | None = None,
+    fqe_refits: int = 0,
+) -> OPEReport:
+    """Estimate ``policy``'s value on ``task`` (default: the reward task) from the logged ``arrays``.
+
+    ``estimators=None`` runs every estimator the data supports (listing the others in ``skipped``); naming an
+    estimator the data cannot support raises :class:`OPEError` saying why. ``max_episodes`` evaluates on a
+    random subset of episodes (for periodic evaluation during training).
+
+    ``fqe``'s interval by default resamples only the episodes' start values under one fitted model, which
+    ignores the model's own uncertainty; ``fqe_refits > 0`` refits the model that many times on bootstrap
+    resamples of the episodes and takes the interval from those refits (slower, honest).
+    """
+    if estimators is None:
+        names, skipped = supported_estimators(arrays, policy)
+    else:
+        unknown = [e for e in estimators if e not in ESTIMATORS]
+        if unknown:
+            raise OPEError(f"unknown estimator(s) {unknown}; choose from {', '.join(ESTIMATORS)}")
+        names, skipped = list(dict.fromkeys(estimators)), {}
+        if any(e in NEEDS_PROPENSITIES for e in names) and not policy.stochastic:
+            raise OPEError(
+                f"policy '{policy.name}' is deterministic over continuous actions, so importance sampling "
+                f"is undefined; evaluate a stochastic policy or use only 'fqe'"
+            )
+    if not names:
+        raise OPEError(f"no estimator can run on this data: {skipped}")
+    task = task or reward_task(arrays)
+    starts, ends, rows = task.episode_starts, task.episode_ends, task.rows
+    rewards = task.rewards
+    if max_episodes is not None and len(starts) > max_episodes:
+        chosen = np.sort(rng.choice(len(starts), size=max_episodes, replace=False))
+        lengths = (ends - starts)[chosen]
+        local = np.concatenate([np.arange(starts[e], ends[e]) for e in chosen])
+        rows, rewards = rows[local], rewards[local]
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+    states = arrays.states[rows]
+    actions = arrays.actions[rows]
+    masks = None if arrays.action_masks is None else arrays.action_masks[rows]
+    props = arrays.propensities[rows].astype(np.float64)
+    needs_weights = any(e in NEEDS_PROPENSITIES for e in names)
+    inputs = OPEInputs(
+        rewards=rewards,
+        episode_starts=starts,
+        episode_ends=ends,
+        target_logp=policy.log_prob(states, actions, masks).astype(np.float64) if needs_weights else None,
+        behaviour_p=props,
+        gamma=gamma,
+    )
+    if any(e in NEEDS_Q_MODEL for e in names):
+        fitted = fit_fqe(
+            arrays.spec,
+            states,
+            actions,
+            rewards,
+            arrays.next_states[rows],
+            starts,
+            ends,
+            policy,
+            action_masks=masks,
+            config=_with_gamma(fqe, gamma),
+            rng=rng,
+        )
+        inputs.q_sa, inputs.v_s, inputs.v0 = fitted.q_sa, fitted.v_s, fitted.v0
+    results = {name: estimate(name, inputs, rng=rng, n_bootstrap=n_bootstrap, confidence=confidence) for name in names}
+    if "fqe" in results and fqe_refits > 0:
+        results["fqe"] = _refit_interval(
+            results["fqe"], arrays, policy, rows, rewards, starts, ends, _with_gamma(fqe, gamma), fqe_refits, rng
+        )
+    return OPEReport(
+        policy=policy.name,
+        task=task.description,
+        estimates=results,
+        behaviour_value=on_policy_value(inputs),
+        n_episodes=len(starts),
+        n_steps=len(rows),
+        gamma=gamma,
+        skipped=skipped,
+    )
+
+
+def _refit_interval(
+    point: Estimate,
+    arrays: Any,
+    policy: TargetPolicy,
+    rows: np.ndarray,
+    rewards: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    config: FQEConfig,
+    refits: int,
+    rng: np.random.Generator,
+) -> Estimate:
+    """FQE's interval from models refitted on bootstrap resamples of the episodes."""
+    replicates = []
+    for _ in range(refits):
+        chosen = rng.integers(0, len(starts), size=len(starts))
+        lengths = (ends - starts)[chosen]
+        local = np.concatenate([np.arange(starts[e], ends[e]) for e in chosen])
+        new_ends = np.cumsum(lengths)
+        r = rows[local]
+        fitted = fit_fqe(
+            arrays.spec,
+            arrays.states[r],
+            arrays.actions[r],
+            rewards[local],
+            arrays.next_states[r],
+            new_ends - lengths,
+            new_ends,
+            policy,
+            action_masks=None if arrays.action_masks is None else arrays.action_masks[r],
+            config=config,
+            rng=rng,
+        )
+        replicates.append(float(np.mean(fitted.v0)))
+    alpha = (1.0 - point.confidence) / 2.0
+    low, high = np.quantile(np.asarray(replicates + [point.value]), [alpha, 1.0 - alpha])
+    return Estimate(
+        estimator="fqe",
+        value=point.value,
+        ci_low=float(min(low, point.value)),
+        ci_high=float(max(high, point.value)),
+        ess=point.ess,
+        n_episodes=point.n_episodes,
+        confidence=point.confidence,
+    )
+
+
+def _with_gamma(config: FQEConfig | None, gamma: float) -> FQEConfig:
+    from dataclasses import replace
+
+    return replace(config or FQEConfig(), gamma=gamma)

@@ -1,0 +1,306 @@
+"""Off-policy estimators of a target policy's expected return from logged episodes.
+
+Every estimator reads the same :class:`OPEInputs` (logged rewards, the behaviour policy's logged propensities,
+the target policy's log-probability of each logged action, episode boundaries) and returns an
+:class:`Estimate` with a percentile bootstrap confidence interval (episodes resampled with an explicit
+``np.random.Generator``) and an effective sample size.
+
+Episodes are laid out as a padded ``(E, T)`` matrix; after an episode ends its reward is 0 and its cumulative
+importance weight stays at its last value, which is the usual convention for per-decision estimators over
+episodes of unequal length.
+
+- ``ips``: trajectory-wise importance sampling, ``mean_i W_i G_i`` (unbiased, high variance);
+- ``snips``: self-normalised IS, ``sum_i W_i G_i / sum_i W_i`` (biased, consistent, much lower variance);
+- ``pdwis``: per-decision weighted IS, ``sum_t gamma^t sum_i w_it r_it / sum_i w_it``;
+- ``dr``: per-decision doubly robust with a learned Q model (Jiang & Li 2016), unbiased if either the weights
+  or the model are right;
+- ``wdr``: the same with per-step self-normalised weights (Thomas & Brunskill 2016);
+- ``fqe``: the direct method, ``mean_i V(s_i0)`` from fitted Q evaluation (see :mod:`decision_core.ope.fqe`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from decision_core.errors import DecisionCoreError
+
+#: Estimators that need the behaviour policy's propensities in the logs.
+NEEDS_PROPENSITIES = frozenset({"ips", "snips", "pdwis", "dr", "wdr"})
+#: Estimators that need a learned Q model (fitted Q evaluation).
+NEEDS_Q_MODEL = frozenset({"dr", "wdr", "fqe"})
+ESTIMATORS: tuple[str, ...] = ("ips", "snips", "pdwis", "dr", "wdr", "fqe")
+
+#: Importance ratios are clipped here per step so one near-zero logged propensity cannot produce inf.
+MAX_STEP_RATIO = 1e3
+
+
+class OPEError(DecisionCoreError, ValueError):
+    """Off-policy evaluation cannot run as asked (missing propensities, no episodes, bad inputs)."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One estimator's value with its bootstrap interval and effective sample size."""
+
+    estimator: str
+    value: float
+    ci_low: float
+    ci_high: float
+    ess: float
+    n_episodes: int
+    confidence: float
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return asdict(self)
+
+
+@dataclass
+class OPEInputs:
+    """Logged data as the estimators see it (all arrays over the N logged steps, episodes back to back).
+
+    ``target_logp`` is the log-probability (discrete) or log-density (continuous) of each logged action under
+    the target policy; ``behaviour_p`` the logged propensity (probability or density), NaN where not logged.
+    ``q_sa`` / ``v_s`` are a learned model's ``Q(s_t, a_t)`` and ``E_{a~pi} Q(s_t, a)`` (for ``dr``/``wdr``),
+    ``v0`` the model's value of each episode's first state (for ``fqe``).
+    """
+
+    rewards: np.ndarray
+    episode_starts: np.ndarray
+    episode_ends: np.ndarray
+    target_logp: np.ndarray | None = None
+    behaviour_p: np.ndarray | None = None
+    gamma: float = 1.0
+    q_sa: np.ndarray | None = None
+    v_s: np.ndarray | None = None
+    v0: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = int(np.shape(self.rewards)[0])
+        if len(self.episode_starts) == 0:
+            raise OPEError("off-policy evaluation needs at least one logged episode; the data has none")
+        if not 0.0 < self.gamma <= 1.0:
+            raise OPEError(f"discount gamma must be in (0, 1], got {self.gamma}")
+        for name in ("target_logp", "behaviour_p", "q_sa", "v_s"):
+            value = getattr(self, name)
+            if value is not None and np.shape(value) != (n,):
+                raise OPEError(f"OPE input '{name}' must have shape ({n},) like rewards, got {np.shape(value)}")
+        if not np.all(np.isfinite(self.rewards)):
+            bad = int(np.flatnonzero(~np.isfinite(self.rewards))[0])
+            raise OPEError(
+                f"reward of logged step row {bad} is missing or not finite; OPE needs a reward on every step "
+                f"(ingest logs with rewards or state the task as a reward expression)"
+            )
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self.episode_starts)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return (self.episode_ends - self.episode_starts).astype(np.int64)
+
+
+def check_propensities(behaviour_p: np.ndarray | None, estimator: str) -> np.ndarray:
+    """The logged propensities, or an :class:`OPEError` saying which rows lack them and what to do."""
+    if behaviour_p is None:
+        raise OPEError(
+            f"estimator '{estimator}' needs the behaviour policy's propensities, and the logs have none; "
+            f"log the probability of each action in the 'propensity' column, or use 'fqe' (needs none)"
+        )
+    bad = ~np.isfinite(behaviour_p) | (behaviour_p <= 0)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise OPEError(
+            f"estimator '{estimator}' needs a positive logged propensity on every step, but {rows.size} of "
+            f"{behaviour_p.size} steps have none or a non-positive one (first at step row {int(rows[0])}); "
+            f"log the propensity of each action, or use 'fqe' (needs none)"
+        )
+    return behaviour_p
+
+
+# -- padded episode layout -------------------------------------------------------------------------------------
+def _pad(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """(E, T) matrix of per-step ``values``; positions past an episode's end hold ``fill``."""
+    e, t = len(starts), int(lengths.max())
+    out = np.full((e, t), fill, dtype=np.float64)
+    col = np.arange(t)
+    valid = col[None, :] < lengths[:, None]
+    rows = starts[:, None] + np.minimum(col[None, :], np.maximum(lengths[:, None] - 1, 0))
+    out[valid] = np.asarray(values, dtype=np.float64)[rows[valid]]
+    return out
+
+
+def _valid(lengths: np.ndarray) -> np.ndarray:
+    return np.arange(int(lengths.max()))[None, :] < lengths[:, None]
+
+
+def _cumulative_weights(inputs: OPEInputs, estimator: str) -> np.ndarray:
+    """(E, T) cumulative importance weights ``w_it = prod_{k<=t} pi(a_k|s_k) / mu(a_k|s_k)``, held after the end."""
+    if inputs.target_logp is None:
+        raise OPEError(f"estimator '{estimator}' needs the target policy's log-probabilities of logged actions")
+    mu = check_propensities(inputs.behaviour_p, estimator)
+    log_ratio = np.asarray(inputs.target_logp, np.float64) - np.log(np.asarray(mu, np.float64))
+    log_ratio = np.minimum(log_ratio, np.log(MAX_STEP_RATIO))
+    lengths = inputs.lengths
+    padded = _pad(log_ratio, inputs.episode_starts, lengths)
+    padded[~_valid(lengths)] = 0.0  # weight is held after the end
+    return np.exp(np.cumsum(padded, axis=1))
+
+
+def _discounts(t: int, gamma: float) -> np.ndarray:
+    return gamma ** np.arange(t, dtype=np.float64)
+
+
+def _ess(weights: np.ndarray) -> float:
+    """Kish's effective sample size ``(sum w)^2 / sum w^2`` (0 when every weight is 0)."""
+    s2 = float(np.sum(weights**2))
+    return float(np.sum(weights) ** 2 / s2) if s2 > 0 else 0.0
+
+
+# -- per-estimator statistics -------------------------------------------------------------------------------------
+# Each estimator reduces to per-episode statistics X (E, ...) and a function f(sum over episodes of X) -> value, so
+# a bootstrap replicate is f(counts @ X) with multinomial episode counts: vectorised, no Python loop over
+# replicates.
+
+
+@dataclass
+class _Statistic:
+    per_episode: np.ndarray  # (E, D)
+    combine: Callable[[np.ndarray], np.ndarray]  # (R, D) sums -> (R,) values
+    ess: float
+
+
+def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def _ips(inputs: OPEInputs, normalised: bool) -> _Statistic:
+    w = _cumulative_weights(inputs, "snips" if normalised else "ips")
+    r = _pad(inputs.rewards, inputs.episode_starts, inputs.lengths)
+    r[~_valid(inputs.lengths)] = 0.0
+    returns = r @ _discounts(r.shape[1], inputs.gamma)
+    final_w = w[:, -1]
+    x = np.stack([final_w * returns, final_w, np.ones_like(final_w)], axis=1)
+    if normalised:
+        return _Statistic(x, lambda s: _safe_ratio(s[:, 0], s[:, 1]), _ess(final_w))
+    return _Statistic(x, lambda s: s[:, 0] / s[:, 2], _ess(final_w))
+
+
+def _per_step_ess(w: np.ndarray, valid: np.ndarray) -> float:
+    """Mean over steps of the ESS of the weights of the episodes still running at that step."""
+    values = [_ess(w[valid[:, t], t]) for t in range(w.shape[1]) if valid[:, t].any()]
+    return float(np.mean(values)) if values else 0.0
+
+
+def _pdwis(inputs: OPEInputs) -> _Statistic:
+    w = _cumulative_weights(inputs, "pdwis")
+    valid = _valid(inputs.lengths)
+    r = _pad(inputs.rewards, inputs.episode_starts, inputs.lengths)
+    r[~valid] = 0.0
+    t = w.shape[1]
+    disc = _discounts(t, inputs.gamma)
+    x = np.concatenate([w * r, w], axis=1)
+
+    def combine(s: np.ndarray) -> np.ndarray:
+        return _safe_ratio(s[:, :t], s[:, t:]) @ disc
+
+    return _Statistic(x, combine, _per_step_ess(w, valid))
+
+
+def _model_arrays(inputs: OPEInputs, estimator: str) -> tuple[np.ndarray, np.ndarray]:
+    if inputs.q_sa is None or inputs.v_s is None:
+        raise OPEError(f"estimator '{estimator}' needs a learned Q model (q_sa, v_s); fit one with fqe first")
+    valid = _valid(inputs.lengths)
+    q = _pad(inputs.q_sa, inputs.episode_starts, inputs.lengths)
+    v = _pad(inputs.v_s, inputs.episode_starts, inputs.lengths)
+    q[~valid] = 0.0
+    v[~valid] = 0.0
+    return q, v
+
+
+def _dr(inputs: OPEInputs, weighted: bool) -> _Statistic:
+    name = "wdr" if weighted else "dr"
+    w = _cumulative_weights(inputs, name)
+    valid = _valid(inputs.lengths)
+    q, v = _model_arrays(inputs, name)
+    r = _pad(inputs.rewards, inputs.episode_starts, inputs.lengths)
+    r[~valid] = 0.0
+    t = w.shape[1]
+    disc = _discounts(t, inputs.gamma)
+    w_prev = np.concatenate([np.ones((w.shape[0], 1)), w[:, :-1]], axis=1)
+    # Past an episode's end, q = v = r = 0, so its held weight adds nothing to the numerators.
+    if not weighted:
+        per_episode = ((w * (r - q) + w_prev * v) @ disc)[:, None]
+        x = np.concatenate([per_episode, np.ones((w.shape[0], 1))], axis=1)
+        return _Statistic(x, lambda s: s[:, 0] / s[:, 1], _per_step_ess(w, valid))
+    x = np.concatenate([w * (r - q), w_prev * v, w, w_prev], axis=1)
+
+    def combine(s: np.ndarray) -> np.ndarray:
+        a, b = _safe_ratio(s[:, :t], s[:, 2 * t : 3 * t]), _safe_ratio(s[:, t : 2 * t], s[:, 3 * t :])
+        return (a + b) @ disc
+
+    return _Statistic(x, combine, _per_step_ess(w, valid))
+
+
+def _fqe(inputs: OPEInputs) -> _Statistic:
+    if inputs.v0 is None:
+        raise OPEError("estimator 'fqe' needs the fitted Q model's value of each episode's first state (v0)")
+    v0 = np.asarray(inputs.v0, np.float64)
+    if v0.shape != (inputs.n_episodes,):
+        raise OPEError(f"v0 must have one value per episode ({inputs.n_episodes}), got shape {v0.shape}")
+    x = np.stack([v0, np.ones_like(v0)], axis=1)
+    return _Statistic(x, lambda s: s[:, 0] / s[:, 1], float(inputs.n_episodes))
+
+
+_STATISTICS: dict[str, Callable[[OPEInputs], _Statistic]] = {
+    "ips": lambda i: _ips(i, normalised=False),
+    "snips": lambda i: _ips(i, normalised=True),
+    "pdwis": _pdwis,
+    "dr": lambda i: _dr(i, weighted=False),
+    "wdr": lambda i: _dr(i, weighted=True),
+    "fqe": _fqe,
+}
+
+
+def estimate(
+    name: str,
+    inputs: OPEInputs,
+    *,
+    rng: np.random.Generator,
+    n_bootstrap: int = 200,
+    confidence: float = 0.9,
+) -> Estimate:
+    """Run estimator ``name`` with a percentile bootstrap interval over episodes at level ``confidence``."""
+    if name not in _STATISTICS:
+        raise OPEError(f"unknown estimator '{name}'; choose from {', '.join(ESTIMATORS)}")
+    if not 0.0 < confidence < 1.0:
+        raise OPEError(f"confidence must be in (0, 1), got {confidence}")
+    if n_bootstrap < 1:
+        raise OPEError(f"n_bootstrap must be >= 1, got {n_bootstrap}")
+    stat = _STATISTICS[name](inputs)
+    x = stat.per_episode
+    e = x.shape[0]
+    value = float(stat.combine(x.sum(axis=0, keepdims=True))[0])
+    counts = rng.multinomial(e, np.full(e, 1.0 / e), size=n_bootstrap).astype(np.float64)
+    replicates = stat.combine(counts @ x)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(replicates, [alpha, 1.0 - alpha])
+    return Estimate(
+        estimator=name,
+        value=value,
+        ci_low=float(low),
+        ci_high=float(high),
+        ess=float(stat.ess),
+        n_episodes=e,
+        confidence=confidence,
+    )
+
+
+def on_policy_value(inputs: OPEInputs) -> float:
+    """The logged (behaviour) policy's own average discounted return: the baseline every estimate is read against."""
+    r = _pad(inputs.rewards, inputs.episode_starts, inputs.lengths)
+    r[~_valid(inputs.lengths)] = 0.0
+    return float(np.mean(r @ _discounts(r.shape[1], inputs.gamma)))
