@@ -74,9 +74,7 @@ class ColumnMapping:
             raise SpecError(f"mapping file {p}: unknown sections {unknown}; allowed: 'rename', 'defaults'")
         rename, defaults = data.get("rename", {}), data.get("defaults", {})
         if not isinstance(rename, dict) or not all(isinstance(v, str) for v in rename.values()):
-            raise SpecError(
-                f"mapping file {p}: 'rename' must map source column names to adapter column names"
-            )
+            raise SpecError(f"mapping file {p}: 'rename' must map source column names to adapter column names")
         if not isinstance(defaults, dict):
             raise SpecError(f"mapping file {p}: 'defaults' must map adapter column names to constants")
         return cls(rename=dict(rename), defaults=dict(defaults))
@@ -95,6 +93,9 @@ class Adapter(ABC):
     name: ClassVar[str]
     version: ClassVar[str]
     columns: ClassVar[dict[str, RawColumn]]
+    #: Raw columns that together identify an episode. Declaring them lets ingest process a file larger than
+    #: memory in hash-partitions of whole episodes; leave empty to always read a file in one pass.
+    episode_columns: ClassVar[tuple[str, ...]] = ()
     #: File suffixes this adapter can scan (``.csv``, ``.parquet``, ``.jsonl``).
     suffixes: ClassVar[tuple[str, ...]] = (".csv", ".parquet", ".jsonl")
 

@@ -9,7 +9,7 @@ Rows whose (episode_id, step) are already stored are skipped, so re-ingesting a 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,10 +38,23 @@ class IngestReport:
         return self.steps_staged - self.steps_inserted
 
 
-def prepare_file(
-    adapter: Adapter, path: Path, mapping: ColumnMapping | None = None
-) -> tuple[pl.DataFrame, int]:
-    """Read, check and transform one raw file; returns the validated steps frame and the raw row count."""
+#: Raw files larger than this are ingested in several passes, each holding a hash-partition of the episodes.
+PARTITION_BYTES = 256 * 2**20
+
+
+def prepare_parts(
+    adapter: Adapter,
+    path: Path,
+    mapping: ColumnMapping | None = None,
+    *,
+    partition_bytes: int = PARTITION_BYTES,
+) -> Iterator[tuple[pl.DataFrame, int]]:
+    """Read, check and transform one raw file; yields validated steps frames and their raw row counts.
+
+    A file larger than ``partition_bytes`` is processed in ``ceil(size / partition_bytes)`` passes when the
+    adapter declares ``episode_columns``: each pass keeps the episodes whose key hashes to it, so per-episode
+    window functions still see whole episodes while memory holds only one slice of the file.
+    """
     if not path.exists():
         raise IngestError(file=str(path), rule="file not found", hint="check the path")
     lf = adapter.scan(path)
@@ -57,17 +70,25 @@ def prepare_file(
             rule=f"missing column (adapter '{adapter.name}' requires {', '.join(missing)})",
             hint=f"the file has {', '.join(present[:20])}; rename columns with --mapping FILE",
         )
-    raw = _parse_types(adapter, path, lf.with_row_index("source_row"), present)
-    n_raw = raw.height
-    steps = adapter.transform(raw.lazy()).collect()
-    steps = steps.with_columns(
-        pl.lit(adapter.name).alias("source_adapter"),
-        pl.lit(adapter.version).alias("adapter_version"),
-        pl.lit(str(path)).alias("source_file"),
-    )
-    steps = conform(steps, adapter.spec(), str(path))
-    validate_rows(steps, adapter.spec(), str(path))
-    return steps, n_raw
+    lf = lf.with_row_index("source_row")
+    keys = [c for c in adapter.episode_columns if c in present]
+    parts = max(1, -(-path.stat().st_size // partition_bytes)) if keys else 1
+    spec = adapter.spec()
+    for part in range(parts):
+        sliced = lf
+        if parts > 1:
+            key = pl.concat_str([pl.col(c).cast(pl.String) for c in keys], separator="\x1f", ignore_nulls=True)
+            sliced = lf.filter(key.hash(seed=0) % parts == part)
+        raw = _parse_types(adapter, path, sliced, present)
+        steps = adapter.transform(raw.lazy()).collect()
+        steps = steps.with_columns(
+            pl.lit(adapter.name).alias("source_adapter"),
+            pl.lit(adapter.version).alias("adapter_version"),
+            pl.lit(str(path)).alias("source_file"),
+        )
+        steps = conform(steps, spec, str(path))
+        validate_rows(steps, spec, str(path))
+        yield steps, raw.height
 
 
 def _parse_types(adapter: Adapter, path: Path, lf: pl.LazyFrame, present: list[str]) -> pl.DataFrame:
@@ -228,9 +249,7 @@ def validate_rows(steps: pl.DataFrame, spec: DomainSpec, file: str) -> None:
     r_ = steps["reward"]
     bad = r_.is_not_null() & ~r_.is_finite()
     if bad.any():
-        raise IngestError(
-            file=file, row=_first(steps, bad), column="reward", rule="reward is NaN or infinite"
-        )
+        raise IngestError(file=file, row=_first(steps, bad), column="reward", rule="reward is NaN or infinite")
     both = steps["terminated"] & steps["truncated"]
     if both.any():
         raise IngestError(
@@ -316,6 +335,7 @@ def ingest(
     *,
     mapping: ColumnMapping | None = None,
     progress: Callable[[str], None] | None = None,
+    partition_bytes: int = PARTITION_BYTES,
 ) -> IngestReport:
     """Validate every file, then write all of them in one transaction; on any error nothing is written."""
     spec = adapter.spec()
@@ -331,12 +351,15 @@ def ingest(
         for path in files:
             if progress:
                 progress(str(path))
-            frame, n_raw = prepare_file(adapter, path, mapping)
-            rows_read += n_raw
-            staged += frame.height
-            per_file.append((path, n_raw, frame.height))
-            con.execute("INSERT INTO staging SELECT * FROM frame")
-            del frame
+            file_rows = file_steps = 0
+            for frame, n_raw in prepare_parts(adapter, path, mapping, partition_bytes=partition_bytes):
+                file_rows += n_raw
+                file_steps += frame.height
+                con.execute("INSERT INTO staging SELECT * FROM frame")
+                del frame
+            rows_read += file_rows
+            staged += file_steps
+            per_file.append((path, file_rows, file_steps))
         _check_episodes(con, spec)
         inserted = store.insert_steps(spec, "staging", con)
         for path, n_raw, n_steps in per_file:

@@ -143,18 +143,42 @@ def test_cli_ingest_exits_non_zero_and_names_the_row(thermostat, write_csv, tmp_
     ADAPTERS.register("thermostat", type(thermostat), origin="test")
     try:
         bad = write_csv("bad.csv", GOOD[:1] + ["r1,1,19.0,9,0.3,false,"])
-        result = CliRunner().invoke(
-            app, ["ingest", "thermostat", str(bad), "--db", str(tmp_path / "s.duckdb")]
-        )
+        result = CliRunner().invoke(app, ["ingest", "thermostat", str(bad), "--db", str(tmp_path / "s.duckdb")])
         assert result.exit_code == 2
         assert "row 1" in result.output and "action" in result.output
         good = write_csv("good.csv", GOOD)
-        result = CliRunner().invoke(
-            app, ["ingest", "thermostat", str(good), "--db", str(tmp_path / "s.duckdb")]
-        )
+        result = CliRunner().invoke(app, ["ingest", "thermostat", str(good), "--db", str(tmp_path / "s.duckdb")])
         assert result.exit_code == 0, result.output
         assert "5 new" in result.output
         result = CliRunner().invoke(app, ["show", "--db", str(tmp_path / "s.duckdb")], env={"COLUMNS": "200"})
         assert result.exit_code == 0 and "thermostat" in result.output
     finally:
         ADAPTERS.unregister("thermostat")
+
+
+def test_a_large_file_is_ingested_in_episode_partitions_with_the_same_result(thermostat, write_csv, tmp_path):
+    lines = [
+        f"r{room},{t},{15 + t * 0.5 + room},{t % 3},0.5,{'true' if t == 9 else 'false'},"
+        for room in range(40)
+        for t in range(10)
+    ]
+    path = write_csv("big.csv", lines)
+    results = []
+    for partition_bytes in (10**9, 1024):  # one pass vs ceil(size / 1 KiB) passes
+        with DecisionStore(tmp_path / f"s{partition_bytes}.duckdb") as store:
+            report = ingest(thermostat, [path], store, partition_bytes=partition_bytes)
+            arrays = store.load_arrays("thermostat")
+            rows = store.con.execute(
+                "SELECT episode_id, step, source_row FROM steps_thermostat ORDER BY ALL"
+            ).fetchall()
+        results.append((report.rows_read, report.steps_inserted, arrays.n_episodes, rows))
+    assert results[0] == results[1]
+    assert results[0][:3] == (400, 400, 40)
+
+
+def test_errors_in_a_partitioned_file_still_name_the_raw_row(thermostat, write_csv, store):
+    lines = [f"r{room},{t},20.0,1,0.5,false," for room in range(30) for t in range(5)]
+    lines[77] = "r15,2,20.0,1,7.0,false,"  # row 77: room 15, step 2
+    with pytest.raises(IngestError) as info:
+        ingest(thermostat, [write_csv("big.csv", lines)], store, partition_bytes=512)
+    assert (info.value.row, info.value.column) == (77, "propensity")

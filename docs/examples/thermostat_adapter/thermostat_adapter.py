@@ -21,6 +21,7 @@ from decision_core.schema import DiscreteActions, DomainSpec, Feature, OutcomeFe
 class ThermostatAdapter(Adapter):
     name = "thermostat"
     version = "1.0"
+    episode_columns = ("room",)
     columns = {
         "room": RawColumn(pl.String, description="room id; one episode per room"),
         "t": RawColumn(pl.Int32, description="tick within the episode, from 0"),
