@@ -1,0 +1,520 @@
+"""The agent contract every algorithm implements, and the behaviour they share.
+
+An algorithm file holds a frozen ``<Name>Config(AgentConfig)`` and a ``<Name>Agent(Agent)`` that builds its
+networks (:meth:`Agent.build_networks`), states its policy (:meth:`Agent.policy`) and its update
+(:meth:`Agent.update`). Everything else — input normalisation, goal encoding, acting with exploration and
+propensities, log-probabilities, saving and loading — lives here once.
+
+Conventions:
+
+- states are raw (B, S) float32; agents normalise with the :class:`~decision_core.data.FeatureStats` stored with them;
+- goals are raw outcome values (B, G) over ``spec.outcome_names`` with a (B, G) bool mask (False = unspecified);
+  the networks see ``((goal - mean) / std) * mask`` and the mask itself. No goal (``None``) is the empty goal;
+- discrete actions are (B,) int64 indices; continuous actions (B, A) float32 inside the Box bounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import typing
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from decision_core.data.dataset import Batch, FeatureStats, OfflineDataset, TransitionSampler
+from decision_core.data.goals import GoalSampler, GoalSamplerConfig
+from decision_core.errors import SpecError
+from decision_core.schema import BoxActions, DomainSpec
+
+from .nets import PolicyDistribution, PolicyOutput, masked_logits
+
+#: Version of the saved agent layout (agent.json + weights.pt).
+AGENT_FORMAT = 1
+
+
+def configure_torch_threads(n: int | None = None) -> int:
+    """Set torch's intra-op threads: ``n``, or ``$DECISION_CORE_THREADS``, or min(cores, 4).
+
+    Small MLPs gain little from more threads and a shared machine loses from oversubscription.
+    """
+    if n is None:
+        env = os.environ.get("DECISION_CORE_THREADS")
+        n = int(env) if env else min(os.cpu_count() or 1, 4)
+    torch.set_num_threads(max(1, n))
+    return torch.get_num_threads()
+
+
+# -- configs -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Fields every algorithm has; each algorithm's config adds its own and may change these defaults."""
+
+    #: Transitions per gradient step.
+    batch_size: int = 256
+    #: Adam learning rate of every network.
+    lr: float = 3e-4
+    #: Hidden layer widths of every MLP.
+    hidden_dims: tuple[int, ...] = (256, 256)
+    #: Discount of future rewards; also sets the geometric goal offsets of goal-conditioned sampling.
+    discount: float = 0.99
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`SpecError` (a ``ValueError``) naming the field and the rule it breaks."""
+        self.require(self.batch_size >= 2, "batch_size", "must be >= 2")
+        self.require(self.lr > 0, "lr", "must be > 0")
+        self.require(
+            len(self.hidden_dims) >= 1 and all(int(h) >= 1 for h in self.hidden_dims),
+            "hidden_dims",
+            "must be a non-empty list of positive widths",
+        )
+        self.require(0.0 < self.discount < 1.0, "discount", "must be in (0, 1)")
+
+    def require(self, ok: bool, name: str, rule: str) -> None:
+        if not ok:
+            raise SpecError(f"{type(self).__name__}.{name} {rule} (got {getattr(self, name)!r})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Rebuild from :meth:`to_dict` output (or a user's partial dict: missing fields take defaults)."""
+        return _from_dict(cls, data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> Self:
+        return replace(self, **changes)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    if not isinstance(data, dict):
+        raise SpecError(f"{cls.__name__} must be given as a mapping of field names to values, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SpecError(f"{cls.__name__}: unknown fields {unknown}; known fields: {', '.join(sorted(known))}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        kind = hints[name]
+        if isinstance(kind, type) and is_dataclass(kind) and isinstance(value, dict):
+            value = _from_dict(kind, value)
+        elif typing.get_origin(kind) is tuple and isinstance(value, list | tuple):
+            value = tuple(value)
+        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise SpecError(f"{cls.__name__}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class GoalConditionedConfig(AgentConfig):
+    """Config of a goal-conditioned algorithm: adds the hindsight goal mixture it trains with."""
+
+    #: Goal mixture (see :class:`~decision_core.data.GoalSamplerConfig`); each algorithm sets its defaults.
+    goals: GoalSamplerConfig = field(default_factory=GoalSamplerConfig)
+
+
+# -- acting ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Exploration:
+    """How the served policy explores. ``None`` in :meth:`Agent.act` is the deterministic greedy policy.
+
+    Discrete: with probability ``epsilon`` a uniformly random available action, otherwise the greedy action
+    (``temperature=None``) or a sample from ``softmax(logits / temperature)``. Continuous: a sample from the
+    policy with its standard deviation scaled by ``temperature`` (1 when ``None``), replaced with probability
+    ``epsilon`` by a uniform draw over the Box.
+    """
+
+    epsilon: float = 0.0
+    temperature: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.epsilon <= 1.0):
+            raise SpecError(f"exploration epsilon must be in [0, 1], got {self.epsilon}")
+        if self.temperature is not None and not (self.temperature > 0.0):
+            raise SpecError(f"exploration temperature must be > 0 (or None for greedy), got {self.temperature}")
+
+
+@dataclass(frozen=True)
+class ActResult:
+    """Chosen actions and the probability (discrete) or density (continuous) the served policy gave them.
+
+    The deterministic greedy policy reports propensity 1.0.
+    """
+
+    actions: np.ndarray  # (B,) int64 or (B, A) float32
+    propensities: np.ndarray  # (B,) float32
+
+
+# -- the agent ---------------------------------------------------------------------------------------------------
+
+
+class Agent(ABC):
+    """Base class of every algorithm; see the module docstring for conventions."""
+
+    name: ClassVar[str]
+    goal_conditioned: ClassVar[bool]
+    config_class: ClassVar[type[AgentConfig]]
+
+    def __init__(
+        self,
+        spec: DomainSpec,
+        stats: FeatureStats | None = None,
+        config: AgentConfig | None = None,
+        *,
+        seed: int = 0,
+    ) -> None:
+        if config is None:
+            config = self.config_class()
+        if not isinstance(config, self.config_class):
+            raise SpecError(
+                f"algorithm '{self.name}' needs a {self.config_class.__name__}, got {type(config).__name__}"
+            )
+        self.spec = spec
+        self.stats = stats or FeatureStats.identity(spec)
+        self.stats.check(spec)
+        self.config = config
+        self.seed = int(seed)
+        self.n_updates = 0
+        #: Source of training-time randomness (policy samples, random actions); explicit, seeded.
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.dist = PolicyDistribution(spec)
+        self.state_mean = torch.tensor(self.stats.state_mean, dtype=torch.float32)
+        self.state_std = torch.tensor(self.stats.state_std, dtype=torch.float32)
+        self.outcome_mean = torch.tensor(self.stats.outcome_mean, dtype=torch.float32)
+        self.outcome_std = torch.tensor(self.stats.outcome_std, dtype=torch.float32)
+        self.n_outcomes = len(spec.outcomes)
+        # Initialise from the seed without touching torch's global generator.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.nets = nn.ModuleDict(self.build_networks())
+        for key, module in self.nets.items():
+            if key.startswith("target"):
+                module.requires_grad_(False)
+        self.optimizers: dict[str, torch.optim.Optimizer] = self.build_optimizers()
+
+    # -- what an algorithm provides --------------------------------------------------------------------------
+    @abstractmethod
+    def build_networks(self) -> dict[str, nn.Module]:
+        """The algorithm's networks; keys starting with ``target`` are target copies (no gradients)."""
+
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """One Adam over all trainable networks; algorithms with separate steps override this."""
+        return {"all": self.adam(*[m for k, m in self.nets.items() if not k.startswith("target")])}
+
+    @abstractmethod
+    def policy(self, states: Tensor, goals: Tensor | None, goal_masks: Tensor | None) -> PolicyOutput:
+        """The policy's output for raw ``states`` and raw goals (None for agents that ignore goals)."""
+
+    @abstractmethod
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One gradient step on ``batch``; returns namespaced metrics ("critic/loss", "actor/loss", ...)."""
+
+    # -- shared training helpers -----------------------------------------------------------------------------
+    @property
+    def input_dim(self) -> int:
+        """Width of :meth:`inputs`: normalised state, plus goal values and mask for goal-conditioned agents."""
+        return self.spec.state_dim + (2 * self.n_outcomes if self.goal_conditioned else 0)
+
+    def adam(self, *modules: nn.Module) -> torch.optim.Optimizer:
+        params = [p for m in modules for p in m.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.config.lr, foreach=True)
+
+    def norm_states(self, states: Tensor) -> Tensor:
+        return (states - self.state_mean) / self.state_std
+
+    def encode_goals(self, goals: Tensor, masks: Tensor) -> Tensor:
+        """(B, 2G): normalised goal values zeroed where unspecified, then the mask."""
+        m = masks.float()
+        return torch.cat([(goals - self.outcome_mean) / self.outcome_std * m, m], dim=-1)
+
+    def inputs(self, states: Tensor, goals: Tensor | None = None, goal_masks: Tensor | None = None) -> Tensor:
+        """Network input: normalised states, with the encoded goal appended for goal-conditioned agents."""
+        s = self.norm_states(states)
+        if not self.goal_conditioned:
+            return s
+        if goals is None or goal_masks is None:
+            goals = torch.zeros(states.shape[0], self.n_outcomes)
+            goal_masks = torch.zeros(states.shape[0], self.n_outcomes, dtype=torch.bool)
+        return torch.cat([s, self.encode_goals(goals, goal_masks)], dim=-1)
+
+    @staticmethod
+    def step(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def finish_update(self, info: dict[str, Tensor]) -> dict[str, float]:
+        """Count the update and turn scalar tensors into floats with one synchronising call."""
+        self.n_updates += 1
+        keys = list(info)
+        values = torch.stack([info[k].detach().float().reshape(()) for k in keys]).tolist()
+        return dict(zip(keys, values, strict=True))
+
+    def require_goals(self, batch: Batch) -> None:
+        if batch.value_goals is None or batch.actor_goals is None:
+            raise SpecError(
+                f"algorithm '{self.name}' trains on hindsight goals: sample batches with agent.sampler(dataset)"
+            )
+
+    def sampler(self, dataset: OfflineDataset, *, seed: int = 0) -> GoalSampler | TransitionSampler:
+        """The batch sampler this algorithm trains with (``.sample(batch_size) -> Batch``)."""
+        if self.goal_conditioned:
+            goals = getattr(self.config, "goals", GoalSamplerConfig())
+            return GoalSampler(dataset, goals, discount=self.config.discount, seed=seed)
+        return TransitionSampler(dataset, seed=seed, require_rewards=self.needs_rewards)
+
+    #: Whether training needs a reward on every step (reward-task agents); BC does not.
+    needs_rewards: ClassVar[bool] = True
+
+    # -- serving ---------------------------------------------------------------------------------------------
+    def _as_tensors(
+        self,
+        states: np.ndarray,
+        goals: np.ndarray | None,
+        goal_mask: np.ndarray | None,
+        action_mask: np.ndarray | None,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        s = np.asarray(states, dtype=np.float32)
+        if s.ndim != 2 or s.shape[1] != self.spec.state_dim:
+            raise SpecError(
+                f"states must be (batch, {self.spec.state_dim}) for domain '{self.spec.name}' "
+                f"({', '.join(self.spec.state_names[:8])}{'…' if self.spec.state_dim > 8 else ''}), "
+                f"got shape {s.shape}"
+            )
+        if not np.all(np.isfinite(s)):
+            raise SpecError("states contain NaN or infinite values")
+        b = s.shape[0]
+        g_t = m_t = None
+        if goals is not None and self.goal_conditioned:
+            g = np.asarray(goals, dtype=np.float32)
+            if g.shape != (b, self.n_outcomes):
+                raise SpecError(
+                    f"goals must be (batch, {self.n_outcomes}) over the outcome features "
+                    f"{self.spec.outcome_names}, got shape {g.shape}"
+                )
+            m = ~np.isnan(g) if goal_mask is None else np.asarray(goal_mask, dtype=np.bool_)
+            if m.shape != g.shape:
+                raise SpecError(f"goal_mask must have the goals' shape {g.shape}, got {m.shape}")
+            if not np.all(np.isfinite(g[m])):
+                raise SpecError("goal values of specified outcome features must be finite")
+            g_t = torch.from_numpy(np.where(m, g, 0.0).astype(np.float32))
+            m_t = torch.from_numpy(m)
+        a_t = None
+        if action_mask is not None and self.spec.discrete:
+            am = np.asarray(action_mask, dtype=np.bool_)
+            if am.shape != (b, self.spec.n_actions):
+                raise SpecError(f"action_mask must be (batch, {self.spec.n_actions}), got shape {am.shape}")
+            empty = np.flatnonzero(~am.any(axis=1))
+            if len(empty):
+                raise SpecError(f"action_mask row {int(empty[0])} allows no action; allow at least one")
+            a_t = torch.from_numpy(am)
+        return torch.from_numpy(s), g_t, m_t, a_t
+
+    @torch.no_grad()
+    def act(
+        self,
+        states: np.ndarray,
+        goals: np.ndarray | None = None,
+        goal_mask: np.ndarray | None = None,
+        action_mask: np.ndarray | None = None,
+        *,
+        exploration: Exploration | None = None,
+        rng: np.random.Generator,
+    ) -> ActResult:
+        """Actions for a batch of raw states (and goals), with their propensities under the served policy.
+
+        ``goals`` may hold NaN for unspecified features when ``goal_mask`` is None.
+        """
+        s, g, m, am = self._as_tensors(states, goals, goal_mask, action_mask)
+        out = self.policy(s, g, m)
+        b = s.shape[0]
+        if self.spec.discrete:
+            greedy = self.dist.greedy(out, am)
+            if exploration is None:
+                return ActResult(greedy.numpy().astype(np.int64), np.ones(b, np.float32))
+            k = self.spec.n_actions
+            allowed = am.double() if am is not None else torch.ones(b, k, dtype=torch.float64)
+            if exploration.temperature is None:
+                base = F.one_hot(greedy, k).double()
+            else:
+                assert out.logits is not None
+                base = torch.softmax(masked_logits(out.logits.double() / exploration.temperature, am), -1)
+            eps = exploration.epsilon
+            probs = ((1.0 - eps) * base + eps * allowed / allowed.sum(-1, keepdim=True)).numpy()
+            cdf = np.cumsum(probs, axis=1)
+            u = rng.random((b, 1)) * cdf[:, -1:]
+            actions = np.minimum((u >= cdf).sum(axis=1), k - 1).astype(np.int64)
+            props = probs[np.arange(b), actions].astype(np.float32)
+            return ActResult(actions, props)
+        acts = self.spec.actions
+        assert isinstance(acts, BoxActions)
+        if exploration is None:
+            return ActResult(self.dist.greedy(out).numpy().astype(np.float32), np.ones(b, np.float32))
+        temp = exploration.temperature or 1.0
+        noise = torch.from_numpy(rng.standard_normal((b, self.spec.action_dim)).astype(np.float32))
+        sampled, _ = self.dist.rsample(out, noise, temp)
+        eps = exploration.epsilon
+        if eps > 0.0:
+            low, high = np.asarray(acts.low, np.float32), np.asarray(acts.high, np.float32)
+            uniform = rng.uniform(low, high, size=(b, len(low))).astype(np.float32)
+            pick = torch.from_numpy(rng.random(b) < eps).unsqueeze(-1)
+            sampled = torch.where(pick, torch.from_numpy(uniform), sampled)
+        # The density of the mixture at the returned action (either component may have produced it).
+        density = torch.exp(self.dist.log_prob_tempered(out, sampled, temp)).double()
+        if eps > 0.0:
+            volume = float(np.prod(np.asarray(acts.high) - np.asarray(acts.low)))
+            density = (1.0 - eps) * density + eps / volume
+        return ActResult(sampled.numpy().astype(np.float32), density.numpy().astype(np.float32))
+
+    @torch.no_grad()
+    def log_prob(
+        self,
+        states: np.ndarray,
+        goals: np.ndarray | None,
+        goal_mask: np.ndarray | None,
+        actions: np.ndarray,
+        action_mask: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """(B,) log-probability (discrete) or log-density (continuous) of ``actions`` under the stochastic
+        policy at temperature 1."""
+        s, g, m, am = self._as_tensors(states, goals, goal_mask, action_mask)
+        out = self.policy(s, g, m)
+        if self.spec.discrete:
+            a = torch.as_tensor(np.asarray(actions).reshape(-1).astype(np.int64))
+            if a.shape[0] != s.shape[0] or bool(((a < 0) | (a >= self.spec.n_actions)).any()):
+                raise SpecError(f"actions must be (batch,) indices in [0, {self.spec.n_actions})")
+        else:
+            a = torch.as_tensor(np.asarray(actions, dtype=np.float32))
+            if a.shape != (s.shape[0], self.spec.action_dim):
+                raise SpecError(f"actions must be (batch, {self.spec.action_dim}), got {tuple(a.shape)}")
+        return self.dist.log_prob(out, a, am).numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def action_probs(
+        self,
+        states: np.ndarray,
+        goals: np.ndarray | None = None,
+        goal_mask: np.ndarray | None = None,
+        action_mask: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """(B, K) probabilities of every discrete action under the stochastic policy at temperature 1."""
+        if not self.spec.discrete:
+            raise SpecError(f"action_probs() needs discrete actions; domain '{self.spec.name}' is continuous")
+        s, g, m, am = self._as_tensors(states, goals, goal_mask, action_mask)
+        return self.dist.log_probs_all(self.policy(s, g, m), am).exp().numpy().astype(np.float32)
+
+    # -- persistence -----------------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``agent.json`` (algorithm, config, spec, stats), ``weights.pt`` (network state_dict) and
+        ``optim.pt`` (optimiser state and training generator, for resuming); tensors only, no code."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": AGENT_FORMAT,
+            "algo": self.name,
+            "config": self.config.to_dict(),
+            "spec": self.spec.to_dict(),
+            "stats": self.stats.to_dict(),
+            "seed": self.seed,
+            "n_updates": self.n_updates,
+        }
+        (path / "agent.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        torch.save(self.nets.state_dict(), path / "weights.pt")
+        # Optimiser moments and the training generator, so fine-tuning resumes exactly where training stopped.
+        training_state = {"optimizers": {k: o.state_dict() for k, o in self.optimizers.items()}}
+        training_state["generator"] = self.generator.get_state()
+        torch.save(training_state, path / "optim.pt")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path, meta: dict[str, Any] | None = None) -> Self:
+        """Rebuild a saved agent of this class (no code is unpickled)."""
+        path = Path(directory)
+        meta = meta if meta is not None else read_agent_meta(path)
+        if meta.get("algo") != cls.name:
+            raise SpecError(f"{path}/agent.json holds algorithm '{meta.get('algo')}', not '{cls.name}'")
+        agent = cls(
+            DomainSpec.from_dict(meta["spec"]),
+            FeatureStats.from_dict(meta["stats"]),
+            cls.config_class.from_dict(meta["config"]),
+            seed=int(meta.get("seed", 0)),
+        )
+        try:
+            state = torch.load(path / "weights.pt", weights_only=True, map_location="cpu")
+            agent.nets.load_state_dict(state)
+        except (OSError, RuntimeError) as exc:
+            raise SpecError(f"{path}/weights.pt cannot be loaded into a '{cls.name}' agent: {exc}") from exc
+        optim_path = path / "optim.pt"
+        if optim_path.exists():
+            training_state = torch.load(optim_path, weights_only=True, map_location="cpu")
+            for k, o in agent.optimizers.items():
+                if k in training_state["optimizers"]:
+                    o.load_state_dict(training_state["optimizers"][k])
+            agent.generator.set_state(training_state["generator"])
+        agent.n_updates = int(meta.get("n_updates", 0))
+        return agent
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(domain={self.spec.name!r}, updates={self.n_updates})"
+
+
+def read_agent_meta(path: Path) -> dict[str, Any]:
+    """The parsed ``agent.json`` of a saved agent directory."""
+    file = Path(path) / "agent.json"
+    try:
+        meta = json.loads(file.read_text())
+    except OSError as exc:
+        raise SpecError(f"no saved agent at {path}: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{file} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != AGENT_FORMAT:
+        raise SpecError(
+            f"{file} has format {meta.get('format') if isinstance(meta, dict) else '?'}, "
+            f"expected {AGENT_FORMAT}; re-save the agent with this version"
+        )
+    return meta
+
+
+__all__ = [
+    "AGENT_FORMAT",
+    "ActResult",
+    "Agent",
+    "AgentConfig",
+    "Exploration",
+    "GoalConditionedConfig",
+    "configure_torch_threads",
+    "read_agent_meta",
+]

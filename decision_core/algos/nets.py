@@ -1,0 +1,256 @@
+"""Network building blocks and the math every algorithm shares, defined once.
+
+- :class:`MLP` and :class:`EnsembleMLP` (an ensemble as one stack of batched matmuls: twin critics cost one
+  ``baddbmm`` per layer, not one module per member);
+- :class:`PolicyNet` and :class:`PolicyDistribution`: a categorical policy over masked logits for discrete actions,
+  a tanh-squashed Gaussian mapped into the Box bounds (with the change-of-variables density) for continuous ones;
+- :class:`Critic`: Q(s, a) ensembles for both action kinds (discrete: one output per action);
+- :func:`expectile_loss`, :func:`polyak_update`, :func:`masked_logits`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from decision_core.schema import BoxActions, DomainSpec
+
+#: Logit given to unavailable actions: finite (so a masked row never produces NaN) yet exp() underflows to 0.
+MASKED_LOGIT = -1e9
+#: Bounds of the Gaussian's log standard deviation (pre-squash); keeps densities finite.
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+#: Squashed actions are kept this far inside (-1, 1) before atanh so logged boundary actions keep a finite density.
+_SQUASH_EPS = 1e-5
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU (and optional LayerNorm) between them; no activation after the last layer."""
+
+    def __init__(
+        self, in_dim: int, hidden: Sequence[int], out_dim: int, *, layer_norm: bool = False, activate_final=False
+    ) -> None:
+        super().__init__()
+        dims = [in_dim, *hidden, out_dim]
+        layers: list[nn.Module] = []
+        for i in range(len(dims) - 1):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            last = i == len(dims) - 2
+            if not last or activate_final:
+                if layer_norm:
+                    layers.append(nn.LayerNorm(dims[i + 1]))
+                layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+        self.out_dim = out_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class EnsembleLinear(nn.Module):
+    """``n`` independent linear layers applied as one batched matmul: (n, B, in) or (B, in) -> (n, B, out)."""
+
+    def __init__(self, n: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.n = n
+        bound = 1.0 / math.sqrt(in_dim)  # nn.Linear's default init, per member
+        self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n, 1, out_dim).uniform_(-bound, bound))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.n, -1, -1)
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleMLP(nn.Module):
+    """An ensemble of ``n`` MLPs with identical shapes; output (n, B, out_dim)."""
+
+    def __init__(self, n: int, in_dim: int, hidden: Sequence[int], out_dim: int, *, layer_norm: bool = False) -> None:
+        super().__init__()
+        dims = [in_dim, *hidden, out_dim]
+        layers: list[nn.Module] = []
+        for i in range(len(dims) - 1):
+            layers.append(EnsembleLinear(n, dims[i], dims[i + 1]))
+            if i < len(dims) - 2:
+                if layer_norm:
+                    # No affine parameters: they would be shared across members.
+                    layers.append(nn.LayerNorm(dims[i + 1], elementwise_affine=False))
+                layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+        self.n = n
+        self.out_dim = out_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Critic(nn.Module):
+    """An ensemble of Q(x, a): discrete spaces output one value per action, continuous ones take the action.
+
+    ``x`` is whatever the algorithm conditions on (normalised state, plus the goal encoding for goal-conditioned
+    critics). Continuous actions are rescaled from the Box to [-1, 1] before entering the network.
+    """
+
+    def __init__(
+        self, spec: DomainSpec, in_dim: int, hidden: Sequence[int], *, n: int = 2, layer_norm: bool = True
+    ) -> None:
+        super().__init__()
+        self.discrete = spec.discrete
+        self.action_scaler = ActionScaler(spec)
+        extra = 0 if self.discrete else spec.action_dim
+        out = spec.n_actions if self.discrete else 1
+        self.net = EnsembleMLP(n, in_dim + extra, hidden, out, layer_norm=layer_norm)
+
+    def forward(self, x: Tensor, actions: Tensor) -> Tensor:
+        """(n, B) Q-values of ``actions`` ((B,) long for discrete, (B, A) for continuous)."""
+        if self.discrete:
+            q = self.net(x)
+            return q.gather(-1, actions.view(1, -1, 1).expand(q.shape[0], -1, 1)).squeeze(-1)
+        return self.net(torch.cat([x, self.action_scaler.to_unit(actions)], dim=-1)).squeeze(-1)
+
+    def all_actions(self, x: Tensor) -> Tensor:
+        """(n, B, K) Q-values of every discrete action."""
+        if not self.discrete:
+            raise ValueError("all_actions() is only defined for discrete action spaces")
+        return self.net(x)
+
+
+class ActionScaler(nn.Module):
+    """Maps Box actions to [-1, 1] and back (identity for discrete spaces)."""
+
+    def __init__(self, spec: DomainSpec) -> None:
+        super().__init__()
+        acts = spec.actions
+        if isinstance(acts, BoxActions):
+            low = torch.tensor(acts.low, dtype=torch.float32)
+            high = torch.tensor(acts.high, dtype=torch.float32)
+        else:
+            low = torch.zeros(1)
+            high = torch.ones(1)
+        # Buffers that are not saved: the bounds come from the spec stored with the model.
+        self.register_buffer("center", (high + low) / 2, persistent=False)
+        self.register_buffer("half_range", (high - low) / 2, persistent=False)
+
+    def to_unit(self, actions: Tensor) -> Tensor:
+        return (actions - self.center) / self.half_range
+
+    def from_unit(self, unit: Tensor) -> Tensor:
+        return unit * self.half_range + self.center
+
+
+@dataclass
+class PolicyOutput:
+    """What a policy network emits: logits (discrete) or pre-squash Gaussian parameters (continuous)."""
+
+    logits: Tensor | None = None
+    mean: Tensor | None = None
+    log_std: Tensor | None = None
+
+
+class PolicyNet(nn.Module):
+    """MLP trunk with a categorical head (discrete) or a state-dependent Gaussian head (continuous)."""
+
+    def __init__(self, spec: DomainSpec, in_dim: int, hidden: Sequence[int], *, layer_norm: bool = False) -> None:
+        super().__init__()
+        self.discrete = spec.discrete
+        out = spec.n_actions if self.discrete else 2 * spec.action_dim
+        self.net = MLP(in_dim, hidden, out, layer_norm=layer_norm)
+
+    def forward(self, x: Tensor) -> PolicyOutput:
+        out = self.net(x)
+        if self.discrete:
+            return PolicyOutput(logits=out)
+        mean, log_std = out.chunk(2, dim=-1)
+        return PolicyOutput(mean=mean, log_std=log_std.clamp(LOG_STD_MIN, LOG_STD_MAX))
+
+
+def masked_logits(logits: Tensor, action_mask: Tensor | None) -> Tensor:
+    """Logits with unavailable actions pushed to :data:`MASKED_LOGIT` (applied before any softmax)."""
+    if action_mask is None:
+        return logits
+    return logits.masked_fill(~action_mask, MASKED_LOGIT)
+
+
+class PolicyDistribution(nn.Module):
+    """Densities, sampling and greedy actions for a :class:`PolicyOutput` in the domain's action space.
+
+    Continuous actions are ``a = center + half_range * tanh(u)``, ``u ~ N(mean, std)``; the density of ``a`` is
+    ``N(u) / prod(half_range * (1 - tanh(u)^2))``. Discrete actions: softmax over masked logits.
+    """
+
+    def __init__(self, spec: DomainSpec) -> None:
+        super().__init__()
+        self.discrete = spec.discrete
+        self.n_actions = spec.n_actions
+        self.scaler = ActionScaler(spec)
+
+    # -- discrete ---------------------------------------------------------------------------------------------
+    def log_probs_all(self, out: PolicyOutput, action_mask: Tensor | None = None, temperature=1.0) -> Tensor:
+        """(B, K) log-probabilities of every discrete action."""
+        assert out.logits is not None
+        return F.log_softmax(masked_logits(out.logits / temperature, action_mask), dim=-1)
+
+    # -- both ---------------------------------------------------------------------------------------------------
+    def log_prob(self, out: PolicyOutput, actions: Tensor, action_mask: Tensor | None = None) -> Tensor:
+        """(B,) log-probability (discrete) or log-density (continuous) of ``actions``."""
+        if self.discrete:
+            return self.log_probs_all(out, action_mask).gather(-1, actions.view(-1, 1)).squeeze(-1)
+        assert out.mean is not None and out.log_std is not None
+        unit = self.scaler.to_unit(actions).clamp(-1 + _SQUASH_EPS, 1 - _SQUASH_EPS)
+        return self._squashed_log_prob(out.mean, out.log_std, torch.atanh(unit), unit)
+
+    def _squashed_log_prob(self, mean: Tensor, log_std: Tensor, pre: Tensor, unit: Tensor) -> Tensor:
+        gauss = -0.5 * ((pre - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+        jacobian = torch.log(self.scaler.half_range) + torch.log1p(-unit.pow(2) + 1e-12)
+        return (gauss - jacobian).sum(-1)
+
+    def greedy(self, out: PolicyOutput, action_mask: Tensor | None = None) -> Tensor:
+        """The mode: argmax over available actions, or the squashed Gaussian mean."""
+        if self.discrete:
+            assert out.logits is not None
+            return masked_logits(out.logits, action_mask).argmax(-1)
+        assert out.mean is not None
+        return self.scaler.from_unit(torch.tanh(out.mean))
+
+    def rsample(self, out: PolicyOutput, noise: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+        """Continuous only: a reparameterised sample from standard-normal ``noise`` and its log-density."""
+        assert out.mean is not None and out.log_std is not None
+        log_std = out.log_std + math.log(temperature)
+        pre = out.mean + log_std.exp() * noise
+        unit = torch.tanh(pre)
+        return self.scaler.from_unit(unit), self._squashed_log_prob(out.mean, log_std, pre, unit)
+
+    def log_prob_tempered(self, out: PolicyOutput, actions: Tensor, temperature: float) -> Tensor:
+        """Continuous only: log-density of ``actions`` with the standard deviation scaled by ``temperature``."""
+        assert out.mean is not None and out.log_std is not None
+        t = PolicyOutput(mean=out.mean, log_std=out.log_std + math.log(temperature))
+        return self.log_prob(t, actions)
+
+
+def expectile_loss(adv: Tensor, diff: Tensor, expectile: float) -> Tensor:
+    """Asymmetric squared loss ``|tau - 1(adv < 0)| * diff^2`` (IQL's expectile regression), elementwise."""
+    weight = torch.where(adv >= 0, expectile, 1.0 - expectile)
+    return weight * diff.pow(2)
+
+
+@torch.no_grad()
+def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """``target <- (1 - tau) * target + tau * source`` over all parameters, in one fused call."""
+    t_params = list(target.parameters())
+    s_params = list(source.parameters())
+    torch._foreach_lerp_(t_params, s_params, tau)
+
+
+def awr_weights(adv: Tensor, temperature: float, max_weight: float = 100.0) -> Tensor:
+    """Advantage-weighted regression weights ``min(exp(temperature * adv), max_weight)``, no gradient."""
+    return torch.exp(adv.detach() * temperature).clamp(max=max_weight)
+
+
+def normalize_rep(x: Tensor) -> Tensor:
+    """Scale each row to length sqrt(dim) (OGBench's goal-representation normalisation)."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6) * math.sqrt(x.shape[-1])
