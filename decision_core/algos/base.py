@@ -272,8 +272,9 @@ class Agent(ABC):
 
     @staticmethod
     def step(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+        """Back-propagate ``loss`` into this optimiser's parameters only, then step it."""
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward(inputs=[p for group in optimizer.param_groups for p in group["params"]])
         optimizer.step()
 
     def finish_update(self, info: dict[str, Tensor]) -> dict[str, float]:

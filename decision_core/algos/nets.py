@@ -254,3 +254,8 @@ def awr_weights(adv: Tensor, temperature: float, max_weight: float = 100.0) -> T
 def normalize_rep(x: Tensor) -> Tensor:
     """Scale each row to length sqrt(dim) (OGBench's goal-representation normalisation)."""
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6) * math.sqrt(x.shape[-1])
+
+
+def gaussian_log_prob(mean: Tensor, log_std: Tensor, x: Tensor) -> Tensor:
+    """(B,) log-density of ``x`` under a diagonal Gaussian (no squashing)."""
+    return (-0.5 * ((x - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)

@@ -1,0 +1,115 @@
+"""GCIQL: goal-conditioned implicit Q-learning with advantage-weighted policy extraction.
+
+Critic ``Q(s, a, g)`` (twin ensemble, Polyak target) regresses ``r + discount * mask * V(s', g)``; the value
+``V(s, g)`` is an expectile of the target critic's ``min Q``, so it estimates the best in-distribution action
+without querying unseen actions. The policy maximises ``exp(temperature * (Q - V)) * log pi(a | s, g)`` on the
+logged actions (AWR), which works the same for discrete and continuous actions. Rewards are ``success - 1``
+with success decided by the domain's outcome tolerances (see ``decision_core.data.goals``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from decision_core.algos.base import Agent, GoalConditionedConfig
+from decision_core.algos.nets import MLP, Critic, PolicyNet, PolicyOutput, awr_weights, expectile_loss, polyak_update
+from decision_core.data.dataset import Batch
+from decision_core.data.goals import GoalSamplerConfig
+
+
+@dataclass(frozen=True)
+class GCIQLConfig(GoalConditionedConfig):
+    #: Expectile of the value regression (0.5 = mean, towards 1 = max over in-distribution actions).
+    expectile: float = 0.9
+    #: Inverse temperature of the advantage weights exp(temperature * A) of the policy.
+    awr_temperature: float = 3.0
+    #: Cap on the advantage weights (keeps the actor loss bounded).
+    max_weight: float = 100.0
+    #: Polyak rate of the target critic.
+    tau: float = 0.005
+    #: LayerNorm in the critic and value networks (stabilises bootstrapping).
+    layer_norm: bool = True
+    #: Critic ensemble size (2 = twin critics, min taken for the value target).
+    n_critics: int = 2
+    #: Value goals: 20% the transition's own outcome, 50% later in the episode (geometric), 30% random;
+    #: actor goals: later in the episode, uniform (OGBench's GCIQL mixture).
+    goals: GoalSamplerConfig = field(
+        default_factory=lambda: GoalSamplerConfig(
+            value_p_curgoal=0.2,
+            value_p_trajgoal=0.5,
+            value_p_randomgoal=0.3,
+            value_geom_sample=True,
+            actor_p_curgoal=0.0,
+            actor_p_trajgoal=1.0,
+            actor_p_randomgoal=0.0,
+            actor_geom_sample=False,
+        )
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        self.require(0.0 < self.expectile < 1.0, "expectile", "must be in (0, 1)")
+        self.require(self.awr_temperature >= 0.0, "awr_temperature", "must be >= 0")
+        self.require(self.max_weight > 0.0, "max_weight", "must be > 0")
+        self.require(0.0 < self.tau <= 1.0, "tau", "must be in (0, 1]")
+        self.require(self.n_critics >= 1, "n_critics", "must be >= 1")
+
+
+class GCIQLAgent(Agent):
+    name = "gciql"
+    goal_conditioned = True
+    config_class = GCIQLConfig
+    config: GCIQLConfig
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        c = self.config
+        critic = Critic(self.spec, self.input_dim, c.hidden_dims, n=c.n_critics, layer_norm=c.layer_norm)
+        return {
+            "critic": critic,
+            "target_critic": copy.deepcopy(critic),
+            "value": MLP(self.input_dim, c.hidden_dims, 1, layer_norm=c.layer_norm),
+            "actor": PolicyNet(self.spec, self.input_dim, c.hidden_dims),
+        }
+
+    def policy(self, states: Tensor, goals: Tensor | None, goal_masks: Tensor | None) -> PolicyOutput:
+        return self.nets["actor"](self.inputs(states, goals, goal_masks))
+
+    def value_loss(self, x: Tensor, actions: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        q = self.nets["target_critic"](x, actions).min(0).values
+        v = self.nets["value"](x).squeeze(-1)
+        adv = q - v
+        loss = expectile_loss(adv, adv, self.config.expectile).mean()
+        return loss, {"value/loss": loss, "value/v_mean": v.mean(), "value/adv_mean": adv.mean()}
+
+    def critic_loss(self, batch: Batch, x: Tensor, next_x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        assert batch.value_rewards is not None and batch.value_masks is not None
+        next_v = self.nets["value"](next_x).squeeze(-1).detach()
+        target = batch.value_rewards + self.config.discount * batch.value_masks * next_v
+        q = self.nets["critic"](x, batch.actions)
+        loss = (q - target).pow(2).mean(-1).sum()
+        return loss, {"critic/loss": loss, "critic/q_mean": q.mean(), "critic/q_max": q.max()}
+
+    def actor_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        x = self.inputs(batch.states, batch.actor_goals, batch.actor_goal_masks)
+        q = self.nets["target_critic"](x, batch.actions).min(0).values
+        v = self.nets["value"](x).squeeze(-1)
+        weights = awr_weights(q - v, self.config.awr_temperature, self.config.max_weight)
+        log_prob = self.dist.log_prob(self.nets["actor"](x), batch.actions, batch.action_masks)
+        loss = -(weights * log_prob).mean()
+        return loss, {"actor/loss": loss, "actor/log_prob": log_prob.mean(), "actor/adv_weight": weights.mean()}
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        self.require_goals(batch)
+        x = self.inputs(batch.states, batch.value_goals, batch.value_goal_masks)
+        next_x = self.inputs(batch.next_states, batch.value_goals, batch.value_goal_masks)
+        value_loss, value_info = self.value_loss(x, batch.actions)
+        critic_loss, critic_info = self.critic_loss(batch, x, next_x)
+        actor_loss, actor_info = self.actor_loss(batch)
+        # The three losses touch disjoint parameters (targets are detached), so one step on their sum is three
+        # separate steps in one optimiser call.
+        self.step(self.optimizers["all"], value_loss + critic_loss + actor_loss)
+        polyak_update(self.nets["target_critic"], self.nets["critic"], self.config.tau)
+        return self.finish_update({**value_info, **critic_info, **actor_info})
