@@ -13,6 +13,7 @@ from rich.table import Column, Table
 from decision_core.envs.cli import evaluate_cmd, simulate_cmd
 from decision_core.errors import DecisionCoreError
 from decision_core.settings import CoreSettings
+from decision_core.training.cli import register as register_training_commands
 
 app = typer.Typer(
     name="decision-core",
@@ -118,6 +119,7 @@ def show_cmd(
 
 app.command("simulate")(simulate_cmd)
 app.command("evaluate")(evaluate_cmd)
+register_training_commands(app)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -148,7 +148,7 @@ def fit_fqe(
         return net(xs)
 
     def v_continuous(net: nn.Module, xs: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
-        b, mm, ad = acts.shape
+        b, mm, _ = acts.shape
         inp = torch.cat([xs[:, None, :].expand(b, mm, xs.shape[1]), acts], dim=2).reshape(b * mm, -1)
         return net(inp).reshape(b, mm).mean(dim=1)
 

@@ -1,0 +1,232 @@
+"""The ``train``, ``ope`` and ``select`` commands (registered on the main ``decision-core`` app).
+
+Heavy imports (torch, MLflow) happen inside the commands so ``decision-core --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from decision_core.errors import DecisionCoreError
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def _settings(db: Path | None) -> object:
+    from decision_core.settings import CoreSettings
+
+    return CoreSettings(db=db) if db else CoreSettings()
+
+
+def train_cmd(
+    domain: Annotated[
+        str | None, typer.Option("--domain", help="Domain to train on (see `decision-core show`).")
+    ] = None,
+    algo: Annotated[str | None, typer.Option("--algo", help="Algorithm: gcbc, gciql, crl, hiql, iql, cql, bc.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML or JSON training config.")] = None,
+    sets: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: key=value (agent.lr=1e-3).")
+    ] = None,
+    goal_set: Annotated[str | None, typer.Option("--goal-set", help="Evaluate on this named goal only.")] = None,
+    task: Annotated[
+        str | None, typer.Option("--task", help="Reward task: an expression over the features, or 'logged'.")
+    ] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Gradient steps.")] = None,
+    resume: Annotated[str | None, typer.Option("--resume", help="Continue this run from its checkpoint.")] = None,
+    db: Annotated[Path | None, typer.Option("--db", help="DuckDB store.")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No live progress bar.")] = False,
+) -> None:
+    """Train an agent on a domain's logs as an MLflow run and register the model (candidate/champion)."""
+    try:
+        from decision_core.settings import CoreSettings
+        from decision_core.training.config import build_config
+        from decision_core.training.loop import config_of_run, train
+
+        settings = CoreSettings(db=db) if db else CoreSettings()
+        if resume is not None:
+            base = config_of_run(resume, settings)
+            flags = {"steps": steps, "goal_set": goal_set, "task": task}
+            cfg = base.with_overrides({k: v for k, v in flags.items() if v is not None})
+            if sets:
+                cfg = build_config(sets=sets, **cfg.to_dict())
+        else:
+            cfg = build_config(
+                file=config, sets=sets, domain=domain, algo=algo, goal_set=goal_set, task=task, steps=steps
+            )
+        result = train(cfg, settings, progress=not no_progress, resume=resume)
+    except DecisionCoreError as exc:
+        raise _fail(exc) from None
+    if result.rank != 0:
+        return
+    table = Table("metric", "value", title=f"run {result.run_id}")
+    for key in sorted(result.metrics):
+        if key.startswith(("eval/", "ope/")) and not key.endswith(("/ess", "_low", "_high")):
+            table.add_row(key, f"{result.metrics[key]:.4g}")
+    out.print(table)
+    registered = (
+        f"registered as {result.registered_name} v{result.registered_version} ({', '.join(result.aliases)})"
+        if result.registered_version
+        else "not registered"
+    )
+    out.print(f"[green]model[/] {result.model_uri}: {registered}")
+
+
+def ope_cmd(
+    domain: Annotated[str, typer.Option("--domain", help="Domain whose logs the policy is evaluated on.")],
+    model: Annotated[str, typer.Option("--model", help="models:/name@alias, models:/name/N, runs:/… or a directory.")],
+    estimators: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--estimator", help="Estimator(s): ips, snips, pdwis, dr, wdr, fqe (default: all the data supports)."
+        ),
+    ] = None,
+    task: Annotated[str | None, typer.Option("--task", help="Reward task: expression or 'logged'.")] = None,
+    goal: Annotated[
+        list[str] | None, typer.Option("--goal", help="Goal feature=value (goal-conditioned models); repeat.")
+    ] = None,
+    goal_set: Annotated[str | None, typer.Option("--goal-set", help="A named goal of the domain.")] = None,
+    epsilon: Annotated[float, typer.Option(help="Evaluate the epsilon-greedy served policy.")] = 0.0,
+    temperature: Annotated[float | None, typer.Option(help="Evaluate the softmax policy at this temperature.")] = None,
+    gamma: Annotated[float, typer.Option(help="Discount of the evaluated return.")] = 1.0,
+    episodes: Annotated[int, typer.Option(help="Use at most this many logged episodes.")] = 5000,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 500,
+    confidence: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.9,
+    fqe_steps: Annotated[int, typer.Option(help="Gradient steps of FQE's Q model.")] = 3000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and FQE.")] = 0,
+    db: Annotated[Path | None, typer.Option("--db", help="DuckDB store.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Estimate a model's value from the logs with off-policy estimators (value, CI, effective sample size)."""
+    import numpy as np
+
+    try:
+        from decision_core.algos import Exploration
+        from decision_core.errors import SpecError
+        from decision_core.ope import AgentPolicy, FQEConfig, evaluate_policy, goal_task, reward_task
+        from decision_core.settings import CoreSettings
+        from decision_core.training.config import TrainConfig
+        from decision_core.training.loop import _simulator, evaluation_goals, load_domain
+        from decision_core.training.models import load_agent_from_uri
+
+        settings = CoreSettings(db=db) if db else CoreSettings()
+        agent, ref = load_agent_from_uri(model, settings)
+        cfg = TrainConfig(domain=domain, algo=agent.name, goal_set=goal_set, task=task)
+        arrays = load_domain(cfg, settings)
+        exploration = Exploration(epsilon, temperature) if (epsilon > 0 or temperature is not None) else None
+        jobs = []
+        if agent.goal_conditioned:
+            if goal:
+                spec = arrays.spec
+                targets: dict[str, float] = {}
+                for g in goal:
+                    name, sep, value = g.partition("=")
+                    if not sep or name not in spec.outcome_names:
+                        raise SpecError(
+                            f"--goal '{g}' must be feature=value over the outcome features "
+                            f"{', '.join(spec.outcome_names)}"
+                        )
+                    targets[name] = float(value)
+                values = np.array([targets.get(o, 0.0) for o in spec.outcome_names], np.float32)
+                mask = np.array([o in targets for o in spec.outcome_names], np.bool_)
+                goals = [("cli", values, mask)]
+            else:
+                goals = evaluation_goals(arrays.spec, goal_set, _simulator(domain))
+            if not goals:
+                raise SpecError(f"domain '{domain}' defines no goals; pass --goal feature=value")
+            for name, values, mask in goals:
+                jobs.append(
+                    (
+                        AgentPolicy(agent, exploration, goal=values, goal_mask=mask),
+                        goal_task(arrays, values, mask, name),
+                    )
+                )
+        else:
+            jobs.append((AgentPolicy(agent, exploration), reward_task(arrays, task)))
+        rng = np.random.default_rng(seed)
+        reports = [
+            evaluate_policy(
+                arrays,
+                policy,
+                rng=rng,
+                estimators=estimators or None,
+                task=t,
+                gamma=gamma,
+                n_bootstrap=bootstrap,
+                confidence=confidence,
+                fqe=FQEConfig(steps=fqe_steps),
+                max_episodes=episodes,
+            )
+            for policy, t in jobs
+        ]
+    except DecisionCoreError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        out.print_json(json.dumps({"model": ref.label(), "reports": [r.to_dict() for r in reports]}))
+        return
+    for r in reports:
+        pct = round(100 * confidence)
+        table = Table("estimator", "value", f"{pct}% CI", "ESS", title=f"{ref.label()} · {r.policy} · {r.task}")
+        for e in r.estimates.values():
+            table.add_row(e.estimator, f"{e.value:.4g}", f"[{e.ci_low:.4g}, {e.ci_high:.4g}]", f"{e.ess:.1f}")
+        out.print(table)
+        out.print(f"logged policy: {r.behaviour_value:.4g} over {r.n_episodes} episodes ({r.n_steps} steps)")
+        for name, why in r.skipped.items():
+            out.print(f"[yellow]skipped {name}[/]: {why}")
+
+
+def select_cmd(
+    domain: Annotated[str, typer.Option("--domain", help="Domain (and registered model name) to choose for.")],
+    runs: Annotated[list[str] | None, typer.Option("--runs", help="Candidate run id(s); repeat.")] = None,
+    candidates: Annotated[
+        str | None, typer.Option("--candidates", help="'all': every registered version of the model.")
+    ] = None,
+    model_name: Annotated[str | None, typer.Option("--model-name", help="Registered name (default: domain).")] = None,
+    estimator: Annotated[str | None, typer.Option(help="Estimator to rank by (default: wdr, else fqe).")] = None,
+    confidence: Annotated[float, typer.Option(help="Confidence of the lower bound ranked on.")] = 0.9,
+    episodes: Annotated[int, typer.Option(help="Use at most this many logged episodes.")] = 5000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and FQE.")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Compare only; do not move the alias.")] = False,
+    db: Annotated[Path | None, typer.Option("--db", help="DuckDB store.")] = None,
+) -> None:
+    """Pick the candidate with the best OPE lower confidence bound and point `champion` at it."""
+    try:
+        from decision_core.settings import CoreSettings
+        from decision_core.training.select import select_champion
+
+        settings = CoreSettings(db=db) if db else CoreSettings()
+        if not runs and candidates != "all":
+            raise DecisionCoreError("name candidate runs with --runs RUN_ID ... or pass --candidates all")
+        result = select_champion(
+            domain,
+            run_ids=runs or None,
+            settings=settings,
+            model_name=model_name,
+            estimator=estimator,
+            confidence=confidence,
+            max_episodes=episodes,
+            seed=seed,
+            move_alias=not dry_run,
+        )
+    except DecisionCoreError as exc:
+        raise _fail(exc) from None
+    out.print(result.table())
+    out.print(result.summary())
+
+
+def register(app: typer.Typer) -> None:
+    """Add the training commands to ``app``."""
+    app.command("train")(train_cmd)
+    app.command("ope")(ope_cmd)
+    app.command("select")(select_cmd)

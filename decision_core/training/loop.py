@@ -1,0 +1,535 @@
+"""The training entry point: one MLflow run from logged data to a registered model.
+
+:func:`train` reads the domain from the store once, builds the agent, runs ``config.steps`` updates with a live
+progress bar, evaluates periodically (the domain's simulator when it has one, OPE always), checkpoints (locally
+and as run artifacts) and finally logs the model, registers it under the domain's name and sets its aliases.
+The same function runs in every process under ``torchrun`` (see :mod:`decision_core.training.distributed`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from decision_core.errors import DecisionCoreError, SpecError
+from decision_core.schema import SCHEMA_VERSION
+from decision_core.settings import CoreSettings
+from decision_core.training import distributed as dist_utils
+from decision_core.training.config import TrainConfig
+
+console = Console(stderr=True)
+
+#: Estimators cheap enough to run at every periodic evaluation (FQE fits a network, so it waits for the end).
+PERIODIC_ESTIMATORS = ("snips", "pdwis")
+
+
+class TrainingError(DecisionCoreError):
+    """Training cannot start or continue as asked."""
+
+
+class TrainingDiverged(TrainingError):
+    """A loss became NaN or infinite; the run stopped and its last good checkpoint was kept."""
+
+    def __init__(self, message: str, *, run_id: str | None, step: int, checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.run_id, self.step, self.checkpoint = run_id, step, checkpoint
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    run_id: str | None
+    model_uri: str | None
+    registered_name: str | None
+    registered_version: str | None
+    aliases: list[str]
+    metrics: dict[str, float]
+    steps: int
+    checkpoint: Path | None
+    rank: int = 0
+    ope: list[dict[str, Any]] = field(default_factory=list)
+
+
+# -- data ---------------------------------------------------------------------------------------------------------
+def load_domain(config: TrainConfig, settings: CoreSettings) -> Any:
+    """The domain's steps as arrays, read from the store once (read-only, so several processes may share it)."""
+    from decision_core.errors import StoreError
+    from decision_core.store import DecisionStore
+
+    path = settings.db_path
+    if not Path(path).exists():
+        raise StoreError(f"no store at {path}; ingest logs first (decision-core ingest <adapter> <files>)")
+    with DecisionStore(path, read_only=True) as store:
+        return store.load_arrays(config.domain)
+
+
+def fingerprint(arrays: Any, settings: CoreSettings) -> dict[str, str]:
+    """Dataset identity for the run's params: store path, counts, schema version and a content hash."""
+    h = hashlib.sha256()
+    for a in (arrays.states, arrays.actions, arrays.episode_starts, arrays.rewards, arrays.propensities):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return {
+        "data.store": str(Path(settings.db_path).resolve()),
+        "data.domain": arrays.spec.name,
+        "data.spec_version": arrays.spec.version,
+        "data.schema_version": str(SCHEMA_VERSION),
+        "data.steps": str(arrays.n_steps),
+        "data.episodes": str(arrays.n_episodes),
+        "data.with_propensity": str(int(np.isfinite(arrays.propensities).sum())),
+        "data.with_reward": str(int(np.isfinite(arrays.rewards).sum())),
+        "data.sha256": h.hexdigest()[:16],
+    }
+
+
+def _training_rewards(agent_cls: Any, arrays: Any, config: TrainConfig) -> np.ndarray | None:
+    """The reward-task reward of every step for reward algorithms; None for goal-conditioned ones."""
+    if agent_cls.goal_conditioned or not getattr(agent_cls, "needs_rewards", True):
+        return None
+    from decision_core.reward import rewards_for
+
+    source = config.task
+    if source is None and arrays.spec.reward is None:
+        source = "logged"
+    return rewards_for(arrays, source)
+
+
+# -- evaluation ----------------------------------------------------------------------------------------------------
+def _simulator(domain: str) -> Any | None:
+    """The domain's simulator, or None when it has none (imported lazily: simulators are optional)."""
+    try:
+        from decision_core.envs import SIMULATORS, get_simulator
+    except ImportError:
+        return None
+    if domain not in SIMULATORS:
+        return None
+    try:
+        return get_simulator(domain)
+    except DecisionCoreError:
+        return None
+
+
+def evaluation_goals(spec: Any, goal_set: str | None, sim: Any | None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, values, mask) of the goals goal-conditioned evaluation uses."""
+    goals: dict[str, dict[str, float]] = dict(spec.goals)
+    if not goals and sim is not None:
+        goals = {g.name: dict(g.targets) for g in sim.goal_set()}
+    if goal_set is not None:
+        if goal_set not in goals:
+            raise SpecError(
+                f"goal set '{goal_set}' is not defined for domain '{spec.name}'. "
+                f"Known: {', '.join(sorted(goals)) or 'none'}"
+            )
+        goals = {goal_set: goals[goal_set]}
+    out = []
+    for name, targets in goals.items():
+        values = np.array([targets.get(o, 0.0) for o in spec.outcome_names], np.float32)
+        mask = np.array([o in targets for o in spec.outcome_names], np.bool_)
+        out.append((name, values, mask))
+    return out
+
+
+def run_ope(
+    agent: Any,
+    arrays: Any,
+    config: TrainConfig,
+    *,
+    rng: np.random.Generator,
+    estimators: tuple[str, ...] | list[str] | None,
+    sim: Any | None = None,
+    confidence: float = 0.9,
+) -> tuple[dict[str, float], list[Any]]:
+    """OPE of the agent's served policy: on its reward task, or averaged over the evaluation goals."""
+    from decision_core.algos import Exploration
+    from decision_core.ope import AgentPolicy, FQEConfig, evaluate_policy, goal_task, reward_task
+
+    exploration = None
+    if config.ope_epsilon > 0 or config.ope_temperature is not None:
+        exploration = Exploration(epsilon=config.ope_epsilon, temperature=config.ope_temperature)
+    fqe = FQEConfig(steps=config.fqe_steps)
+    jobs: list[tuple[Any, Any]] = []
+    if agent.goal_conditioned:
+        for name, values, mask in evaluation_goals(arrays.spec, config.goal_set, sim):
+            policy = AgentPolicy(agent, exploration, goal=values, goal_mask=mask)
+            jobs.append((policy, goal_task(arrays, values, mask, name=name)))
+    else:
+        jobs.append((AgentPolicy(agent, exploration), reward_task(arrays, config.task)))
+    reports = [
+        evaluate_policy(
+            arrays,
+            policy,
+            rng=rng,
+            estimators=estimators,
+            task=task,
+            gamma=config.ope_gamma,
+            fqe=fqe,
+            max_episodes=config.ope_episodes,
+            confidence=confidence,
+        )
+        for policy, task in jobs
+    ]
+    sums: dict[str, list[float]] = defaultdict(list)
+    for report in reports:
+        for key, value in report.metrics().items():
+            sums[key].append(value)
+    # Over several goals the figures are mean success rates (interval bounds averaged too).
+    return {k: float(np.mean(v)) for k, v in sums.items()}, reports
+
+
+def run_simulator_eval(agent: Any, sim: Any, config: TrainConfig) -> dict[str, float]:
+    from decision_core.envs.evaluate import LearnedPolicy, evaluate
+
+    report = evaluate(sim, LearnedPolicy(agent), name="learned", episodes=config.eval_episodes, seed=config.seed)
+    return report.metrics("learned", prefix="eval/")
+
+
+# -- checkpoints -----------------------------------------------------------------------------------------------------
+CHECKPOINT_ARTIFACT = "checkpoint"
+
+
+def _generators(agent: Any, sampler: Any) -> dict[str, torch.Generator]:
+    gens = {"agent": agent.generator}
+    if isinstance(getattr(sampler, "generator", None), torch.Generator):
+        gens["sampler"] = sampler.generator
+    return gens
+
+
+def save_checkpoint(directory: Path, agent: Any, sampler: Any, step: int, history: dict[str, list]) -> Path:
+    """Write agent + optimiser + RNG state + step atomically (a crash mid-write keeps the previous one)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=directory.parent))
+    agent.save(tmp / "agent")
+    torch.save({k: g.get_state() for k, g in _generators(agent, sampler).items()}, tmp / "rng.pt")
+    (tmp / "trainer.json").write_text(json.dumps({"step": step, "history": history}))
+    old = directory.with_name(directory.name + ".old")
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def _restore(directory: Path, agent_cls: Any, sampler_factory: Any) -> tuple[Any, Any, int, dict[str, list]]:
+    agent = agent_cls.load(directory / "agent")
+    sampler = sampler_factory(agent)
+    state = torch.load(directory / "rng.pt", weights_only=True)
+    for k, g in _generators(agent, sampler).items():
+        if k in state:
+            g.set_state(state[k])
+    meta = json.loads((directory / "trainer.json").read_text())
+    return agent, sampler, int(meta["step"]), meta.get("history", {})
+
+
+def _fetch_checkpoint(run_id: str, settings: CoreSettings, local: Path) -> Path:
+    if (local / "trainer.json").exists():
+        return local
+    from decision_core.training.models import download_dir
+
+    try:
+        dst = Path(tempfile.mkdtemp(prefix="decision-core-resume-"))
+        return download_dir(f"runs:/{run_id}/{CHECKPOINT_ARTIFACT}", dst, settings)
+    except Exception as exc:
+        raise TrainingError(
+            f"run {run_id} has no checkpoint to resume from (not at {local} nor in its artifacts): {exc}"
+        ) from None
+
+
+def config_of_run(run_id: str, settings: CoreSettings | None = None) -> TrainConfig:
+    """The config a run was started with (its ``config.json`` artifact)."""
+    from decision_core.training.models import download_dir
+
+    settings = settings or CoreSettings()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = download_dir(f"runs:/{run_id}/config.json", tmp, settings)
+            data = json.loads(Path(path).read_text())
+    except Exception as exc:
+        raise TrainingError(f"cannot read the config of run {run_id} from {settings.mlflow_uri}: {exc}") from None
+    return TrainConfig.from_dict(data, source=f"run {run_id} config.json")
+
+
+# -- the loop ----------------------------------------------------------------------------------------------------------
+@contextmanager
+def _progress(enabled: bool, total: int, start: int) -> Iterator[tuple[Progress | None, Any]]:
+    if not enabled:
+        yield None, None
+        return
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[losses]}"),
+        console=console,
+    )
+    with progress:
+        task = progress.add_task("training", total=total, completed=start, losses="")
+        yield progress, task
+
+
+def _fmt(metrics: dict[str, float], limit: int = 4) -> str:
+    keys = [k for k in metrics if k.endswith("loss")][:limit] or list(metrics)[:limit]
+    return "  ".join(f"{k}={metrics[k]:.4g}" for k in keys)
+
+
+def train(
+    config: TrainConfig,
+    settings: CoreSettings | None = None,
+    *,
+    progress: bool = True,
+    arrays: Any | None = None,
+    resume: str | None = None,
+) -> TrainResult:
+    """Train ``config.algo`` on ``config.domain`` as one MLflow run; see the module docstring.
+
+    ``arrays`` skips the store read (e.g. a server fine-tuning on data it holds); ``resume`` continues the run
+    with that id from its last checkpoint up to ``config.steps``.
+    """
+    from decision_core.algos import ALGORITHMS, configure_torch_threads, create_agent
+    from decision_core.data import FeatureStats, OfflineDataset
+
+    settings = settings or CoreSettings()
+    agent_cls = ALGORITHMS.get(config.algo)  # unknown names list the known ones
+    agent_cls.config_class.from_dict(config.agent)  # a config error surfaces before any data is read
+    ctx = dist_utils.from_env()
+    configure_torch_threads()
+    try:
+        if arrays is None:
+            arrays = load_domain(config, settings)
+        if arrays.spec.name != config.domain:
+            raise SpecError(f"the data is of domain '{arrays.spec.name}', the config asks for '{config.domain}'")
+        stats = FeatureStats.compute(arrays.states, arrays.spec)  # from all data, so every rank normalises alike
+        shard = arrays
+        if ctx.enabled:
+            shard = arrays.select_episodes(dist_utils.shard_episodes(arrays.n_episodes, ctx, config.seed))
+        dataset = OfflineDataset(shard, rewards=_training_rewards(agent_cls, shard, config))
+        if ctx.enabled:
+            dataset.stats = stats
+
+        def make_sampler(agent: Any) -> Any:
+            return agent.sampler(dataset, seed=config.seed + 7919 * (ctx.rank + 1))
+
+        run_id = resume
+        local_ckpt = (settings.home / "checkpoints" / (run_id or "pending") / "latest").resolve()
+        start, history = 0, defaultdict(list)
+        if resume is not None:
+            agent, sampler, start, loaded = _restore(
+                _fetch_checkpoint(resume, settings, local_ckpt), agent_cls, make_sampler
+            )
+            history.update(loaded)
+            if start >= config.steps:
+                raise TrainingError(f"run {resume} already trained {start} steps; pass a larger --steps to continue it")
+        else:
+            agent = create_agent(config.algo, arrays.spec, stats, config.agent, seed=config.seed)
+            sampler = make_sampler(agent)
+        averager = dist_utils.GradientAverager(ctx).attach(agent) if ctx.enabled else None
+        tracker = _Tracker(config, settings, arrays, ctx, resume) if ctx.is_main else None
+        run_id = dist_utils.broadcast_object(tracker.run_id if tracker else None, ctx)
+        try:
+            return _loop(
+                config, settings, ctx, agent, sampler, arrays, tracker, run_id, start, history, progress, averager
+            )
+        except BaseException as exc:
+            if tracker is not None:
+                tracker.close(failed=True, reason=str(exc)[:500])
+            raise
+    finally:
+        dist_utils.shutdown(ctx)
+
+
+def _loop(
+    config: TrainConfig,
+    settings: CoreSettings,
+    ctx: dist_utils.DistContext,
+    agent: Any,
+    sampler: Any,
+    arrays: Any,
+    tracker: _Tracker | None,
+    run_id: str | None,
+    start: int,
+    history: dict[str, list],
+    show_progress: bool,
+    averager: dist_utils.GradientAverager | None,
+) -> TrainResult:
+    batch_size = int(agent.config.batch_size)
+    ckpt_dir = (settings.home / "checkpoints" / str(run_id) / "latest").resolve()
+    rng = np.random.default_rng([config.seed, 1])
+    sim = _simulator(config.domain) if ctx.is_main else None
+    if tracker is not None and start == 0:
+        save_checkpoint(ckpt_dir, agent, sampler, 0, history)  # a good state to fall back on from the start
+        last_good = 0
+    else:
+        last_good = start
+    window: dict[str, list[float]] = defaultdict(list)
+    latest: dict[str, float] = {}
+    started = time.perf_counter()
+    with _progress(show_progress and ctx.is_main, config.steps, start) as (progress, task):
+        for step in range(start + 1, config.steps + 1):
+            metrics = agent.update(sampler.sample(batch_size))
+            finite = all(math.isfinite(v) for v in metrics.values())
+            if not dist_utils.all_agree(finite, ctx):
+                bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+                message = (
+                    f"training diverged at step {step}: non-finite {bad or 'loss on another process'}. "
+                    f"Stopped; the last good checkpoint (step {last_good}) is kept at {ckpt_dir}"
+                    + (f" and in run {run_id}" if run_id else "")
+                    + "; lower agent.lr or check the rewards, then resume with --resume "
+                    + str(run_id)
+                )
+                if tracker is not None:
+                    tracker.close(failed=True, reason=message)
+                raise TrainingDiverged(message, run_id=run_id, step=step, checkpoint=ckpt_dir)
+            for k, v in metrics.items():
+                window[k].append(v)
+            if progress is not None:
+                progress.update(task, advance=1, losses=_fmt(metrics))
+            if tracker is not None and (step % config.log_every == 0 or step == config.steps):
+                means = {k: float(np.mean(v)) for k, v in window.items()}
+                means["perf/steps_per_s"] = (step - start) / max(time.perf_counter() - started, 1e-9)
+                tracker.log(means, step, history)
+                latest.update(means)
+                window.clear()
+            periodic_eval = config.eval_every and step % config.eval_every == 0 and step != config.steps
+            if tracker is not None and periodic_eval:
+                latest.update(tracker.evaluate(agent, arrays, rng, sim, step, history, final=False))
+            if tracker is not None and (
+                periodic_eval or (config.checkpoint_every and step % config.checkpoint_every == 0)
+            ):
+                save_checkpoint(ckpt_dir, agent, sampler, step, history)
+                tracker.log_checkpoint(ckpt_dir)
+                last_good = step
+        if averager is not None:
+            averager.detach()
+    if tracker is None:  # other ranks: rank 0 logs and registers
+        dist_utils.barrier(ctx)
+        return TrainResult(run_id, None, None, None, [], {}, config.steps, None, rank=ctx.rank)
+    save_checkpoint(ckpt_dir, agent, sampler, config.steps, history)
+    tracker.log_checkpoint(ckpt_dir)
+    latest.update(tracker.evaluate(agent, arrays, rng, sim, config.steps, history, final=True))
+    result = tracker.finish(agent, history, latest, ckpt_dir)
+    dist_utils.barrier(ctx)
+    return result
+
+
+class _Tracker:
+    """Rank 0's MLflow run: params, metrics, artifacts, evaluation, model registration."""
+
+    def __init__(
+        self, config: TrainConfig, settings: CoreSettings, arrays: Any, ctx: dist_utils.DistContext, resume: str | None
+    ) -> None:
+        import mlflow
+
+        from decision_core.training.models import configure_tracking, ensure_experiment
+
+        self.config, self.settings, self.ctx = config, settings, ctx
+        configure_tracking(settings)
+        self.mlflow = mlflow
+        self.client = mlflow.MlflowClient()
+        if resume is not None:
+            try:
+                self.client.get_run(resume)
+            except Exception:
+                raise TrainingError(f"no run '{resume}' in {settings.mlflow_uri} to resume") from None
+            self.run = mlflow.start_run(run_id=resume)
+        else:
+            exp_id = ensure_experiment(config.experiment_name, settings)
+            self.run = mlflow.start_run(experiment_id=exp_id, run_name=config.run_name)
+        self.run_id = self.run.info.run_id
+        self.ope_reports: list[Any] = []
+        if resume is None:
+            params = {**config.flat_params(), **fingerprint(arrays, settings), "dist.world_size": str(ctx.world_size)}
+            mlflow.log_params(params)
+            mlflow.set_tags({"decision_core.domain": config.domain, "decision_core.algo": config.algo})
+            with tempfile.TemporaryDirectory() as tmp:
+                d = Path(tmp)
+                (d / "config.json").write_text(config.to_json())
+                (d / "spec.json").write_text(arrays.spec.to_json())
+                (d / "dataset.json").write_text(json.dumps(fingerprint(arrays, settings), indent=2))
+                mlflow.log_artifacts(str(d))
+        self._agent_params_logged = resume is not None
+
+    def log(self, metrics: dict[str, float], step: int, history: dict[str, list]) -> None:
+        clean = {k: v for k, v in metrics.items() if math.isfinite(v)}
+        self.mlflow.log_metrics(clean, step=step)
+        for k, v in clean.items():
+            history.setdefault(k, []).append((step, v))
+
+    def log_checkpoint(self, directory: Path) -> None:
+        self.mlflow.log_artifacts(str(directory), CHECKPOINT_ARTIFACT)
+
+    def evaluate(
+        self, agent: Any, arrays: Any, rng: np.random.Generator, sim: Any, step: int, history: dict, *, final: bool
+    ) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if sim is not None:
+            metrics.update(run_simulator_eval(agent, sim, self.config))
+        if final:
+            estimators = self.config.ope_estimators
+        else:
+            estimators = list(PERIODIC_ESTIMATORS) if arrays.has_propensities else ["fqe"]
+        ope_metrics, reports = run_ope(agent, arrays, self.config, rng=rng, estimators=estimators, sim=sim)
+        metrics.update(ope_metrics)
+        if final:
+            self.ope_reports = reports
+        self.log(metrics, step, history)
+        return metrics
+
+    def finish(self, agent: Any, history: dict[str, list], latest: dict[str, float], ckpt: Path) -> TrainResult:
+        from decision_core.training import plots
+        from decision_core.training.models import log_agent_model, promote_new_version
+
+        mlflow = self.mlflow
+        if not self._agent_params_logged:
+            mlflow.log_params({f"agent_config.{k}": json.dumps(v) for k, v in agent.config.to_dict().items()})
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp)
+            (d / "stats.json").write_text(json.dumps(agent.stats.to_dict(), indent=2))
+            (d / "agent_config.json").write_text(agent.config.to_json())
+            (d / "ope.json").write_text(json.dumps([r.to_dict() for r in self.ope_reports], indent=2))
+            plots.learning_curves(
+                history, d / "learning_curves.png", title=f"{self.config.algo} on {self.config.domain}"
+            )
+            if self.ope_reports:
+                plots.ope_estimates(self.ope_reports, d / "ope.png", title="OPE of the final policy")
+            mlflow.log_artifacts(str(d))
+        name = self.config.registered_name if self.config.register else None
+        logged = log_agent_model(agent, registered_name=name)
+        aliases: list[str] = []
+        if logged.version is not None and name is not None:
+            aliases = promote_new_version(name, logged.version, self.settings)
+            mlflow.set_tags({"decision_core.model_version": logged.version, "decision_core.aliases": ",".join(aliases)})
+        self.close(failed=False)
+        return TrainResult(
+            run_id=self.run_id,
+            model_uri=logged.model_uri,
+            registered_name=name,
+            registered_version=logged.version,
+            aliases=aliases,
+            metrics=dict(latest),
+            steps=self.config.steps,
+            checkpoint=ckpt,
+            ope=[r.to_dict() for r in self.ope_reports],
+        )
+
+    def close(self, *, failed: bool, reason: str = "") -> None:
+        if self.mlflow.active_run() is None:
+            return
+        if failed:
+            self.mlflow.set_tag("decision_core.failure", reason)
+        self.mlflow.end_run(status="FAILED" if failed else "FINISHED")
