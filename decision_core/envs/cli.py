@@ -33,12 +33,16 @@ def simulate_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed; the same arguments reproduce the same logs.")] = 0,
     out_dir: Annotated[Path, typer.Option("--out", help="Directory the raw logs are written to.")] = Path("logs"),
     batch: Annotated[int, typer.Option("--batch", help="Episodes simulated together (vectorised).")] = 1024,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", help="Dynamics variant option key=value (e.g. continuous=true).")
+    ] = None,
 ) -> None:
     """Write raw logs of a domain, in the format its adapter reads, by running a policy in its simulator."""
-    from decision_core.envs.simulate import MANIFEST, simulate_logs
+    from decision_core.envs.simulate import MANIFEST, parse_option, simulate_logs
 
     try:
-        files = simulate_logs(domain, episodes, policy, seed, out_dir, batch=batch)
+        options = dict(parse_option(o) for o in option or [])
+        files = simulate_logs(domain, episodes, policy, seed, out_dir, batch=batch, options=options)
     except DecisionCoreError as exc:
         raise _fail(exc) from None
     out.print(
@@ -76,13 +80,18 @@ def evaluate_cmd(
         float, typer.Option("--epsilon", help="Epsilon-greedy exploration of the model (0 = greedy).")
     ] = 0.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", help="Dynamics variant option key=value (e.g. continuous=true).")
+    ] = None,
 ) -> None:
     """Goal success, steps to goal, reward-task return and normalised score, with random, behaviour and oracle
     baselines (and the model, if given) in one table."""
     from decision_core.envs import get_simulator
     from decision_core.envs.evaluate import LearnedPolicy, evaluate
+    from decision_core.envs.simulate import parse_option
 
     try:
+        options = dict(parse_option(o) for o in option or [])
         sim = get_simulator(domain)
         policy = None
         if model is not None:
@@ -95,7 +104,13 @@ def evaluate_cmd(
             policy = LearnedPolicy(agent, exploration=exploration)
         with Progress(console=console, transient=True) as progress:
             report = evaluate(
-                sim, policy, name=agent.name if model else "learned", episodes=episodes, seed=seed, progress=progress
+                sim,
+                policy,
+                name=agent.name if policy is not None else "learned",
+                episodes=episodes,
+                seed=seed,
+                options=options,
+                progress=progress,
             )
     except DecisionCoreError as exc:
         raise _fail(exc) from None

@@ -22,6 +22,7 @@ import numpy as np
 from rich.table import Table
 
 from decision_core.envs.base import BatchDynamics, DomainSimulator, Goal, SimPolicy, goal_reached
+from decision_core.envs.gym import spec_for
 from decision_core.envs.rollout import rollout
 from decision_core.errors import SpecError
 
@@ -199,9 +200,9 @@ class LearnedPolicy(SimPolicy):
         return result.actions, np.asarray(result.propensities, np.float32)
 
 
-def check_compatible(agent_spec: Any, sim: DomainSimulator) -> None:
+def check_compatible(agent_spec: Any, sim: DomainSimulator, options: Mapping[str, Any] | None = None) -> None:
     """Refuse to evaluate an agent trained on another domain's state or action layout."""
-    spec = sim.spec()
+    spec = spec_for(sim, options)
     if list(agent_spec.state_names) != spec.state_names:
         raise SpecError(
             f"the model was trained on domain '{agent_spec.name}' with state features "
@@ -257,7 +258,7 @@ def _run_policy(
     batch: int,
     options: Mapping[str, Any],
 ) -> _Raw:
-    spec = sim.spec()
+    spec = spec_for(sim, options)
     oi, tol = spec.outcome_index, spec.tolerances
     success, steps = [], []
     for j, goal in enumerate(goals):
@@ -387,5 +388,5 @@ def evaluate(
 
     sim = domain if isinstance(domain, DomainSimulator) else get_simulator(domain)
     if isinstance(policy, LearnedPolicy):
-        check_compatible(policy.agent.spec, sim)
+        check_compatible(policy.agent.spec, sim, kwargs.get("options"))
     return evaluate_policies(sim, {name: policy} if policy else {}, episodes=episodes, seed=seed, **kwargs)

@@ -41,6 +41,7 @@ __all__ = [
     "observation_space_of",
     "register_envs",
     "resolve_goal",
+    "spec_for",
 ]
 
 Task = Literal["reward", "goal"]
@@ -105,12 +106,20 @@ def _simulator(domain: str | DomainSimulator) -> DomainSimulator:
     return get_simulator(domain)
 
 
-def _spec_for(sim: DomainSimulator, options: Mapping[str, Any]) -> DomainSpec:
-    """The spec of the variant ``options`` select; a simulator with variants exposes ``variant_spec``."""
+def spec_for(sim: DomainSimulator, options: Mapping[str, Any] | None = None) -> DomainSpec:
+    """The spec of the dynamics variant ``options`` select: ``sim.variant_spec(**options)`` when the simulator
+    has it, else ``sim.spec(**options)`` (a simulator whose ``spec`` takes the variant options)."""
+    if not options:
+        return sim.spec()
     variant_spec = getattr(sim, "variant_spec", None)
-    if options and callable(variant_spec):
+    if callable(variant_spec):
         return variant_spec(**options)
-    return sim.spec()
+    try:
+        return sim.spec(**options)  # type: ignore[call-arg]
+    except TypeError as exc:
+        raise SpecError(
+            f"simulator '{sim.domain}' has no variants (its spec() takes no options {sorted(options)}): {exc}"
+        ) from exc
 
 
 class _Worlds:
@@ -122,7 +131,7 @@ class _Worlds:
         if task not in ("reward", "goal"):
             raise SpecError(f"task must be 'reward' or 'goal', got '{task}'")
         self.sim = sim
-        self.spec = _spec_for(sim, options)
+        self.spec = spec_for(sim, options)
         self.dynamics: BatchDynamics = sim.dynamics(**options)
         self.goals = list(sim.goal_set())
         self.batch = batch

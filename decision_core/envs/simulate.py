@@ -19,10 +19,11 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from decision_core.envs.base import BatchDynamics, DomainSimulator, SimPolicy
+from decision_core.envs.gym import spec_for
 from decision_core.envs.rollout import rollout
 from decision_core.errors import SpecError
 
-__all__ = ["MIXTURE", "POLICY_CHOICES", "MixturePolicy", "simulate_logs"]
+__all__ = ["MIXTURE", "POLICY_CHOICES", "MixturePolicy", "parse_option", "simulate_logs"]
 
 #: Share of episodes each policy acts in under ``--policy mixture``.
 MIXTURE: dict[str, float] = {"behaviour": 0.6, "oracle": 0.2, "random": 0.2}
@@ -98,10 +99,25 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _command(domain: str, episodes: int, policy: str, seed: int, out_dir: Path, batch: int) -> str:
+def _command(
+    domain: str, episodes: int, policy: str, seed: int, out_dir: Path, batch: int, options: Mapping[str, Any]
+) -> str:
     args = ["decision-core", "simulate", domain, "--episodes", str(episodes), "--policy", policy]
     args += ["--seed", str(seed), "--out", str(out_dir), "--batch", str(batch)]
+    for key, value in options.items():
+        args += ["--option", f"{key}={json.dumps(value)}"]
     return shlex.join(args)
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``key=value`` with a JSON value (``continuous=true``, ``skus=3``) or, failing that, a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SpecError(f"--option '{text}' must look like key=value (e.g. continuous=true)")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def simulate_logs(
@@ -112,13 +128,15 @@ def simulate_logs(
     out_dir: str | Path,
     *,
     batch: int = 1024,
+    options: Mapping[str, Any] | None = None,
     progress: bool = True,
     on_chunk: Callable[[int, int], None] | None = None,
 ) -> list[Path]:
     """Run ``episodes`` episodes of ``policy`` (behaviour|oracle|random|mixture) and write raw logs to ``out_dir``.
 
     Episodes run ``batch`` at a time; chunk ``i`` uses its own RNG stream spawned from ``seed``, so the same
-    arguments reproduce the same files. Returns the log files written (``SIMULATION.json`` is written too).
+    arguments reproduce the same files. ``options`` select a dynamics variant (e.g. ``continuous=True``).
+    Returns the log files written (``SIMULATION.json`` is written too).
     """
     from decision_core.envs import get_simulator
 
@@ -149,17 +167,25 @@ def simulate_logs(
         for chunk, stream in zip(chunks, streams, strict=True):
             rng = np.random.default_rng(stream)
             acting = MixturePolicy.draw(policies, MIXTURE, chunk.size, rng) if policy == "mixture" else policies[policy]
-            batch_eps = rollout(sim.dynamics(), acting, batch=chunk.size, max_steps=sim.max_steps, rng=rng)
+            dynamics = sim.dynamics(**(options or {}))
+            batch_eps = rollout(dynamics, acting, batch=chunk.size, max_steps=sim.max_steps, rng=rng)
             files += sim.write_logs(batch_eps, out, seed=seed, start_episode=chunk.start)
             bar.advance(task, chunk.size)
             if on_chunk is not None:
                 on_chunk(chunk.index, chunk.size)
-    _write_manifest(sim, out, episodes, policy, seed, batch, files)
+    _write_manifest(sim, out, episodes, policy, seed, batch, dict(options or {}), files)
     return files
 
 
 def _write_manifest(
-    sim: DomainSimulator, out: Path, episodes: int, policy: str, seed: int, batch: int, files: list[Path]
+    sim: DomainSimulator,
+    out: Path,
+    episodes: int,
+    policy: str,
+    seed: int,
+    batch: int,
+    options: dict[str, Any],
+    files: list[Path],
 ) -> None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -167,9 +193,9 @@ def _write_manifest(
         lib_version = version("decision-core")
     except PackageNotFoundError:  # running from a source tree that is not installed
         lib_version = "unknown"
-    spec = sim.spec()
+    spec = spec_for(sim, options)
     manifest: dict[str, Any] = {
-        "command": _command(sim.domain, episodes, policy, seed, out, batch),
+        "command": _command(sim.domain, episodes, policy, seed, out, batch, options),
         "domain": sim.domain,
         "domain_version": spec.version,
         "episodes": episodes,
@@ -177,6 +203,7 @@ def _write_manifest(
         "mixture": MIXTURE if policy == "mixture" else None,
         "seed": seed,
         "batch": batch,
+        "options": options,
         "max_steps": sim.max_steps,
         "decision_core_version": lib_version,
         # Checksums let anyone confirm that re-running the command reproduced the same logs.

@@ -144,7 +144,7 @@ class LineSimulator(DomainSimulator):
                         "episode": f"e{start_episode + b}",
                         "t": t,
                         "pos": float(episodes.observations[b, t, 0]),
-                        "action": int(episodes.actions[b, t]),
+                        "action": float(np.ravel(episodes.actions[b, t])[0]),
                         "propensity": float(episodes.propensities[b, t]),
                         "reward": float(episodes.rewards[b, t]),
                         "gust": float(episodes.extras["gust"][b, t + 1]),

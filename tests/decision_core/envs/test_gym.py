@@ -20,6 +20,7 @@ def _check(env: gymnasium.Env) -> None:
     with warnings.catch_warnings():
         # The spec gives no bounds for state features, so the observation Box is unbounded (a checker warning).
         warnings.filterwarnings("ignore", message=".*infinity.*")
+        warnings.filterwarnings("ignore", message=".*symmetric and normalized space.*")
         check_env(env, skip_render_check=True)
 
 
@@ -162,3 +163,13 @@ def test_builtin_simulator_vector_env_steps_a_batch(builtin_sim) -> None:
     for _ in range(5):
         obs, rewards, *_ = venv.step(venv.action_space.sample())
     assert obs.shape == (32, builtin_sim.spec().state_dim) and np.isfinite(rewards).all()
+
+
+def test_continuous_inventory_variant_has_a_box_action_space() -> None:
+    pytest.importorskip("decision_core.envs.inventory", reason="the inventory simulator is not present yet")
+    env = gymnasium.make(gym_id("inventory", "Continuous"))
+    assert isinstance(env.action_space, gymnasium.spaces.Box)
+    _check(env.unwrapped)
+    a = _run(gymnasium.make(gym_id("inventory", "Continuous")), seed=2, steps=30)
+    b = _run(gymnasium.make(gym_id("inventory", "Continuous")), seed=2, steps=30)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
