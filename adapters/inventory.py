@@ -14,8 +14,10 @@ Actions: for the ``inventory`` domain the logged ``order_qty`` maps to the neare
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
+import numpy as np
 import polars as pl
 
 from adapters.base import Adapter, RawColumn
@@ -63,6 +65,7 @@ class InventoryAdapter(Adapter):
     name: ClassVar[str] = "inventory"
     version: ClassVar[str] = "1.0"
     columns: ClassVar[dict[str, RawColumn]] = COLUMNS
+    episode_columns: ClassVar[tuple[str, ...]] = ("sku",)
     continuous: ClassVar[bool] = False
 
     def spec(self) -> DomainSpec:
@@ -71,101 +74,118 @@ class InventoryAdapter(Adapter):
     def transform(self, raw: pl.LazyFrame) -> pl.LazyFrame:
         names = raw.collect_schema().names()
         i = pl.int_range(pl.len(), dtype=pl.Int64)
-        first = pl.col("sku") != pl.col("sku").shift(1)
-        lf = raw.sort("sku", "period").with_columns(
-            _i=i,
-            _start=pl.when(first.fill_null(True)).then(i).forward_fill(),
-            _lead=pl.col("lead_time_days"),
-        )
-        lf = lf.with_columns(_pos=pl.col("_i") - pl.col("_start"))
-        pos, lead = pl.col("_pos"), pl.col("_lead")
+        run = pl.col("sku").rle_id()
+        lf = raw.sort("sku", "period").with_columns(_i=i, _first=(run != run.shift(1)).fill_null(True))
+        lf = lf.with_columns(_pos=pl.col("_i") - pl.when("_first").then("_i").forward_fill())
+        pos, lead = pl.col("_pos"), pl.col("lead_time_days")
 
         def lag(name: str, j: int) -> pl.Expr:
             """Value ``j`` rows back in the same run (null before the run's first row)."""
             return pl.when(pos >= j).then(pl.col(name).shift(j)) if j else pl.col(name)
+
+        lf = lf.with_columns(
+            [lag("order_qty", j).fill_null(0.0).alias(f"_q{j}") for j in range(1, MAX_LEAD)]
+            + [lag("demand", j).fill_null(0.0).alias(f"_d{j}") for j in range(1, DEMAND_WINDOW)]
+        ).with_columns(_q0=pl.col("order_qty"), _d0=pl.col("demand"))
 
         def order_placed(back: pl.Expr, earliest: int = 0) -> pl.Expr:
             """The order placed ``back`` (earliest..MAX_LEAD-1) days before this row, else 0 (also before the
             run began: runs start with no open orders)."""
             out = pl.lit(0.0)
             for j in reversed(range(earliest, MAX_LEAD)):
-                out = pl.when(back == j).then(lag("order_qty", j).fill_null(0.0)).otherwise(out)
+                out = pl.when(back == j).then(pl.col(f"_q{j}")).otherwise(out)
             return out
 
+        stockout = pl.col("lost_sales") > 0
+        last_out = pl.when(stockout).then("_i").when(pos == 0).then(pl.col("_i") - 1).forward_fill()
+        nxt_same = (pl.col("_pos").shift(-1) == pos + 1).fill_null(False)
         # Open orders due in k days: placed lead - k days ago (before today's order: at least 1 day ago),
         # lead - 1 - k days ago (after it: today's order included).
         slots = range(1, MAX_LEAD)
         lf = lf.with_columns(
             [order_placed(lead - k, earliest=1).alias(f"_pre{k}") for k in slots]
-            + [order_placed(lead - 1 - k).alias(f"_post{k}") for k in slots]
-            + [order_placed(lead - 1).alias("_arrival")]
-        )
-        demand_sum = pl.sum_horizontal([lag("demand", j).fill_null(0.0) for j in range(DEMAND_WINDOW)])
-        stockout = pl.col("lost_sales") > 0
-        last_out = pl.when(stockout).then(pl.col("_i")).when(pos == 0).then(pl.col("_i") - 1).forward_fill()
-        nxt_same = pl.col("_pos").shift(-1) == pos + 1
-        lf = lf.with_columns(
-            _avg_post=demand_sum / pl.min_horizontal(pos + 1, DEMAND_WINDOW),
-            _streak_post=pl.min_horizontal(pl.col("_i") - last_out, STREAK_CAP).cast(_F),
-            _out_post=stockout.cast(_F),
-            _onhand_post=pl.when(nxt_same)
+            + [order_placed(lead - 1 - k).alias(f"_post{k}") for k in slots],
+            _avg=pl.sum_horizontal([f"_d{j}" for j in range(DEMAND_WINDOW)])
+            / pl.min_horizontal(pos + 1, DEMAND_WINDOW),
+            _streak=pl.min_horizontal(pl.col("_i") - last_out, STREAK_CAP).cast(_F),
+            _out=stockout.cast(_F),
+            _next_on_hand=pl.when(nxt_same)
             .then(pl.col("on_hand").shift(-1))
-            .otherwise(pl.min_horizontal(pl.col("closing_stock") + pl.col("_arrival"), pl.col("capacity"))),
-            _wd=pl.col("date").dt.weekday().cast(_F) - 1.0,
+            .otherwise(pl.min_horizontal(pl.col("closing_stock") + order_placed(lead - 1), "capacity")),
+            _angle=(pl.col("date").dt.weekday().cast(_F) - 1.0) * (2 * math.pi / 7),
+            _last=~nxt_same,
         )
         forecast = pl.col("base_forecast")
-        valid_lead = (lead >= 1) & (lead <= MAX_LEAD)
-        lead_f = pl.when(valid_lead).then(lead.cast(_F)).otherwise(float("nan"))
+        lead_f = pl.when((lead >= 1) & (lead <= MAX_LEAD)).then(lead.cast(_F)).otherwise(float("nan"))
 
-        def state(pre: bool) -> pl.Expr:
-            def prev(name: str, initial: pl.Expr | float) -> pl.Expr:
-                return pl.coalesce(lag(name, 1), pl.lit(initial) if isinstance(initial, float) else initial)
+        def prev(name: str, initial: pl.Expr | float) -> pl.Expr:
+            return pl.coalesce(lag(name, 1), initial)
 
-            on_hand = pl.col("on_hand") if pre else pl.col("_onhand_post")
+        def features(pre: bool) -> list[pl.Expr]:
+            """The state before (``pre``) or after this row's day, in the spec's feature order."""
+            on_hand = pl.col("on_hand" if pre else "_next_on_hand")
             pipe = [pl.col(f"_pre{k}" if pre else f"_post{k}") for k in slots]
-            streak = prev("_streak_post", 0.0) if pre else pl.col("_streak_post")
-            weekday = pl.col("_wd") if pre else (pl.col("_wd") + 1.0) % 7.0
-            angle = weekday * (2 * 3.141592653589793 / 7.0)
-            features = [
+            streak = prev("_streak", 0.0) if pre else pl.col("_streak")
+            angle = pl.col("_angle") if pre else pl.col("_angle") + 2 * math.pi / 7
+            return [
                 on_hand,
                 *pipe,
                 on_hand + pl.sum_horizontal(pipe),
                 lead_f,
                 pl.col("capacity"),
                 forecast,
-                prev("_avg_post", forecast) if pre else pl.col("_avg_post"),
+                prev("_avg", forecast) if pre else pl.col("_avg"),
                 prev("demand", forecast) if pre else pl.col("demand"),
                 angle.sin(),
                 angle.cos(),
-                prev("_out_post", 0.0) if pre else pl.col("_out_post"),
+                prev("_out", 0.0) if pre else pl.col("_out"),
                 streak,
                 (streak >= IN_STOCK_DAYS).cast(_F),
             ]
-            return pl.concat_arr([f.cast(pl.Float32) for f in features])
 
         qty = pl.col("order_qty")
-        action = qty if self.continuous else (qty / LOT).round(0)
         closed = pl.col("run_closed").fill_null(False) if "run_closed" in names else pl.lit(False)
-        last = ~nxt_same.fill_null(False)
-        timestamp = (
-            pl.coalesce(pl.col("decided_at"), pl.col("date").cast(pl.Datetime("us")))
-            if "decided_at" in names
-            else pl.col("date").cast(pl.Datetime("us"))
-        )
+        timestamp = pl.col("date").cast(pl.Datetime("us"))
+        if "decided_at" in names:
+            timestamp = pl.coalesce("decided_at", timestamp)
         cost = pl.sum_horizontal("holding_cost", "stockout_cost", "ordering_cost", "refusal_cost")
-        return lf.select(
+        n_state = len(SPEC.state)
+        flat = lf.select(
             pl.col("sku").alias("episode_id"),
             pl.col("period").alias("step"),
-            state(pre=True).alias("state"),
-            pl.concat_arr(action.cast(pl.Float32)).alias("action"),
+            *[f.cast(pl.Float32).alias(f"_s{j}") for j, f in enumerate(features(pre=True))],
+            *[f.cast(pl.Float32).alias(f"_n{j}") for j, f in enumerate(features(pre=False))],
+            (qty if self.continuous else (qty / LOT).round(0)).cast(pl.Float32).alias("_a"),
             (pl.col("propensity") if "propensity" in names else pl.lit(None, _F)).alias("propensity"),
             (-cost).alias("reward"),
-            state(pre=False).alias("next_state"),
-            (closed & last).alias("terminated"),
-            (~closed & last).alias("truncated"),
+            (closed & pl.col("_last")).alias("terminated"),
+            (~closed & pl.col("_last")).alias("truncated"),
             timestamp.alias("timestamp"),
             pl.col("source_row"),
-        )
+        ).collect()
+        # Packing the feature columns into fixed-size arrays is a strided copy in numpy; much faster than
+        # concatenating them expression by expression.
+        return flat.select(
+            "episode_id",
+            "step",
+            _pack(flat, [f"_s{j}" for j in range(n_state)], "state"),
+            _pack(flat, ["_a"], "action"),
+            "propensity",
+            "reward",
+            _pack(flat, [f"_n{j}" for j in range(n_state)], "next_state"),
+            "terminated",
+            "truncated",
+            "timestamp",
+            "source_row",
+        ).lazy()
+
+
+def _pack(frame: pl.DataFrame, columns: list[str], name: str) -> pl.Series:
+    """Float32 columns -> one ``Array(Float32, len(columns))`` column."""
+    values = np.empty((frame.height, len(columns)), np.float32)
+    for j, c in enumerate(columns):
+        values[:, j] = frame[c].to_numpy()
+    return pl.Series(name, values)
 
 
 class InventoryContinuousAdapter(InventoryAdapter):

@@ -38,6 +38,7 @@ LOT = 5.0  # units per discrete order level
 N_LEVELS = 13  # discrete orders 0, 5, ..., 60 units
 MAX_ORDER = LOT * (N_LEVELS - 1)
 MAX_LEAD = 4  # lead times are 2..MAX_LEAD days; open orders are due in 1..MAX_LEAD-1 days
+CAPACITY_FLOOR = 50.0  # even slow movers get room for 50 units (every goal level fits)
 STREAK_CAP = 28  # days_in_stock saturates here
 IN_STOCK_DAYS = 14  # in_stock_14 = no lost sales on each of the last 14 days
 DEMAND_WINDOW = 7
@@ -139,7 +140,7 @@ class InventoryDynamics(BatchDynamics):
         self.season_phase = rng.uniform(0.0, 365.0, b)
         self.dispersion = rng.uniform(3.0, 12.0, b)
         self.lead_time = rng.integers(2, MAX_LEAD + 1, b)
-        self.capacity = np.round(np.maximum(self.mu * rng.uniform(6.0, 10.0, b), 50.0) / LOT) * LOT
+        self.capacity = np.round(np.maximum(self.mu * rng.uniform(6.0, 10.0, b), CAPACITY_FLOOR) / LOT) * LOT
         self.start_day = rng.integers(0, 365, b)
         self.t = np.zeros(b, np.int64)
         self.base_forecast = np.round(self.mu * rng.lognormal(0.0, 0.2, b), 1)
@@ -151,7 +152,7 @@ class InventoryDynamics(BatchDynamics):
         self.streak = np.zeros(b)
         self.receipts = np.zeros(b)
         self.refused = np.zeros(b)
-        self._info = self._period_info(*(np.zeros(b),) * 8)
+        self._info = self._period_info(*(np.zeros(b),) * 9)
         return self.observe()
 
     def observe(self) -> np.ndarray:
@@ -215,7 +216,7 @@ class InventoryDynamics(BatchDynamics):
     def _period_info(self, *values: np.ndarray) -> dict[str, np.ndarray]:
         names = ("order_qty", "demand", "sales", "lost_sales", "closing_stock")
         names += ("holding_cost", "stockout_cost", "ordering_cost", "refusal_cost")
-        return dict(zip(names, values, strict=False))
+        return dict(zip(names, values, strict=True))
 
     def info(self) -> dict[str, np.ndarray]:
         """After a step: that day's flows and costs, plus the receipt/refusal at the start of the next day."""
@@ -237,7 +238,8 @@ class BehaviourPolicy(SimPolicy):
     """Today's practice: order up to a fixed number of days of cover of recent demand, by hand.
 
     The planner ignores the lead time, the weekday pattern, the ordering fee and the capacity; a third of
-    the time the order is nudged by a lot or two, and one review in ten is skipped (no order). Continuous
+    the time the order is nudged by a lot or two (also when nothing is due: a top-up), and one review in ten
+    is skipped (no order). Continuous
     (bulk) orders have no lot rounding or skipped reviews; they are planned leaner (``COVER_DAYS_BULK``) and
     scatter around the target with a truncated normal (sd ``SPREAD`` units).
     """
@@ -402,7 +404,7 @@ def raw_frame(episodes: EpisodeBatch, *, seed: int, start_episode: int = 0) -> p
     refused_today = np.where(t > 0, ex["refused"][ep, t], 0.0)
     return pl.DataFrame(
         {
-            "sku": [f"S{seed}-{start_episode + i:07d}" for i in ep] if len(t) else [],
+            "sku": pl.Series([f"S{seed}-{start_episode + i:07d}" for i in range(b)], dtype=pl.String).gather(ep),
             "period": t.astype(np.int32),
             "date": dates.astype("datetime64[D]"),
             "decided_at": decided.astype("datetime64[us]"),
