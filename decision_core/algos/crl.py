@@ -34,6 +34,9 @@ class CRLConfig(GoalConditionedConfig):
     bc_coef: float = 0.1
     #: LayerNorm in the representation networks.
     layer_norm: bool = True
+    #: "infonce": softmax over the batch's goals for each (s, a) (learns fast); "binary": a sigmoid per pair
+    #: (OGBench's default, slower to separate positives from the many negatives).
+    contrastive_loss: str = "infonce"
     #: Value goals: outcomes ahead in the same episode with geometric offsets (the contrastive positives);
     #: actor goals: ahead in the same episode, uniform (OGBench's CRL mixture).
     goals: GoalSamplerConfig = field(
@@ -54,6 +57,9 @@ class CRLConfig(GoalConditionedConfig):
         self.require(self.rep_dim >= 1, "rep_dim", "must be >= 1")
         self.require(self.n_critics >= 1, "n_critics", "must be >= 1")
         self.require(self.bc_coef >= 0.0, "bc_coef", "must be >= 0")
+        self.require(
+            self.contrastive_loss in ("infonce", "binary"), "contrastive_loss", "must be 'infonce' or 'binary'"
+        )
 
 
 class CRLAgent(Agent):
@@ -98,8 +104,13 @@ class CRLAgent(Agent):
         phi = self.phi(batch.states, batch.actions)  # (n, B, R)
         psi = self.psi(batch.value_goals, batch.value_goal_masks)  # (n, B, R)
         logits = torch.bmm(phi, psi.transpose(1, 2)) / math.sqrt(self.config.rep_dim)  # (n, B, B)
-        labels = torch.eye(logits.shape[-1]).expand_as(logits)
-        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean((1, 2)).sum()
+        b = logits.shape[-1]
+        if self.config.contrastive_loss == "infonce":
+            target = torch.arange(b).expand(logits.shape[0], b)
+            loss = F.cross_entropy(logits.transpose(1, 2), target, reduction="none").mean(-1).sum()
+        else:
+            labels = torch.eye(b).expand_as(logits)
+            loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean((1, 2)).sum()
         diag = torch.diagonal(logits, dim1=1, dim2=2)
         correct = (logits.argmax(-1) == torch.arange(logits.shape[-1])).float().mean()
         return loss, {

@@ -107,6 +107,7 @@ class Batch:
     action_masks: Tensor | None = None  # (B, K) bool, available actions at `states`
     next_action_masks: Tensor | None = None  # (B, K) bool at `next_states` (all True past an episode end)
     propensities: Tensor | None = None  # (B,) logged behaviour probability/density (NaN where not logged)
+    indices: Tensor | None = None  # (B,) int64 dataset rows of the transitions
     # Goal-conditioned value learning (hindsight goals over the outcome features).
     value_goals: Tensor | None = None  # (B, G) raw outcome values, 0 where masked
     value_goal_masks: Tensor | None = None  # (B, G) bool, False = feature not specified
@@ -184,7 +185,7 @@ class OfflineDataset:
         if reward.shape != (n,):
             raise SpecError(f"rewards must have shape ({n},), got {reward.shape}")
         self.rewards = torch.from_numpy(np.ascontiguousarray(reward, dtype=np.float32))
-        self.terminals = torch.from_numpy(arrays.terminated.astype(np.float32))
+        self.terminals = torch.from_numpy(np.ascontiguousarray(arrays.terminated, dtype=np.bool_))
         self.propensities = torch.from_numpy(np.ascontiguousarray(arrays.propensities, dtype=np.float32))
         self.action_masks = None if arrays.action_masks is None else torch.from_numpy(arrays.action_masks)
 
@@ -243,10 +244,11 @@ class OfflineDataset:
             actions=self.actions_at(idx),
             next_states=self.next_states_at(idx),
             rewards=self.rewards[idx],
-            terminals=self.terminals[idx],
+            terminals=self.terminals[idx].float(),
             action_masks=masks,
             next_action_masks=next_masks,
             propensities=self.propensities[idx],
+            indices=idx,
         )
 
 
