@@ -64,6 +64,8 @@ class RecommenderAdapter(Adapter):
 
     name = "recommender"
     version = "1.0"
+    #: Partitioning by user keeps every session whole, including sessions found by time gaps.
+    episode_columns = ("user_id",)
     columns = {
         "user_id": RawColumn(pl.String, description="user identifier"),
         "item_id": RawColumn(pl.Int64, description=f"item shown: catalogue index 0..{N_ITEMS - 1} (the action)"),
@@ -181,15 +183,15 @@ class RecommenderAdapter(Adapter):
             *((f"recent_{c}", _window_sum((cat == k).cast(pl.Int64)), 0.0) for k, c in enumerate(CATEGORIES)),
         ]
         names = [n for n, _, _ in after]  # the spec's state features, in order (the round-trip test checks)
-        poison = pl.when("_bad").then(float("nan")).otherwise(0.0)
-        lf = lf.with_columns(e.cast(pl.Float64).alias(f"_next_{n}") for n, e, _ in after)
-        state = [
-            pl.col(f"_next_{n}")
-            if n == "mobile"
-            else pl.when("_first").then(pl.lit(init)).otherwise(pl.col(f"_next_{n}").shift(1))
-            for n, _, init in after
-        ]
-        nxt = [pl.col(f"_next_{n}") + (poison if n in ("dwell_minutes", "satisfaction") else 0.0) for n in names]
+        array = pl.Array(pl.Float32, len(names))
+        after_cols = [e.cast(pl.Float32) for _, e, _ in after]
+        initial = [after_cols[0] if n == "mobile" else pl.lit(init, pl.Float32) for n, _, init in after]
+        # A row whose dwell or rating is not finite gets NaN in the features derived from them, so validation
+        # rejects it and names this raw row (the state of later rows, built from cleaned values, stays finite).
+        poisoned = pl.Series([[float("nan") if n in ("dwell_minutes", "satisfaction") else 0.0 for n in names]])
+        lf = lf.with_columns(pl.concat_arr(after_cols).alias("_after"), pl.concat_arr(initial).alias("_initial"))
+        state = pl.when("_first").then("_initial").otherwise(pl.col("_after").shift(1))
+        next_state = pl.when("_bad").then(pl.lit(poisoned.cast(array))).otherwise("_after")
         if "left" in present:
             left = pl.col("_left").fill_null(False)
             terminated, truncated = left, pl.col("_last") & ~left
@@ -198,11 +200,11 @@ class RecommenderAdapter(Adapter):
         return lf.select(
             pl.col("episode_id"),
             (pl.col("session_seq") if "session_seq" in present else pl.col("_pos")).cast(pl.Int32).alias("step"),
-            pl.concat_arr(state).cast(pl.Array(pl.Float32, len(names))).alias("state"),
+            state.cast(array).alias("state"),
             pl.concat_arr(pl.col("item_id").cast(pl.Float32)).alias("action"),
             (pl.col("propensity") if "propensity" in present else pl.lit(None, pl.Float64)).alias("propensity"),
             (pl.col("_click") + pl.col("_dwell") / 60.0).alias("reward"),
-            pl.concat_arr(nxt).cast(pl.Array(pl.Float32, len(names))).alias("next_state"),
+            next_state.cast(array).alias("next_state"),
             terminated.alias("terminated"),
             truncated.alias("truncated"),
             pl.col("_time").alias("timestamp"),
