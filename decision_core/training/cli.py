@@ -80,7 +80,7 @@ def train_cmd(
         if result.registered_version
         else "not registered"
     )
-    out.print(f"[green]model[/] {result.model_uri}: {registered}")
+    out.print(f"[green]model[/] {result.model_uri}: {registered}", soft_wrap=True)
 
 
 def ope_cmd(

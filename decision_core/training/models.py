@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,7 +129,8 @@ class AgentModel(_pyfunc_base()):  # type: ignore[misc]
 
         self.agent = load_agent(context.artifacts[AGENT_ARTIFACT])
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    # No type hints on predict's input: MLflow would try (and fail) to infer a schema from pd.DataFrame.
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         return predict_frame(self.agent, model_input)
 
 
@@ -143,7 +145,7 @@ def predict_frame(agent: Agent, frame: pd.DataFrame) -> pd.DataFrame:
             f"input frame lacks state feature column(s) {missing[:10]}; domain '{spec.name}' needs "
             f"{', '.join(spec.state_names)}"
         )
-    states = frame[spec.state_names].to_numpy(dtype=np.float32)
+    states = frame[spec.state_names].to_numpy(dtype=np.float32, copy=True)
     goals = goal_mask = None
     goal_cols = [f"goal.{n}" for n in spec.outcome_names]
     if agent.goal_conditioned and any(c in frame.columns for c in goal_cols):
@@ -191,19 +193,25 @@ def log_agent_model(agent: Agent, *, registered_name: str | None) -> LoggedModel
             optim.unlink()
         code = Path(tmp) / "agent_model.py"
         code.write_text(_MODEL_CODE)
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME,
-            python_model=str(code),
-            artifacts={AGENT_ARTIFACT: str(agent_dir)},
-            pip_requirements=["decision-core", "mlflow", "torch", "numpy", "pandas"],
-            registered_model_name=registered_name,
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+            info = _log_model(mlflow, code, agent_dir, registered_name)
     version = info.registered_model_version
     return LoggedModel(
         model_uri=info.model_uri,
         model_id=getattr(info, "model_id", None),
         name=registered_name,
         version=None if version is None else str(version),
+    )
+
+
+def _log_model(mlflow: Any, code: Path, agent_dir: Path, registered_name: str | None) -> Any:
+    return mlflow.pyfunc.log_model(
+        name=MODEL_NAME,
+        python_model=str(code),
+        artifacts={AGENT_ARTIFACT: str(agent_dir)},
+        pip_requirements=["decision-core", "mlflow", "torch", "numpy", "pandas"],
+        registered_model_name=registered_name,
     )
 
 

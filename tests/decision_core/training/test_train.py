@@ -1,0 +1,142 @@
+"""End-to-end training runs against the embedded sqlite MLflow store and a real DuckDB store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from decision_core.cli import app
+from decision_core.settings import CoreSettings
+from decision_core.training import TrainConfig, load_agent_from_uri, train
+from decision_core.training.loop import TrainingDiverged
+from decision_core.training.models import CANDIDATE, CHAMPION, alias_version, configure_tracking
+
+
+def _client(settings: CoreSettings) -> mlflow.MlflowClient:
+    configure_tracking(settings)
+    return mlflow.MlflowClient()
+
+
+def test_a_run_logs_everything_and_registers_the_model(settings: CoreSettings, tiny: dict) -> None:
+    cfg = TrainConfig(domain="chain", algo="iql", eval_every=20, **tiny)
+    result = train(cfg, settings, progress=False)
+    c = _client(settings)
+    run = c.get_run(result.run_id)
+    params = run.data.params
+    assert params["algo"] == "iql" and params["agent.batch_size"] == "32"
+    assert int(params["data.steps"]) > 300
+    assert params["data.episodes"] == "300" and params["data.schema_version"] == "1"
+    assert params["data.store"] == str(settings.db_path.resolve())
+    assert run.info.status == "FINISHED"
+    losses = c.get_metric_history(result.run_id, "critic/loss")
+    assert [m.step for m in losses] == [10, 20, 30, 40]
+    assert [m.step for m in c.get_metric_history(result.run_id, "ope/snips")] == [20, 40]
+    assert {"ope/fqe", "ope/wdr", "ope/dr", "ope/ips", "ope/pdwis"} <= set(run.data.metrics)
+    artifacts = {a.path for a in c.list_artifacts(result.run_id)}
+    assert {"config.json", "spec.json", "stats.json", "dataset.json", "learning_curves.png", "ope.png"} <= artifacts
+    assert {"checkpoint"} <= artifacts
+    assert json.loads(Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="config.json",
+                                                               tracking_uri=settings.mlflow_uri)).read_text())["steps"] == 40  # fmt: skip
+
+    # Registered under the domain's name; the first version is both candidate and champion.
+    assert (result.registered_name, result.registered_version) == ("chain", "1")
+    assert result.aliases == [CANDIDATE, CHAMPION]
+    agent, ref = load_agent_from_uri("models:/chain@champion", settings)
+    assert (ref.name, ref.version, ref.run_id) == ("chain", "1", result.run_id)
+    acts = agent.act(np.zeros((3, 2), np.float32), rng=np.random.default_rng(0)).actions
+    assert acts.shape == (3,) and set(acts.tolist()) <= {0, 1}
+
+    # MLflow's generic pyfunc loading works on a frame of named state features.
+    model = mlflow.pyfunc.load_model("models:/chain/1")
+    frame = pd.DataFrame({"x": [0.0, 3.0], "noise": [0.1, -0.2]})
+    out = model.predict(frame)
+    assert list(out.columns) == ["action", "action_label", "propensity"]
+    np.testing.assert_array_equal(
+        out["action"].to_numpy(), agent.act(frame.to_numpy(np.float32), rng=np.random.default_rng(0)).actions
+    )
+
+    # A second run becomes the candidate; the champion stays until selection moves it.
+    second = train(cfg.replace(steps=20, eval_every=0), settings, progress=False)
+    assert second.registered_version == "2" and second.aliases == [CANDIDATE]
+    assert alias_version("chain", CANDIDATE, settings) == "2"
+    assert alias_version("chain", CHAMPION, settings) == "1"
+    assert not list(Path.cwd().glob("mlruns"))  # artifacts live under the data directory, not the cwd
+    assert (settings.home / "mlartifacts").is_dir()
+
+
+def test_goal_conditioned_run_reports_success_on_the_domain_goals(settings: CoreSettings, tiny: dict) -> None:
+    cfg = TrainConfig(domain="chain", algo="gcbc", goal_set="end", ope_estimators=("snips", "pdwis"), **tiny)
+    result = train(cfg, settings, progress=False)
+    assert 0.0 <= result.metrics["ope/snips"] <= 1.0
+    assert result.ope[0]["task"] == "goal end: x=4"
+    # Logged success at reaching x=4 within 8 steps under the random policy (about 0.2 in these logs).
+    assert 0.1 < result.ope[0]["behaviour_value"] < 0.4
+
+
+def test_resume_continues_the_same_run_from_its_checkpoint(settings: CoreSettings, tiny: dict) -> None:
+    cfg = TrainConfig(domain="chain", algo="bc", register=False, **tiny)
+    first = train(cfg, settings, progress=False)
+    assert first.registered_version is None
+    resumed = train(cfg.replace(steps=60), settings, progress=False, resume=first.run_id)
+    assert resumed.run_id == first.run_id
+    c = _client(settings)
+    steps = [m.step for m in c.get_metric_history(first.run_id, "actor/loss")]
+    assert steps == [10, 20, 30, 40, 50, 60]
+    trainer = json.loads((resumed.checkpoint / "trainer.json").read_text())
+    assert trainer["step"] == 60
+    assert json.loads((resumed.checkpoint / "agent" / "agent.json").read_text())["n_updates"] == 60
+
+
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(settings: CoreSettings, tiny: dict) -> None:
+    # A constant reward near float32's limit makes squared TD errors overflow to inf.
+    cfg = TrainConfig(domain="chain", algo="iql", task="3e38", **tiny)
+    with pytest.raises(TrainingDiverged, match=r"diverged at step \d+.*last good checkpoint \(step 0\)") as info:
+        train(cfg, settings, progress=False)
+    ckpt = info.value.checkpoint
+    assert ckpt is not None and json.loads((ckpt / "trainer.json").read_text())["step"] == 0
+    run = _client(settings).get_run(info.value.run_id)
+    assert run.info.status == "FAILED"
+    assert "diverged" in run.data.tags["decision_core.failure"]
+    assert alias_version("chain", CHAMPION, settings) is None  # nothing was registered
+
+
+def test_cli_errors_list_the_choices(settings: CoreSettings, make_store) -> None:
+    runner = CliRunner()
+    db = ["--db", str(settings.db_path)]
+    r = runner.invoke(app, ["train", "--domain", "chain", "--algo", "iqll", *db])
+    assert r.exit_code == 2 and "unknown algorithm 'iqll'" in r.output and "Did you mean 'iql'" in r.output
+    r = runner.invoke(app, ["train", "--domain", "chian", "--algo", "iql", *db])
+    assert r.exit_code == 2 and "no domain 'chian'" in r.output and "chain" in r.output
+    r = runner.invoke(app, ["train", "--domain", "chain", "--algo", "iql", "--set", "agent.lrr=1", *db])
+    assert r.exit_code == 2 and "unknown fields ['lrr']" in r.output
+    empty = make_store(0, name="empty.duckdb")
+    r = runner.invoke(app, ["train", "--domain", "chain", "--algo", "iql", "--db", str(empty)])
+    assert r.exit_code == 2 and "no steps" in r.output
+
+
+def test_cli_trains_and_evaluates_offline(settings: CoreSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DECISION_CORE_HOME", str(settings.home))
+    runner = CliRunner()
+    db = ["--db", str(settings.db_path)]
+    r = runner.invoke(
+        app,
+        ["train", "--domain", "chain", "--algo", "bc", "--steps", "30", "--no-progress", *db,
+         "--set", "agent.hidden_dims=[16, 16]", "--set", "fqe_steps=100", "--set", "ope_episodes=100"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "registered as chain v1 (candidate, champion)" in r.output
+    r = runner.invoke(
+        app,
+        ["ope", "--domain", "chain", "--model", "models:/chain@champion", "--estimator", "snips",
+         "--estimator", "fqe", "--fqe-steps", "100", "--json", *db],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)["reports"][0]
+    assert set(report["estimates"]) == {"snips", "fqe"}
+    assert report["estimates"]["snips"]["ci_low"] <= report["estimates"]["snips"]["ci_high"]
