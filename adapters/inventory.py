@@ -155,7 +155,7 @@ class InventoryAdapter(Adapter):
             pl.col("period").alias("step"),
             *[f.cast(pl.Float32).alias(f"_s{j}") for j, f in enumerate(features(pre=True))],
             *[f.cast(pl.Float32).alias(f"_n{j}") for j, f in enumerate(features(pre=False))],
-            (qty if self.continuous else (qty / LOT).round(0)).cast(pl.Float32).alias("_a"),
+            (qty if self.continuous else _level(qty)).cast(pl.Float32).alias("_a"),
             (pl.col("propensity") if "propensity" in names else pl.lit(None, _F)).alias("propensity"),
             (-cost).alias("reward"),
             (closed & pl.col("_last")).alias("terminated"),
@@ -178,6 +178,11 @@ class InventoryAdapter(Adapter):
             "timestamp",
             "source_row",
         ).lazy()
+
+
+def _level(qty: pl.Expr) -> pl.Expr:
+    """Nearest order level; a negative quantity maps to -1 so that ingest rejects it as outside the space."""
+    return pl.when(qty < 0).then(-1.0).otherwise((qty / LOT).round(0))
 
 
 def _pack(frame: pl.DataFrame, columns: list[str], name: str) -> pl.Series:

@@ -153,7 +153,7 @@ def set_value(row: int, column: str, value: str):
         (set_value(41, "demand", "inf"), 42, "state.demand_avg7", "NaN or infinite"),
         (set_value(42, "lead_time_days", "9"), 42, "state.lead_time", "NaN or infinite"),
         (set_value(50, "order_qty", "500"), 50, "action", "action outside the space"),
-        (set_value(51, "order_qty", "-5"), 51, "action", "action outside the space"),
+        (set_value(51, "order_qty", "-1"), 51, "action", "action outside the space"),
         (set_value(60, "propensity", "1.5"), 60, "propensity", "propensity outside (0, 1]"),
         (set_value(61, "propensity", "0"), 61, "propensity", "propensity outside (0, 1]"),
         (lambda f: f.filter(pl.int_range(pl.len()) != 70), 70, "step", "step gap"),
