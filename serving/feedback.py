@@ -1,0 +1,586 @@
+"""The feedback writer: every decision and every outcome, durable in the decision store, through one thread.
+
+DuckDB allows one writing connection per file, so one :class:`FeedbackWriter` thread owns the server's
+:class:`~decision_core.store.DecisionStore` and everything that touches it goes through its queue:
+
+- **decisions** (:class:`DecisionBlock`, one per model forward pass) are queued fire-and-forget and land in
+  ``served_decisions_<domain>``; a decision is acknowledged before it is on disk;
+- **feedback** (:class:`FeedbackEvent`) is joined with its decision into one row of the common steps schema,
+  inserted with :meth:`DecisionStore.insert_steps`, and recorded in ``served_feedback_<domain>``; the caller's
+  future resolves only after the commit, so a 2xx answer means the event is on disk. Decisions queued before a
+  feedback event are committed in the same or an earlier transaction, so an acknowledged event never points at
+  a lost decision;
+- **calls** (:meth:`FeedbackWriter.call`) run a function on the writer thread between commits (snapshots for
+  fine-tuning, reads for tests and tools).
+
+Writes are group-committed: the thread takes everything queued (up to ``group_max`` items) and commits it in one
+transaction, so the commit cost is shared by every request waiting on it.
+
+Episodes of served traffic. A decision belongs to the episode the caller names (``episode_id``), else to an
+episode of its own (its decision id). Its feedback becomes step ``k`` of episode ``served/<episode_id>`` in the
+steps table, where ``k`` counts the feedback already stored for that episode (0, 1, 2, ... in the order feedback
+is committed): episodes are dense and ordered as the caller reported them, whatever step numbers it sent (those
+are kept in the decisions table). Rows carry ``source_adapter = 'serving'``, the model version as
+``adapter_version``, ``serving:<model name>`` as ``source_file`` and the feedback sequence number as
+``source_row``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import numpy as np
+import pyarrow as pa
+
+from decision_core.schema import DomainSpec
+from decision_core.store import DecisionStore, fetch_one
+from serving.errors import Unavailable, UnknownDecision
+from serving.metrics import ServingMetrics
+
+log = logging.getLogger("decision_core.serving.feedback")
+
+T = TypeVar("T")
+
+#: Prefix of served episodes in the steps table (keeps them apart from ingested episode ids).
+EPISODE_PREFIX = "served/"
+SOURCE_ADAPTER = "serving"
+
+
+def decisions_table(spec: DomainSpec) -> str:
+    return f"served_decisions_{spec.name}"
+
+
+def feedback_table(spec: DomainSpec) -> str:
+    return f"served_feedback_{spec.name}"
+
+
+def _mask_width(spec: DomainSpec) -> int:
+    return spec.n_actions if spec.masked else 1
+
+
+def served_ddl(spec: DomainSpec) -> list[str]:
+    """DDL of the decisions and feedback tables of ``spec``'s domain."""
+    s, g, a, k = spec.state_dim, len(spec.outcomes), spec.action_dim, _mask_width(spec)
+    return [
+        f"CREATE TABLE IF NOT EXISTS {decisions_table(spec)} (decision_id VARCHAR PRIMARY KEY, "
+        f"episode_id VARCHAR NOT NULL, step INTEGER, request_id VARCHAR, state FLOAT[{s}] NOT NULL, "
+        f"goal FLOAT[{g}] NOT NULL, task VARCHAR, action FLOAT[{a}] NOT NULL, action_mask BOOLEAN[{k}], "
+        f"propensity DOUBLE NOT NULL, epsilon DOUBLE NOT NULL, temperature DOUBLE, model_name VARCHAR NOT NULL, "
+        f"model_version VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS {feedback_table(spec)} (decision_id VARCHAR PRIMARY KEY, seq BIGINT NOT NULL, "
+        f"episode_id VARCHAR NOT NULL, step INTEGER NOT NULL, reward DOUBLE, terminated BOOLEAN NOT NULL, "
+        f"truncated BOOLEAN NOT NULL, received_at TIMESTAMP NOT NULL)",
+    ]
+
+
+@dataclass
+class DecisionBlock:
+    """Decisions of one forward pass, as arrays (row ``i`` is decision ``ids[i]``)."""
+
+    ids: list[str]
+    episode_ids: list[str]
+    steps: list[int | None]
+    request_ids: list[str | None]
+    tasks: list[str | None]
+    states: np.ndarray  # (B, S) float32
+    goals: np.ndarray  # (B, G) float32, NaN = unspecified
+    actions: np.ndarray  # (B, A) float32
+    action_masks: np.ndarray | None  # (B, K) bool for masked domains
+    propensities: np.ndarray  # (B,) float64
+    epsilon: float
+    temperature: float | None
+    model_name: str
+    model_version: str
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    decision_id: str
+    status: str  # "stored" | "already_stored"
+    episode_id: str
+    step: int
+
+
+@dataclass
+class FeedbackEvent:
+    """One outcome; ``future`` resolves to a :class:`FeedbackResult` once it is committed."""
+
+    decision_id: str
+    next_state: np.ndarray  # (S,) float32
+    reward: float | None
+    terminated: bool
+    truncated: bool
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
+    future: Future[FeedbackResult] = field(default_factory=Future)
+
+
+@dataclass
+class _Call:
+    fn: Callable[[DecisionStore], Any]
+    future: Future[Any] = field(default_factory=Future)
+
+
+@dataclass
+class _Served:
+    """What a feedback row needs of its decision."""
+
+    episode_id: str  # the steps-table episode id (prefixed)
+    state: np.ndarray
+    action: np.ndarray
+    action_mask: np.ndarray | None
+    propensity: float
+    model_name: str
+    model_version: str
+
+
+_STOP = object()
+
+
+def _resolve(future: Future[Any], value: Any = None, error: BaseException | None = None) -> None:
+    """Settle ``future`` unless its waiter already gave up (a cancelled future must not stop the writer)."""
+    if future.done():
+        return
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+    except InvalidStateError:
+        pass
+
+
+def _fixed(arr: np.ndarray, width: int, kind: pa.DataType) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(arr).reshape(-1), type=kind), width)
+
+
+class FeedbackWriter:
+    """The single writer thread of one domain's served decisions and feedback (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: DecisionStore,
+        spec: DomainSpec,
+        *,
+        metrics: ServingMetrics | None = None,
+        queue_max: int = 200_000,
+        group_max: int = 8192,
+        cache_max: int = 1_000_000,
+        on_committed: Callable[[list[FeedbackEvent], list[FeedbackResult]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.spec = spec
+        self.metrics = metrics
+        self.group_max = group_max
+        self.cache_max = cache_max
+        self.on_committed = on_committed
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_max)
+        # Owned by the writer thread only: recent decisions (for joins without a query), which of them have
+        # feedback, and the next step number of recently seen episodes.
+        self._recent: dict[str, tuple[DecisionBlock, int]] = {}
+        self._fed: dict[str, FeedbackResult] = {}
+        self._next_step: dict[str, int] = {}
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        with store.transaction() as con:
+            store.ensure_domain(spec, con)
+            for ddl in served_ddl(spec):
+                con.execute(ddl)
+        row = fetch_one(store.con, f"SELECT coalesce(max(seq), 0) FROM {feedback_table(spec)}")
+        self.last_seq = int(row[0]) if row else 0  # type: ignore[index]
+        #: Feedback committed since :meth:`mark` (what a fine-tune has not seen yet).
+        self.mark_seq = self.last_seq
+        self.committed_feedback = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    def start(self) -> FeedbackWriter:
+        self._thread = threading.Thread(target=self._run, name=f"decision-core-writer-{self.spec.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Commit everything queued, then stop the thread (the store stays open; its owner closes it)."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        self._thread = None
+
+    # -- producers (any thread) -----------------------------------------------------------------------------------
+    def _put(self, item: Any) -> None:
+        if not self.alive:
+            raise Unavailable(f"the decision writer is not running ({self._error or 'stopped'}); retry later")
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            raise Unavailable("the decision writer is overloaded; retry later") from None
+        if self.metrics is not None:
+            self.metrics.pending_writes.set(self._queue.qsize())
+
+    def add_decisions(self, block: DecisionBlock) -> None:
+        """Queue decisions for storage (not waited for)."""
+        self._put(block)
+
+    def add_feedback(self, event: FeedbackEvent) -> Future[FeedbackResult]:
+        """Queue a feedback event; the future resolves after its commit (or fails with a ServingError)."""
+        self._put(event)
+        return event.future
+
+    def call(self, fn: Callable[[DecisionStore], T]) -> Future[T]:
+        """Run ``fn(store)`` on the writer thread after everything queued before it is committed."""
+        c = _Call(fn)
+        self._put(c)
+        return c.future
+
+    def mark(self, seq: int) -> None:
+        """Feedback up to ``seq`` has been handed to a fine-tune (call on the writer thread, in a snapshot)."""
+        self.mark_seq = seq
+
+    @property
+    def new_feedback(self) -> int:
+        """Feedback committed since the last :meth:`mark`."""
+        return self.last_seq - self.mark_seq
+
+    # -- the thread -----------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                items = [self._queue.get()]
+                size = len(items[0]) if isinstance(items[0], DecisionBlock) else 1
+                while size < self.group_max:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    items.append(item)
+                    size += len(item) if isinstance(item, DecisionBlock) else 1
+                stop = self._process(items)
+                if self.metrics is not None:
+                    self.metrics.pending_writes.set(self._queue.qsize())
+                if stop:
+                    return
+        except BaseException as exc:  # keep the reason for /healthz and for callers' 503s
+            self._error = exc
+            log.exception("the decision writer stopped")
+            self._fail_pending(exc)
+            raise
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, FeedbackEvent | _Call):
+                _resolve(item.future, error=Unavailable(f"the decision writer stopped: {exc}"))
+
+    def _process(self, items: list[Any]) -> bool:
+        """Commit runs of writes between calls; returns True on the stop sentinel."""
+        blocks: list[DecisionBlock] = []
+        events: list[FeedbackEvent] = []
+        for item in items:
+            if isinstance(item, DecisionBlock):
+                blocks.append(item)
+            elif isinstance(item, FeedbackEvent):
+                events.append(item)
+            else:
+                if blocks or events:
+                    self._commit(blocks, events)
+                    blocks, events = [], []
+                if item is _STOP:
+                    return True
+                self._run_call(item)
+        if blocks or events:
+            self._commit(blocks, events)
+        return False
+
+    def _run_call(self, call: _Call) -> None:
+        if not call.future.set_running_or_notify_cancel():
+            return
+        try:
+            call.future.set_result(call.fn(self.store))
+        except BaseException as exc:
+            call.future.set_exception(exc)
+
+    # -- one group commit -------------------------------------------------------------------------------------------
+    def _remember(self, blocks: list[DecisionBlock]) -> None:
+        for block in blocks:
+            for i, did in enumerate(block.ids):
+                self._recent[did] = (block, i)
+        excess = len(self._recent) - self.cache_max
+        if excess > 0:
+            # Drop the oldest tenth at once so eviction is rare; evicted decisions are looked up in the store.
+            drop = list(itertools.islice(iter(self._recent), excess + self.cache_max // 10))
+            for did in drop:
+                del self._recent[did]
+                self._fed.pop(did, None)
+
+    def _lookup(self, ids: list[str]) -> tuple[dict[str, _Served], dict[str, FeedbackResult]]:
+        """Decisions (and any feedback already stored for them) that are not in memory."""
+        spec = self.spec
+        rows = self.store.con.execute(
+            f"SELECT d.decision_id, d.episode_id, d.state, d.action, d.action_mask, d.propensity, d.model_name, "
+            f"d.model_version, f.episode_id, f.step FROM {decisions_table(spec)} d "
+            f"LEFT JOIN {feedback_table(spec)} f ON d.decision_id = f.decision_id WHERE d.decision_id = ANY(?)",
+            [ids],
+        ).fetchall()
+        found: dict[str, _Served] = {}
+        done: dict[str, FeedbackResult] = {}
+        for did, ep, state, action, mask, prop, mname, mver, f_ep, f_step in rows:
+            found[did] = _Served(
+                episode_id=EPISODE_PREFIX + ep,
+                state=np.asarray(state, np.float32),
+                action=np.asarray(action, np.float32),
+                action_mask=None if mask is None else np.asarray(mask, np.bool_),
+                propensity=float(prop),
+                model_name=mname,
+                model_version=mver,
+            )
+            if f_ep is not None:
+                done[did] = FeedbackResult(did, "already_stored", f_ep, int(f_step))
+        return found, done
+
+    def _episode_steps(self, episodes: list[str]) -> dict[str, int]:
+        missing = [e for e in episodes if e not in self._next_step]
+        if missing:
+            rows = self.store.con.execute(
+                f"SELECT episode_id, max(step) + 1 FROM {feedback_table(self.spec)} WHERE episode_id = ANY(?) "
+                f"GROUP BY episode_id",
+                [missing],
+            ).fetchall()
+            known = dict(rows)
+            for e in missing:
+                self._next_step[e] = int(known.get(e, 0))
+        return {e: self._next_step[e] for e in episodes}
+
+    def _commit(self, blocks: list[DecisionBlock], events: list[FeedbackEvent]) -> None:
+        start = time.perf_counter()
+        self._remember(blocks)
+        # Resolve every event against its decision: in memory first, then one query for the rest.
+        served: dict[str, _Served] = {}
+        answered: list[tuple[FeedbackEvent, FeedbackResult | BaseException]] = []
+        misses = [e.decision_id for e in events if e.decision_id not in self._recent]
+        stored, done = self._lookup(sorted(set(misses))) if misses else ({}, {})
+        accepted: list[FeedbackEvent] = []
+        repeats: list[FeedbackEvent] = []  # a second event for a decision accepted in this same group
+        seen: set[str] = set()
+        for e in events:
+            did = e.decision_id
+            prior = self._fed.get(did) or done.get(did)
+            if prior is not None:
+                # A retried event (the first answer may have been lost): acknowledge what is stored.
+                answered.append((e, prior))
+                continue
+            if did in seen:
+                repeats.append(e)
+                continue
+            if did in self._recent:
+                block, i = self._recent[did]
+                served[did] = _Served(
+                    episode_id=EPISODE_PREFIX + block.episode_ids[i],
+                    state=block.states[i],
+                    action=block.actions[i],
+                    action_mask=None if block.action_masks is None else block.action_masks[i],
+                    propensity=float(block.propensities[i]),
+                    model_name=block.model_name,
+                    model_version=block.model_version,
+                )
+            elif did in stored:
+                served[did] = stored[did]
+            else:
+                answered.append(
+                    (
+                        e,
+                        UnknownDecision(
+                            f"decision_id '{did[:64]}' was not issued by this service", field="decision_id"
+                        ),
+                    )
+                )
+                continue
+            seen.add(did)
+            accepted.append(e)
+        # Dense step numbers per episode, in commit order; applied to the cache only after the commit succeeds.
+        next_steps = self._episode_steps(sorted({served[e.decision_id].episode_id for e in accepted}))
+        results: list[FeedbackResult] = []
+        for e in accepted:
+            ep = served[e.decision_id].episode_id
+            results.append(FeedbackResult(e.decision_id, "stored", ep, next_steps[ep]))
+            next_steps[ep] += 1
+        seq0 = self.last_seq + 1
+        try:
+            with self.store.transaction() as con:
+                if blocks:
+                    con.register("served_decisions_stage", self._decisions_frame(blocks))
+                    try:
+                        con.execute(f"INSERT INTO {decisions_table(self.spec)} SELECT * FROM served_decisions_stage")
+                    finally:
+                        con.unregister("served_decisions_stage")
+                if accepted:
+                    steps, fb = self._feedback_frames(accepted, results, served, seq0)
+                    con.register("served_steps_stage", steps)
+                    con.register("served_feedback_stage", fb)
+                    try:
+                        self.store.insert_steps(self.spec, "served_steps_stage", con)
+                        con.execute(f"INSERT INTO {feedback_table(self.spec)} SELECT * FROM served_feedback_stage")
+                    finally:
+                        con.unregister("served_steps_stage")
+                        con.unregister("served_feedback_stage")
+        except Exception as exc:
+            log.exception(
+                "group commit of %d decisions and %d feedback events failed", sum(map(len, blocks)), len(accepted)
+            )
+            if self.metrics is not None:
+                self.metrics.write_errors.inc()
+            failure = Unavailable("the store could not commit this event; retry later")
+            for e in events:
+                _resolve(e.future, error=failure)
+            if blocks and accepted:
+                self._commit(blocks, [])  # keep the decisions if only the feedback was at fault
+            del exc
+            return
+        # Committed: publish.
+        self.last_seq += len(accepted)
+        self.committed_feedback += len(accepted)
+        for r in results:
+            self._next_step[r.episode_id] = r.step + 1
+            self._fed[r.decision_id] = FeedbackResult(r.decision_id, "already_stored", r.episode_id, r.step)
+        if len(self._next_step) > self.cache_max:
+            for ep in list(itertools.islice(iter(self._next_step), len(self._next_step) // 2)):
+                del self._next_step[ep]
+        for e, r in zip(accepted, results, strict=True):
+            _resolve(e.future, r)
+        first = {r.decision_id: r for r in results}
+        for e in repeats:
+            r = first[e.decision_id]
+            answered.append((e, FeedbackResult(r.decision_id, "already_stored", r.episode_id, r.step)))
+        for e, outcome in answered:
+            if isinstance(outcome, BaseException):
+                _resolve(e.future, error=outcome)
+            else:
+                _resolve(e.future, outcome)
+        if self.metrics is not None:
+            self.metrics.write_groups.observe(sum(map(len, blocks)) + len(events))
+            self.metrics.commit_seconds.observe(time.perf_counter() - start)
+        if accepted and self.on_committed is not None:
+            try:
+                self.on_committed(accepted, results)
+            except Exception:
+                log.exception("post-commit callback failed")
+
+    def _decisions_frame(self, blocks: list[DecisionBlock]) -> pa.Table:
+        spec = self.spec
+        s, g, a, k = spec.state_dim, len(spec.outcomes), spec.action_dim, _mask_width(spec)
+        n = sum(map(len, blocks))
+        f32, b = pa.float32(), pa.bool_()
+        masks: pa.Array
+        if spec.masked:
+            masks = _fixed(
+                np.concatenate(
+                    [
+                        bl.action_masks if bl.action_masks is not None else np.ones((len(bl), k), np.bool_)
+                        for bl in blocks
+                    ]
+                ),
+                k,
+                b,
+            )
+        else:
+            masks = pa.nulls(n, pa.list_(b, k))
+        temps = [bl.temperature for bl in blocks for _ in range(len(bl))]
+        return pa.table(
+            {
+                "decision_id": pa.array([i for bl in blocks for i in bl.ids], pa.string()),
+                "episode_id": pa.array([e for bl in blocks for e in bl.episode_ids], pa.string()),
+                "step": pa.array([x for bl in blocks for x in bl.steps], pa.int32()),
+                "request_id": pa.array([x for bl in blocks for x in bl.request_ids], pa.string()),
+                "state": _fixed(np.concatenate([bl.states for bl in blocks]).astype(np.float32), s, f32),
+                "goal": _fixed(np.concatenate([bl.goals for bl in blocks]).astype(np.float32), g, f32),
+                "task": pa.array([x for bl in blocks for x in bl.tasks], pa.string()),
+                "action": _fixed(np.concatenate([bl.actions for bl in blocks]).astype(np.float32), a, f32),
+                "action_mask": masks,
+                "propensity": pa.array(np.concatenate([bl.propensities for bl in blocks]).astype(np.float64)),
+                "epsilon": pa.array(np.repeat([bl.epsilon for bl in blocks], [len(bl) for bl in blocks]), pa.float64()),
+                "temperature": pa.array(temps, pa.float64()),
+                "model_name": pa.array([bl.model_name for bl in blocks for _ in range(len(bl))], pa.string()),
+                "model_version": pa.array([bl.model_version for bl in blocks for _ in range(len(bl))], pa.string()),
+                "created_at": pa.array([bl.created_at for bl in blocks for _ in range(len(bl))], pa.timestamp("us")),
+            }
+        )
+
+    def _feedback_frames(
+        self,
+        events: list[FeedbackEvent],
+        results: list[FeedbackResult],
+        served: dict[str, _Served],
+        seq0: int,
+    ) -> tuple[pa.Table, pa.Table]:
+        spec = self.spec
+        s, a, k = spec.state_dim, spec.action_dim, _mask_width(spec)
+        n = len(events)
+        f32, b = pa.float32(), pa.bool_()
+        d = [served[e.decision_id] for e in events]
+        seqs = np.arange(seq0, seq0 + n, dtype=np.int64)
+        if spec.masked:
+            masks: pa.Array = _fixed(
+                np.stack([x.action_mask if x.action_mask is not None else np.ones(k, np.bool_) for x in d]), k, b
+            )
+        else:
+            masks = pa.nulls(n, pa.list_(b, k))
+        episode_ids = pa.array([r.episode_id for r in results], pa.string())
+        steps_col = pa.array([r.step for r in results], pa.int32())
+        rewards = pa.array([e.reward for e in events], pa.float64())
+        terminated = pa.array([e.terminated for e in events], b)
+        truncated = pa.array([e.truncated for e in events], b)
+        received = pa.array([e.received_at for e in events], pa.timestamp("us"))
+        steps = pa.table(
+            {
+                "episode_id": episode_ids,
+                "step": steps_col,
+                "state": _fixed(np.stack([x.state for x in d]).astype(np.float32), s, f32),
+                "action": _fixed(np.stack([x.action for x in d]).astype(np.float32), a, f32),
+                "action_mask": masks,
+                "propensity": pa.array([x.propensity for x in d], pa.float64()),
+                "reward": rewards,
+                "next_state": _fixed(np.stack([e.next_state for e in events]).astype(np.float32), s, f32),
+                "terminated": terminated,
+                "truncated": truncated,
+                "timestamp": received,
+                "source_adapter": pa.array([SOURCE_ADAPTER] * n, pa.string()),
+                "adapter_version": pa.array([x.model_version for x in d], pa.string()),
+                "source_file": pa.array([f"serving:{x.model_name}" for x in d], pa.string()),
+                "source_row": pa.array(seqs),
+            }
+        )
+        fb = pa.table(
+            {
+                "decision_id": pa.array([e.decision_id for e in events], pa.string()),
+                "seq": pa.array(seqs),
+                "episode_id": episode_ids,
+                "step": steps_col,
+                "reward": rewards,
+                "terminated": terminated,
+                "truncated": truncated,
+                "received_at": received,
+            }
+        )
+        return steps, fb

@@ -1,0 +1,514 @@
+"""The served policy: the model catalog (champion, candidates, hot swap, rollback), request encoding against
+the domain spec, and the micro-batching inference worker.
+
+Hot swap: the champion is one immutable :class:`ServedModel` referenced by :class:`ModelCatalog`; each forward
+pass reads that reference once, so a swap between passes never drops or splits a request.
+
+Inference: requests queue on the event loop; a single inference thread takes everything queued since its last
+pass and runs one forward pass per exploration setting, so concurrent requests share the model call and the
+event loop never runs the model itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import re
+import secrets
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from decision_core.algos import Agent, Exploration
+from serving.errors import Conflict, InvalidInput, Unavailable, UnknownModel
+from serving.feedback import DecisionBlock, FeedbackWriter
+from serving.hooks import HookManager
+from serving.metrics import ServingMetrics
+from serving.schemas import ActRequest
+
+log = logging.getLogger("decision_core.serving")
+
+REWARD_TASK = "reward"
+
+
+# -- models ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ServedModel:
+    """A loaded agent and where it came from."""
+
+    agent: Agent
+    name: str
+    version: str
+    source: str
+    agent_dir: Path | None = None
+    #: Registered model name in MLflow, when ``version`` is a registry version of it.
+    registered_name: str | None = None
+
+    @property
+    def info(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version}
+
+
+@dataclass
+class CatalogEntry:
+    version: str
+    status: str  # champion | candidate | rejected | retired
+    source: str
+    agent_dir: Path | None = None
+    registered_name: str | None = None
+    reason: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    model: ServedModel | None = None
+
+
+def _is_registry_version(version: str) -> bool:
+    return version.isdigit()
+
+
+class ModelCatalog:
+    """Versions this server knows (champion, candidates, rejected, retired) and the previous champions."""
+
+    def __init__(
+        self,
+        champion: ServedModel,
+        *,
+        hooks: HookManager,
+        metrics: ServingMetrics,
+        set_registry_alias: Callable[[str, str], None] | None = None,
+        load_version: Callable[[CatalogEntry], ServedModel] | None = None,
+    ) -> None:
+        self.hooks = hooks
+        self.metrics = metrics
+        self._set_alias = set_registry_alias
+        self._load_version = load_version
+        self._lock = threading.RLock()
+        self.champion = champion
+        self.entries: dict[str, CatalogEntry] = {
+            champion.version: CatalogEntry(
+                version=champion.version,
+                status="champion",
+                source=champion.source,
+                agent_dir=champion.agent_dir,
+                registered_name=champion.registered_name,
+                model=champion,
+            )
+        }
+        self.previous: list[str] = []
+        metrics.model_info.labels(champion.name, champion.version).set(1)
+
+    @property
+    def spec(self) -> Any:
+        return self.champion.agent.spec
+
+    def add_candidate(self, entry: CatalogEntry) -> None:
+        with self._lock:
+            self.entries[entry.version] = entry
+
+    def list(self) -> list[CatalogEntry]:
+        with self._lock:
+            return list(self.entries.values())
+
+    def _materialise(self, entry: CatalogEntry) -> ServedModel:
+        if entry.model is not None:
+            return entry.model
+        if self._load_version is None:
+            raise UnknownModel(f"model version '{entry.version}' cannot be loaded here", field="version")
+        entry.model = self._load_version(entry)
+        return entry.model
+
+    def promote(self, version: str, *, reason: str, rollback: bool = False) -> tuple[ServedModel, ServedModel]:
+        """Make ``version`` the champion (loading it if needed); returns (new, previous). Blocking: call it off
+        the event loop."""
+        with self._lock:
+            entry = self.entries.get(version)
+            if entry is None:
+                known = ", ".join(sorted(self.entries)) or "none"
+                raise UnknownModel(
+                    f"no model version '{version[:64]}' in this server's catalog (known: {known})", field="version"
+                )
+            current = self.champion
+            if version == current.version:
+                raise Conflict(f"version '{version}' is already the champion", field="version")
+            model = self._materialise(entry)
+            if model.agent.spec.to_json() != current.agent.spec.to_json():
+                raise Conflict(
+                    f"version '{version}' was trained for another domain spec than the one served", field="version"
+                )
+            candidate = {
+                "version": version,
+                "source": entry.source,
+                "status": entry.status,
+                "metrics": dict(entry.metrics),
+            }
+            champion = {"version": current.version, "source": current.source}
+            vetoes = self.hooks.call(
+                "before_promote", domain=self.spec.name, candidate=candidate, champion=champion, reason=reason
+            )
+            if any(v is False for v in vetoes):
+                entry.reason = f"promotion vetoed by a before_promote hook ({reason})"
+                raise Conflict(f"promotion of version '{version}' was vetoed by a before_promote hook")
+            self.champion = model  # the swap: one reference assignment, read once per forward pass
+            old = self.entries.get(current.version)
+            if old is not None:
+                old.status = "retired"
+            entry.status = "champion"
+            if not rollback:
+                self.previous.append(current.version)
+            self.metrics.model_info.labels(current.name, current.version).set(0)
+            self.metrics.model_info.labels(model.name, model.version).set(1)
+        if self._set_alias is not None and model.registered_name and _is_registry_version(model.version):
+            try:
+                self._set_alias(model.registered_name, model.version)
+            except Exception:  # the registry is a record; serving has already switched
+                log.exception(
+                    "could not move the champion alias of %s to version %s", model.registered_name, model.version
+                )
+        self.hooks.call(
+            "after_promote",
+            domain=self.spec.name,
+            version=model.version,
+            previous_version=current.version,
+            reason=reason,
+        )
+        log.info("champion is now %s v%s (%s)", model.name, model.version, reason)
+        return model, current
+
+    def rollback(self) -> tuple[ServedModel, ServedModel]:
+        """Restore the previous champion."""
+        with self._lock:
+            if not self.previous:
+                raise Conflict("there is no previous champion to roll back to")
+            version = self.previous.pop()
+            try:
+                return self.promote(version, reason="rollback", rollback=True)
+            except Exception:
+                self.previous.append(version)
+                raise
+
+
+# -- request encoding -------------------------------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """One validated decision request as vectors."""
+
+    state: list[float]
+    goal: list[float]  # (G,) NaN = unspecified
+    task: str | None
+    action_mask: list[bool] | None
+    exploration: Exploration | None
+    request_id: str | None
+    episode_id: str | None
+    step: int | None
+
+
+@dataclass(frozen=True)
+class Decided:
+    decision_id: str
+    episode_id: str
+    action: np.ndarray  # (A,) float32 row; discrete: the index as float
+    propensity: float
+    model: ServedModel
+
+
+def _names(names: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", … ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _safe(name: str) -> str:
+    """A client-sent name made safe to quote in a message (bounded, printable)."""
+    return re.sub(r"[^\x20-\x7e]", "?", name[:64])
+
+
+class RequestEncoder:
+    """Checks decision requests against the domain spec and encodes them (messages name the field)."""
+
+    def __init__(self, default_epsilon: float, default_temperature: float | None) -> None:
+        self.default_epsilon = default_epsilon
+        self.default_temperature = default_temperature
+
+    def state_vector(self, agent: Agent, values: dict[str, float], where: str) -> list[float]:
+        spec = agent.spec
+        names = spec.state_names
+        try:
+            vec = [values[n] for n in names]
+        except KeyError:
+            missing = [n for n in names if n not in values]
+            raise InvalidInput(
+                f"{where}: missing state features {_names(missing)} (domain '{spec.name}' needs all of "
+                f"{_names(names)})",
+                field=f"{where}.{missing[0]}",
+            ) from None
+        if len(values) != len(names):
+            known = set(names)
+            unknown = sorted(k for k in values if k not in known)
+            raise InvalidInput(
+                f"{where}: unknown features {_names([_safe(u) for u in unknown])}; domain '{spec.name}' has "
+                f"{_names(names)}",
+                field=f"{where}.{_safe(unknown[0])}",
+            )
+        return vec
+
+    def prepare(self, agent: Agent, req: ActRequest, where: str = "") -> Prepared:
+        spec = agent.spec
+        p = where
+        state = self.state_vector(agent, req.state, f"{p}state")
+        g = len(spec.outcomes)
+        goal = [math.nan] * g
+        task = req.task
+        if req.goal is not None and task is not None:
+            raise InvalidInput(f"{p}goal and {p}task: give one of them, not both", field=f"{p}task")
+        if task is not None and task != REWARD_TASK:
+            named = spec.goals.get(task)
+            if named is None:
+                known = [*sorted(spec.goals), REWARD_TASK]
+                raise InvalidInput(
+                    f"{p}task '{_safe(task)}' is neither a named goal of domain '{spec.name}' nor '{REWARD_TASK}' "
+                    f"(known: {_names(known)})",
+                    field=f"{p}task",
+                )
+            goal_values: dict[str, float] | None = named
+        else:
+            goal_values = req.goal
+        if agent.goal_conditioned:
+            if task == REWARD_TASK:
+                raise InvalidInput(
+                    f"{p}task 'reward': the served model '{agent.name}' is goal-conditioned; send a goal over "
+                    f"{_names(spec.outcome_names)} instead",
+                    field=f"{p}task",
+                )
+            if goal_values:
+                index = {n: i for i, n in enumerate(spec.outcome_names)}
+                for k, v in goal_values.items():
+                    i = index.get(k)
+                    if i is None:
+                        hint = (
+                            " (a state feature, but goals may only name outcome features)"
+                            if k in spec.state_names
+                            else ""
+                        )
+                        raise InvalidInput(
+                            f"{p}goal.{_safe(k)} is not an outcome feature of domain '{spec.name}'{hint}; goals may "
+                            f"name {_names(spec.outcome_names)}",
+                            field=f"{p}goal.{_safe(k)}",
+                        )
+                    goal[i] = float(v)
+        elif goal_values:
+            raise InvalidInput(
+                f"{p}goal: the served model '{agent.name}' optimises the domain's reward and takes no goal; omit "
+                f"{p}goal/{p}task (or serve a goal-conditioned model)",
+                field=f"{p}goal" if req.goal is not None else f"{p}task",
+            )
+        mask = req.action_mask
+        if mask is not None:
+            if not spec.discrete:
+                raise InvalidInput(
+                    f"{p}action_mask: domain '{spec.name}' has continuous actions; omit it", field=f"{p}action_mask"
+                )
+            if len(mask) != spec.n_actions:
+                raise InvalidInput(
+                    f"{p}action_mask must have one flag per action ({spec.n_actions}: "
+                    f"{_names(list(spec.actions.labels))}), got {len(mask)}",  # type: ignore[union-attr]
+                    field=f"{p}action_mask",
+                )
+            if not any(mask):
+                raise InvalidInput(f"{p}action_mask allows no action; allow at least one", field=f"{p}action_mask")
+        return Prepared(
+            state=state,
+            goal=goal,
+            task=task,
+            action_mask=mask,
+            exploration=self.exploration(req),
+            request_id=req.request_id,
+            episode_id=req.episode_id,
+            step=req.step,
+        )
+
+    def exploration(self, req: ActRequest) -> Exploration | None:
+        e = req.exploration
+        if e is not None and e.greedy:
+            return None
+        eps = self.default_epsilon if e is None or e.epsilon is None else e.epsilon
+        temp = self.default_temperature if e is None or e.temperature is None else e.temperature
+        if eps == 0.0 and temp is None:
+            return None
+        return Exploration(epsilon=eps, temperature=temp)
+
+
+# -- inference --------------------------------------------------------------------------------------------------------
+class _Submission:
+    __slots__ = ("future", "items")
+
+    def __init__(self, items: list[Prepared], future: asyncio.Future[list[Decided]]) -> None:
+        self.items = items
+        self.future = future
+
+
+class DecisionBatcher:
+    """Runs decision requests through the champion in micro-batches on one inference thread."""
+
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        writer: FeedbackWriter,
+        *,
+        hooks: HookManager,
+        metrics: ServingMetrics,
+        seed: int | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.writer = writer
+        self.hooks = hooks
+        self.metrics = metrics
+        self.rng = np.random.default_rng(seed)  # used by the inference thread only
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decision-core-inference")
+        self._pending: list[_Submission] = []
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        # Unique across restarts (random prefix) and cheap to make (a counter).
+        self._prefix = secrets.token_hex(6)
+        self._counter = itertools.count()
+
+    def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="decision-core-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for sub in self._pending:
+            if not sub.future.done():
+                sub.future.set_exception(Unavailable("the server is shutting down"))
+        self._pending = []
+        self._executor.shutdown(wait=True)
+
+    async def decide(self, items: list[Prepared]) -> list[Decided]:
+        if self._wake is None:
+            raise Unavailable("the decision worker is not running")
+        fut: asyncio.Future[list[Decided]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Submission(items, fut))
+        self._wake.set()
+        return await fut
+
+    async def _loop(self) -> None:
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            try:
+                results = await loop.run_in_executor(self._executor, self._infer, batch)
+            except Exception as exc:  # a bug or a model failure: answer every waiting request, keep serving
+                log.exception("inference failed")
+                failure = Unavailable(f"inference failed: {type(exc).__name__}")
+                for sub in batch:
+                    if not sub.future.done():
+                        sub.future.set_exception(failure)
+                continue
+            for sub, res in zip(batch, results, strict=True):
+                if sub.future.done():  # the client went away
+                    continue
+                if isinstance(res, BaseException):
+                    sub.future.set_exception(res)
+                else:
+                    sub.future.set_result(res)
+
+    def _infer(self, batch: list[_Submission]) -> list[list[Decided] | BaseException]:
+        model = self.catalog.champion  # read once: a swap takes effect between passes
+        agent = model.agent
+        spec = agent.spec
+        rows = [(si, ii, item) for si, sub in enumerate(batch) for ii, item in enumerate(sub.items)]
+        groups: dict[tuple[float, float | None] | None, list[tuple[int, int, Prepared]]] = {}
+        for r in rows:
+            e = r[2].exploration
+            groups.setdefault(None if e is None else (e.epsilon, e.temperature), []).append(r)
+        out: list[list[Decided | None]] = [[None] * len(sub.items) for sub in batch]
+        errors: dict[int, BaseException] = {}
+        for key, group in groups.items():
+            items = [r[2] for r in group]
+            n = len(items)
+            states = np.asarray([it.state for it in items], np.float32)
+            goals = np.asarray([it.goal for it in items], np.float32).reshape(n, len(spec.outcomes))
+            goal_mask = ~np.isnan(goals)
+            masks = None
+            if spec.discrete and any(it.action_mask is not None for it in items):
+                masks = np.ones((n, spec.n_actions), np.bool_)
+                for j, it in enumerate(items):
+                    if it.action_mask is not None:
+                        masks[j] = it.action_mask
+            exploration = None if key is None else Exploration(epsilon=key[0], temperature=key[1])
+            result = agent.act(
+                states,
+                goals if agent.goal_conditioned else None,
+                goal_mask if agent.goal_conditioned else None,
+                masks,
+                exploration=exploration,
+                rng=self.rng,
+            )
+            actions = np.asarray(result.actions, np.float32).reshape(n, spec.action_dim)
+            props = np.asarray(result.propensities, np.float64)
+            ids = [f"{self._prefix}-{next(self._counter):x}" for _ in range(n)]
+            episodes = [it.episode_id or did for it, did in zip(items, ids, strict=True)]
+            if spec.masked and masks is None:
+                masks = np.ones((n, spec.n_actions), np.bool_)
+            block = DecisionBlock(
+                ids=ids,
+                episode_ids=episodes,
+                steps=[it.step for it in items],
+                request_ids=[it.request_id for it in items],
+                tasks=[it.task for it in items],
+                states=states,
+                goals=goals,
+                actions=actions,
+                action_masks=masks if spec.masked else None,
+                propensities=props,
+                epsilon=0.0 if exploration is None else exploration.epsilon,
+                temperature=None if exploration is None else exploration.temperature,
+                model_name=model.name,
+                model_version=model.version,
+            )
+            try:
+                self.writer.add_decisions(block)
+            except Unavailable as exc:
+                # A decision that cannot be logged is not served: it could never become training data.
+                for si, _, _ in group:
+                    errors[si] = exc
+                continue
+            self.metrics.decisions.labels(model.version).inc(n)
+            self.metrics.inference_batch.observe(n)
+            for j, (si, ii, _) in enumerate(group):
+                out[si][ii] = Decided(ids[j], episodes[j], actions[j], float(props[j]), model)
+            if self.hooks.has("on_decision"):
+                self.hooks.dispatch(
+                    "on_decision",
+                    domain=spec.name,
+                    model=model.info,
+                    decisions=[
+                        {
+                            "decision_id": ids[j],
+                            "episode_id": episodes[j],
+                            "step": items[j].step,
+                            "request_id": items[j].request_id,
+                            "action": int(actions[j, 0]) if spec.discrete else actions[j].tolist(),
+                            "propensity": float(props[j]),
+                        }
+                        for j in range(n)
+                    ],
+                )
+        return [errors[si] if si in errors else list(out[si]) for si in range(len(batch))]  # type: ignore[misc]

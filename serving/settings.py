@@ -1,0 +1,132 @@
+"""Settings of one serving deployment, read from the environment (prefix ``DECISION_CORE_SERVE_``).
+
+Built inside :func:`serving.app.create_app` (never at import time), so every app — and every test — gets its own.
+The data directory, store and MLflow tracking URI come from :class:`~decision_core.settings.CoreSettings`
+(``DECISION_CORE_HOME``, ``DECISION_CORE_DB``, ``MLFLOW_TRACKING_URI``) unless set here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from decision_core.settings import CoreSettings
+
+_NAME_AT_ALIAS = re.compile(r"^[A-Za-z0-9_.-]+@[A-Za-z0-9_-]+$")
+
+
+def model_uri(model: str) -> str:
+    """``name@alias`` -> ``models:/name@alias``; a directory, ``models:/``, ``runs:/`` URI is kept as is."""
+    if _NAME_AT_ALIAS.match(model) and not Path(model).exists():
+        return f"models:/{model}"
+    return model
+
+
+class ServingSettings(BaseSettings):
+    """One deployment: which model, where decisions go, who may call what, how it explores and fine-tunes."""
+
+    model_config = SettingsConfigDict(env_prefix="DECISION_CORE_SERVE_", extra="ignore")
+
+    model: str = Field(
+        default="",
+        description="Model to serve: a saved agent directory, models:/name@alias, models:/name/version, runs:/... "
+        "or name@alias.",
+    )
+    home: Path | None = Field(default=None, description="Data directory; default $DECISION_CORE_HOME.")
+    db: Path | None = Field(default=None, description="DuckDB store; default the core settings' store.")
+    tracking_uri: str | None = Field(default=None, description="MLflow tracking URI; default the core settings'.")
+
+    # -- access ---------------------------------------------------------------------------------------------
+    api_keys: str = Field(
+        default="",
+        description="Comma-separated API keys accepted in the X-API-Key header. With none, guarded routes refuse "
+        "every call (set auth_disabled to open them on a trusted network).",
+    )
+    auth_disabled: bool = Field(default=False, description="Open every route without a key (trusted networks only).")
+    protect_act: bool = Field(default=False, description="Require a key for /v1/act and /v1/act:batch too.")
+
+    # -- decisions ------------------------------------------------------------------------------------------
+    epsilon: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Deployment-wide epsilon-greedy exploration (requests may override). Exploration keeps the "
+        "served traffic usable for off-policy evaluation of the next model.",
+    )
+    temperature: float | None = Field(
+        default=None, gt=0.0, description="Softmax temperature of the served policy; None = greedy + epsilon."
+    )
+    max_batch: int = Field(default=4096, ge=1, description="Most decisions one /v1/act:batch call may ask for.")
+    inference_threads: int = Field(default=1, ge=1, description="torch threads of the inference worker.")
+    seed: int | None = Field(default=None, description="Seed of exploration draws; None = from the OS.")
+
+    # -- feedback writer --------------------------------------------------------------------------------------
+    writer_queue_max: int = Field(default=200_000, ge=16, description="Pending writer items before 503s.")
+    writer_group_max: int = Field(default=8192, ge=1, description="Most queued items committed in one group.")
+    decision_cache: int = Field(
+        default=1_000_000, ge=1024, description="Recent decisions kept in memory to join feedback without a query."
+    )
+
+    # -- fine-tuning ------------------------------------------------------------------------------------------
+    finetune_every: int = Field(
+        default=0, ge=0, description="Start a fine-tune after this many new feedback steps (0: only on request)."
+    )
+    finetune_steps: int = Field(default=500, ge=1, description="Gradient steps of one fine-tune.")
+    finetune_estimator: str = Field(default="snips", description="OPE estimator that guards promotion.")
+    finetune_confidence: float = Field(default=0.9, gt=0.0, lt=1.0, description="Confidence of the OPE interval.")
+    finetune_min_episodes: int = Field(
+        default=5, ge=1, description="New served episodes needed before a candidate can be evaluated."
+    )
+    finetune_timeout_s: float = Field(default=3600.0, gt=0.0, description="A fine-tune running longer is stopped.")
+    hooks: str = Field(
+        default="", description="Comma-separated dotted paths of hook plugins to register (besides entry points)."
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _check_estimator(self) -> ServingSettings:
+        from decision_core.ope import ESTIMATORS
+
+        if self.finetune_estimator not in ESTIMATORS:
+            raise ValueError(
+                f"finetune_estimator '{self.finetune_estimator}' is not an OPE estimator; choose from "
+                f"{', '.join(ESTIMATORS)}"
+            )
+        return self
+
+    # -- derived --------------------------------------------------------------------------------------------
+    @property
+    def core(self) -> CoreSettings:
+        """The core settings with this deployment's overrides applied."""
+        overrides: dict[str, object] = {}
+        if self.home is not None:
+            overrides["home"] = self.home
+        if self.db is not None:
+            overrides["db"] = self.db
+        if self.tracking_uri is not None:
+            overrides["tracking_uri"] = self.tracking_uri
+        return CoreSettings(**overrides)  # type: ignore[arg-type]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+    @property
+    def hook_paths(self) -> tuple[str, ...]:
+        return tuple(h.strip() for h in self.hooks.split(",") if h.strip())
+
+    @property
+    def uri(self) -> str:
+        return model_uri(self.model)
+
+    @property
+    def work_dir(self) -> Path:
+        """Where fine-tune jobs, snapshots and candidate agents live."""
+        return (self.core.home / "serving").resolve()
