@@ -14,6 +14,7 @@ from decision_core.envs.cli import evaluate_cmd, simulate_cmd
 from decision_core.errors import DecisionCoreError
 from decision_core.settings import CoreSettings
 from decision_core.training.cli import register as register_training_commands
+from serving.cli import serve_cmd
 
 app = typer.Typer(
     name="decision-core",
@@ -119,6 +120,7 @@ def show_cmd(
 
 app.command("simulate")(simulate_cmd)
 app.command("evaluate")(evaluate_cmd)
+app.command("serve")(serve_cmd)
 register_training_commands(app)
 
 
