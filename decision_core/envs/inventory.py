@@ -44,6 +44,7 @@ IN_STOCK_DAYS = 14  # in_stock_14 = no lost sales on each of the last 14 days
 DEMAND_WINDOW = 7
 #: Costs per unit-day held, per unit of lost demand, per order placed, per unit refused at the dock.
 HOLDING_COST, STOCKOUT_COST, ORDER_COST, REFUSAL_COST = 0.1, 3.0, 10.0, 0.2
+COST_COLUMNS = ("holding_cost", "stockout_cost", "ordering_cost", "refusal_cost")
 #: Monday = 0; 2025-01-06 is a Monday, so weekday = days since EPOCH mod 7.
 EPOCH = date(2025, 1, 6)
 WEEKDAY_SHAPE = np.array([-0.20, -0.25, -0.15, -0.05, 0.15, 0.40, 0.10])
@@ -110,6 +111,8 @@ def inventory_spec(continuous: bool = False) -> DomainSpec:
 
 
 SPEC = inventory_spec(False)
+COLUMN = {name: i for i, name in enumerate(SPEC.state_names)}  # state feature -> index
+OUTCOME = {name: i for i, name in enumerate(SPEC.outcome_names)}  # outcome feature -> goal index
 CONTINUOUS_SPEC = inventory_spec(True)
 
 
@@ -214,8 +217,7 @@ class InventoryDynamics(BatchDynamics):
         return self.observe(), reward.astype(np.float32), np.zeros(self.batch, np.bool_)
 
     def _period_info(self, *values: np.ndarray) -> dict[str, np.ndarray]:
-        names = ("order_qty", "demand", "sales", "lost_sales", "closing_stock")
-        names += ("holding_cost", "stockout_cost", "ordering_cost", "refusal_cost")
+        names = ("order_qty", "demand", "sales", "lost_sales", "closing_stock", *COST_COLUMNS)
         return dict(zip(names, values, strict=True))
 
     def info(self) -> dict[str, np.ndarray]:
@@ -225,6 +227,12 @@ class InventoryDynamics(BatchDynamics):
 
 
 # -- policies ------------------------------------------------------------------------------------------------
+
+
+def _inventory(dynamics: BatchDynamics) -> InventoryDynamics:
+    if not isinstance(dynamics, InventoryDynamics):
+        raise ValueError(f"inventory policies act on InventoryDynamics, got {type(dynamics).__name__}")
+    return dynamics
 
 
 def _as_actions(dyn: InventoryDynamics, qty: np.ndarray) -> np.ndarray:
@@ -239,26 +247,32 @@ class BehaviourPolicy(SimPolicy):
 
     The planner ignores the lead time, the weekday pattern, the ordering fee and the capacity; a third of
     the time the order is nudged by a lot or two (also when nothing is due: a top-up), and one review in ten
-    is skipped (no order). Continuous
-    (bulk) orders have no lot rounding or skipped reviews; they are planned leaner (``COVER_DAYS_BULK``) and
-    scatter around the target with a truncated normal (sd ``SPREAD`` units).
+    is skipped (no order). Continuous (bulk) orders have no lot rounding or skipped reviews; they are planned
+    leaner (``COVER_DAYS_BULK``) and scatter around the target with a truncated normal (sd ``SPREAD`` units).
     """
 
     name = "behaviour"
     COVER_DAYS = 4.5
     COVER_DAYS_BULK = 4.0
-    NUDGE = {-2: 0.04, -1: 0.12, 0: 0.68, 1: 0.12, 2: 0.04}
+    NUDGE: ClassVar[tuple[tuple[int, float], ...]] = ((-2, 0.04), (-1, 0.12), (0, 0.68), (1, 0.12), (2, 0.04))
     SKIP = 0.1
     SPREAD = 3.0
 
     def target(self, obs: np.ndarray, cover_days: float) -> np.ndarray:
         """Order-up-to quantity: ``cover_days`` of recent demand minus the inventory position."""
-        position = obs[:, 4].astype(np.float64)
-        avg = obs[:, 8].astype(np.float64)
+        position = obs[:, COLUMN["inventory_position"]].astype(np.float64)
+        avg = obs[:, COLUMN["demand_avg7"]].astype(np.float64)
         return np.maximum(cover_days * avg - position, 0.0)
 
-    def act(self, dynamics, observations, goals, goal_mask, rng):  # type: ignore[no-untyped-def]
-        dyn: InventoryDynamics = dynamics
+    def act(
+        self,
+        dynamics: BatchDynamics,
+        observations: np.ndarray,
+        goals: np.ndarray | None,
+        goal_mask: np.ndarray | None,
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        dyn = _inventory(dynamics)
         b = len(observations)
         if dyn.continuous:
             want = self.target(observations, self.COVER_DAYS_BULK)
@@ -280,7 +294,7 @@ class BehaviourPolicy(SimPolicy):
         probs = np.zeros((b, N_LEVELS))
         probs[:, 0] = self.SKIP
         rows = np.arange(b)
-        for nudge, p in self.NUDGE.items():
+        for nudge, p in self.NUDGE:
             np.add.at(probs, (rows, np.clip(base + nudge, 0, N_LEVELS - 1)), (1 - self.SKIP) * p)
         return probs
 
@@ -302,8 +316,15 @@ class OraclePolicy(SimPolicy):
     Z_SERVICE = 2.5
     MAX_CYCLE = 7
 
-    def act(self, dynamics, observations, goals, goal_mask, rng):  # type: ignore[no-untyped-def]
-        dyn: InventoryDynamics = dynamics
+    def act(
+        self,
+        dynamics: BatchDynamics,
+        observations: np.ndarray,
+        goals: np.ndarray | None,
+        goal_mask: np.ndarray | None,
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        dyn = _inventory(dynamics)
         b, lead = dyn.batch, dyn.lead_time[:, None]
         days = np.arange(MAX_LEAD + self.MAX_CYCLE + 1)[None, :]
         mean = dyn.mean_demand(days[0])
@@ -318,11 +339,12 @@ class OraclePolicy(SimPolicy):
         level = np.full(b, np.nan)  # on-hand level to land at (NaN: follow the reward rule)
         if goals is not None and goal_mask is not None:
             mask, g = np.asarray(goal_mask, np.bool_), np.asarray(goals, np.float64)
-            pending = mask[:, 2] & (g[:, 2] > 0.5) & (dyn.streak < IN_STOCK_DAYS)
+            on_hand, stockout, in_stock = (OUTCOME[n] for n in ("on_hand", "stockout", "in_stock_14"))
+            pending = mask[:, in_stock] & (g[:, in_stock] > 0.5) & (dyn.streak < IN_STOCK_DAYS)
             z = np.where(pending, self.Z_SERVICE, z)
             cycle = np.where(pending, 1, cycle)
-            level = np.where(mask[:, 0] & ~pending, g[:, 0], level)
-            level = np.where(mask[:, 1] & (g[:, 1] > 0.5) & ~pending, 0.0, level)
+            level = np.where(mask[:, on_hand] & ~pending, g[:, on_hand], level)
+            level = np.where(mask[:, stockout] & (g[:, stockout] > 0.5) & ~pending, 0.0, level)
         upto = days <= lead
         cover = (days >= lead) & (days < lead + cycle[:, None])
         need = mean[:, : MAX_LEAD + 1][np.arange(b), dyn.lead_time] + z * np.sqrt((var * upto).sum(axis=1))
@@ -338,8 +360,15 @@ class RandomPolicy(SimPolicy):
 
     name = "random"
 
-    def act(self, dynamics, observations, goals, goal_mask, rng):  # type: ignore[no-untyped-def]
-        dyn: InventoryDynamics = dynamics
+    def act(
+        self,
+        dynamics: BatchDynamics,
+        observations: np.ndarray,
+        goals: np.ndarray | None,
+        goal_mask: np.ndarray | None,
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        dyn = _inventory(dynamics)
         b = len(observations)
         if dyn.continuous:
             qty = rng.uniform(0.0, MAX_ORDER, (b, 1)).astype(np.float32)
@@ -384,8 +413,8 @@ def raw_frame(episodes: EpisodeBatch, *, seed: int, start_episode: int = 0) -> p
     b = len(episodes.lengths)
     lengths = episodes.lengths.astype(np.int64)
     ep = np.repeat(np.arange(b), lengths)
-    t = np.concatenate([np.arange(n) for n in lengths]) if b else np.zeros(0, np.int64)
-    obs = episodes.observations[ep, t].astype(np.float64)
+    t = np.arange(len(ep)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    obs = episodes.observations[ep, t]  # float32: written in its shortest form
     ex = episodes.extras
     nxt = t + 1  # extras index of the day's own flows and of tomorrow's receipt
     start_day = ex["start_day"][ep, 0].astype(np.int64)
@@ -408,11 +437,11 @@ def raw_frame(episodes: EpisodeBatch, *, seed: int, start_episode: int = 0) -> p
             "period": t.astype(np.int32),
             "date": dates.astype("datetime64[D]"),
             "decided_at": decided.astype("datetime64[us]"),
-            "lead_time_days": obs[:, 5].astype(np.int32),
-            "capacity": obs[:, 6],
-            "base_forecast": episodes.observations[ep, t, 7],  # float32: written in its shortest form
-            "on_hand": episodes.observations[ep, t, 0],
-            "on_order": (obs[:, 4] - obs[:, 0]).astype(np.float32),
+            "lead_time_days": obs[:, COLUMN["lead_time"]].astype(np.int32),
+            "capacity": obs[:, COLUMN["capacity"]],
+            "base_forecast": obs[:, COLUMN["base_forecast"]],
+            "on_hand": obs[:, COLUMN["on_hand"]],
+            "on_order": obs[:, COLUMN["inventory_position"]] - obs[:, COLUMN["on_hand"]],
             "receipts": receipts_today,
             "refused": refused_today,
             "order_qty": qty,
@@ -420,10 +449,7 @@ def raw_frame(episodes: EpisodeBatch, *, seed: int, start_episode: int = 0) -> p
             "sales": ex["sales"][ep, nxt],
             "lost_sales": ex["lost_sales"][ep, nxt],
             "closing_stock": ex["closing_stock"][ep, nxt],
-            "holding_cost": ex["holding_cost"][ep, nxt],
-            "stockout_cost": ex["stockout_cost"][ep, nxt],
-            "ordering_cost": ex["ordering_cost"][ep, nxt],
-            "refusal_cost": ex["refusal_cost"][ep, nxt],
+            **{cost: ex[cost][ep, nxt] for cost in COST_COLUMNS},
             "propensity": episodes.propensities[ep, t],
             "run_closed": ended,
         }
