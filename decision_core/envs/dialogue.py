@@ -596,9 +596,11 @@ def turn_log(episodes: EpisodeBatch, *, seed: int, start_episode: int = 0) -> pl
     # Timestamps: dialogues start over two weeks; a user turn takes seconds, the system answers within one.
     rng = np.random.default_rng([seed, start_episode, 0x5EED])
     start = np.datetime64("2026-03-02T08:00:00.000") + (rng.uniform(0, 14 * 86400, n_ep) * 1e3).astype("m8[ms]")
-    spoken = np.cumsum(rng.gamma(4.0, 1.5, size=(n_ep, t_max + 1)) * 1e3, axis=1).astype("m8[ms]")
-    latency = (rng.uniform(0.2, 1.2, size=(n_ep, t_max + 1)) * 1e3).astype("m8[ms]")
-    stamp = start[b] + spoken[b, t] + np.where(user, np.timedelta64(0, "ms"), latency[b, t])
+    speech = rng.gamma(4.0, 1.5, size=(n_ep, t_max + 1))  # seconds the user speaks in each turn
+    latency = rng.uniform(0.2, 1.2, size=(n_ep, t_max + 1))  # seconds until the system answers
+    heard = np.cumsum(speech + np.pad(latency[:, :-1], ((0, 0), (1, 0))), axis=1)  # user turn t is logged
+    offset = heard[b, t] + np.where(user, 0.0, latency[b, t])
+    stamp = start[b] + (offset * 1e3).astype("m8[ms]")
 
     final = episodes.observations[np.arange(n_ep), lengths, SUCCESS] > 0.5
     ids = np.array([f"s{seed}-{start_episode + i:07d}" for i in range(n_ep)])
