@@ -391,7 +391,10 @@ class InventorySimulator(DomainSimulator):
         unknown = sorted(set(options) - {"continuous"})
         if unknown:
             raise ValueError(f"inventory dynamics: unknown options {unknown}; the only option is 'continuous'")
-        return InventoryDynamics(continuous=bool(options.get("continuous", False)))
+        continuous = options.get("continuous", False)
+        if not isinstance(continuous, bool):
+            raise ValueError(f"inventory dynamics: 'continuous' must be true or false, got {continuous!r}")
+        return InventoryDynamics(continuous=continuous)
 
     def policies(self) -> dict[str, SimPolicy]:
         return {"behaviour": BehaviourPolicy(), "oracle": OraclePolicy(), "random": RandomPolicy()}

@@ -148,6 +148,8 @@ def test_continuous_variant_has_box_actions_and_proper_densities() -> None:
     assert np.abs(hist - at_centres).max() < 0.01
     with pytest.raises(ValueError, match="unknown options"):
         SIM.dynamics(colour="red")
+    with pytest.raises(ValueError, match="true or false"):
+        SIM.dynamics(continuous="false")
 
 
 def test_goals_are_declared_in_the_spec_and_some_are_hard() -> None:
