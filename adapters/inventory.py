@@ -33,6 +33,8 @@ from decision_core.envs.inventory import (
 from decision_core.schema import DomainSpec
 
 _F = pl.Float64()
+#: The raw columns the adapter reads. The writer also logs ``on_order``, ``receipts``, ``refused`` and ``sales``
+#: (see docs/domains/inventory.md); they are informational and not parsed.
 COLUMNS: dict[str, RawColumn] = {
     "sku": RawColumn(pl.String(), description="SKU (one replenishment run = one episode)"),
     "period": RawColumn(pl.Int32(), description="day of the run, 0-based (the step)"),
@@ -42,12 +44,8 @@ COLUMNS: dict[str, RawColumn] = {
     "capacity": RawColumn(_F, description="storage capacity in units"),
     "base_forecast": RawColumn(_F, description="planning system's baseline daily demand"),
     "on_hand": RawColumn(_F, description="stock at decision time, after today's receipt"),
-    "on_order": RawColumn(_F, required=False, description="open order quantity (informational)"),
-    "receipts": RawColumn(_F, required=False, description="units received today (informational)"),
-    "refused": RawColumn(_F, required=False, description="units refused for lack of space (informational)"),
     "order_qty": RawColumn(_F, description="units ordered today (the action)"),
     "demand": RawColumn(_F, description="customer demand today"),
-    "sales": RawColumn(_F, required=False, description="units sold today (informational)"),
     "lost_sales": RawColumn(_F, description="demand not served today"),
     "closing_stock": RawColumn(_F, description="stock at the end of the day"),
     "holding_cost": RawColumn(_F, description="cost of holding the closing stock"),
