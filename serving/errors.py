@@ -9,6 +9,7 @@ field and the rule; they never echo a whole payload (FastAPI's own validation er
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -84,8 +85,14 @@ def error_body(kind: str, message: str, field: str | None = None) -> dict[str, A
     return {"error": {"type": kind, "message": message, "field": field}}
 
 
+def _clip(part: object) -> str:
+    """A location part as it may appear in a message: printable and short (keys come from the client)."""
+    text = re.sub(r"[^\x20-\x7e]", "?", str(part))
+    return text if len(text) <= 40 else text[:40] + "…"
+
+
 def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in loc]
+    parts = [_clip(p) for p in loc]
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:] or parts
     out = ""
