@@ -1,0 +1,284 @@
+"""Training speed of every registered algorithm against a bare PyTorch loop doing the same network math.
+
+One step = sample a batch from pre-loaded data + one ``update``. Batch 256, 2x256 MLPs, a synthetic domain of
+17 state features (2 of them outcomes) with 6 discrete actions or a 6-D Box, 100k steps. For each algorithm and
+action kind the framework (``agent.sampler(dataset).sample`` + ``agent.update``) and the bare loop from
+``benchmarks/baselines/bare_loops.py`` are timed alternately, ``--repeats`` times each; the table shows median
+steps/s and the median of the paired ratios (target >= 0.8, i.e. framework overhead <= 20%).
+
+It also prints absolute steps/s for discrete BC, discrete CQL and IQL next to d3rlpy 2.8.1's figures from the
+requirements (~110 DiscreteBC, ~62 DiscreteCQL, ~40 IQL steps/s on a 2-core machine; targets >= 3x on BC and
+>= 1.5x on CQL/IQL). With ``--d3rlpy PYTHON`` (an interpreter that has d3rlpy 2.8.1 installed, e.g. a separate
+``/tmp/d3rlpy-venv``) d3rlpy itself is measured in the same run on the same data shapes.
+
+    python -m benchmarks.bench_algos_speed [--algos iql,cql] [--kinds discrete] [--seconds 3] [--repeats 3]
+
+The machine may be shared: compare ratios measured in the same run, not absolute figures across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STATE_DIM, N_OUTCOMES, N_ACTIONS, ACTION_DIM, N_STEPS, EPISODE_LEN = 17, 2, 6, 6, 100_000, 100
+#: d3rlpy 2.8.1 steps/s quoted in the requirements (same batch and network size, 2-core machine).
+D3RLPY_QUOTED = {("bc", "discrete"): 110.0, ("cql", "discrete"): 62.0, ("iql", "continuous"): 40.0}
+#: Targets: framework steps/s as a multiple of d3rlpy's.
+D3RLPY_TARGET = {"bc": 3.0, "cql": 1.5, "iql": 1.5}
+
+
+def synthetic_arrays(discrete: bool, seed: int = 0) -> Any:
+    """A random domain of ``N_STEPS`` steps in ``EPISODE_LEN``-step episodes, as ``load_arrays`` returns it."""
+    from decision_core.schema import BoxActions, DiscreteActions, DomainSpec, Feature, OutcomeFeature
+    from decision_core.store import DomainArrays
+
+    rng = np.random.default_rng(seed)
+    actions_space: DiscreteActions | BoxActions
+    if discrete:
+        actions_space = DiscreteActions(labels=tuple(f"a{i}" for i in range(N_ACTIONS)))
+    else:
+        names = tuple(f"u{i}" for i in range(ACTION_DIM))
+        actions_space = BoxActions(names=names, low=(-1.0,) * ACTION_DIM, high=(1.0,) * ACTION_DIM)
+    spec = DomainSpec(
+        name="bench_speed",
+        version="1",
+        state=tuple(Feature(f"f{i}") for i in range(STATE_DIM)),
+        outcomes=tuple(OutcomeFeature(f"f{i}", 0.1) for i in range(N_OUTCOMES)),
+        actions=actions_space,
+        reward="logged",
+    )
+    n_episodes = N_STEPS // EPISODE_LEN
+    obs = rng.standard_normal((n_episodes, EPISODE_LEN + 1, STATE_DIM), dtype=np.float32)
+    if discrete:
+        actions = rng.integers(0, N_ACTIONS, (N_STEPS, 1)).astype(np.float32)
+    else:
+        actions = rng.uniform(-1, 1, (N_STEPS, ACTION_DIM)).astype(np.float32)
+    starts = np.arange(0, N_STEPS, EPISODE_LEN, dtype=np.int64)
+    terminated = np.zeros((n_episodes, EPISODE_LEN), np.bool_)
+    terminated[:, -1] = True
+    return DomainArrays(
+        spec=spec,
+        states=obs[:, :-1].reshape(N_STEPS, STATE_DIM).copy(),
+        actions=actions,
+        next_states=obs[:, 1:].reshape(N_STEPS, STATE_DIM).copy(),
+        rewards=rng.standard_normal(N_STEPS).astype(np.float32),
+        propensities=np.full(N_STEPS, 1.0 / N_ACTIONS, np.float32),
+        terminated=terminated.reshape(-1),
+        truncated=np.zeros(N_STEPS, np.bool_),
+        action_masks=None,
+        episode_starts=starts,
+        episode_ends=starts + EPISODE_LEN,
+    )
+
+
+def bare_data(arrays: Any) -> dict[str, Any]:
+    """The same data as pre-loaded tensors for the bare loops."""
+    discrete = arrays.spec.discrete
+    return {
+        "states": torch.from_numpy(arrays.states),
+        "next_states": torch.from_numpy(arrays.next_states),
+        "actions": torch.from_numpy(arrays.actions[:, 0].astype(np.int64))
+        if discrete
+        else torch.from_numpy(arrays.actions),
+        "rewards": torch.from_numpy(arrays.rewards),
+        "terminals": torch.from_numpy(arrays.terminated.astype(np.float32)),
+        "n_actions": arrays.spec.n_actions,
+    }
+
+
+def framework_step(name: str, dataset: Any, batch: int, seed: int = 0) -> Callable[[], None]:
+    from decision_core.algos import create_agent
+
+    agent = create_agent(
+        name, dataset.spec, dataset.stats, config={"batch_size": batch, "hidden_dims": [256, 256]}, seed=seed
+    )
+    sampler = agent.sampler(dataset, seed=seed)
+
+    def step() -> None:
+        agent.update(sampler.sample(batch))
+
+    return step
+
+
+def steps_per_second(step: Callable[[], None], seconds: float, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        step()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        step()
+        n += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds and n >= 3:
+            return n / elapsed
+
+
+# -- d3rlpy, measured in a separate interpreter -------------------------------------------------------------------
+
+_D3RLPY_CHILD = r"""
+import json, sys, time
+import numpy as np, torch
+torch.set_num_threads(int(sys.argv[1]))
+import d3rlpy
+from d3rlpy.dataset import MDPDataset
+from d3rlpy.models.encoders import VectorEncoderFactory
+S, K, A, N, L = (int(x) for x in sys.argv[2:7])
+seconds = float(sys.argv[7])
+rng = np.random.default_rng(0)
+obs = rng.standard_normal((N, S)).astype(np.float32)
+terminals = np.zeros(N, np.float32); terminals[L - 1 :: L] = 1.0
+enc = VectorEncoderFactory(hidden_units=[256, 256])
+out = {}
+for key, discrete, make in (
+    ("bc/discrete", True, lambda: d3rlpy.algos.DiscreteBCConfig(batch_size=256, encoder_factory=enc)),
+    ("cql/discrete", True, lambda: d3rlpy.algos.DiscreteCQLConfig(batch_size=256, encoder_factory=enc)),
+    ("iql/continuous", False, lambda: d3rlpy.algos.IQLConfig(
+        batch_size=256, actor_encoder_factory=enc, critic_encoder_factory=enc, value_encoder_factory=enc)),
+    ("cql/continuous", False, lambda: d3rlpy.algos.CQLConfig(
+        batch_size=256, actor_encoder_factory=enc, critic_encoder_factory=enc)),
+):
+    acts = rng.integers(0, K, N) if discrete else rng.uniform(-1, 1, (N, A)).astype(np.float32)
+    ds = MDPDataset(obs, acts, rng.standard_normal(N).astype(np.float32), terminals,
+                    action_space=d3rlpy.ActionSpace.DISCRETE if discrete else d3rlpy.ActionSpace.CONTINUOUS)
+    algo = make().create(device="cpu:0")
+    algo.build_with_dataset(ds)
+    buf = ds
+    def step():
+        batch = buf.sample_transition_batch(256)
+        algo.update(batch)
+    for _ in range(5): step()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n < 3:
+        step(); n += 1
+    out[key] = n / (time.perf_counter() - t0)
+print(json.dumps(out))
+"""
+
+
+def measure_d3rlpy(python: str, threads: int, seconds: float) -> dict[str, float]:
+    args = [str(x) for x in (threads, STATE_DIM, N_ACTIONS, ACTION_DIM, N_STEPS, EPISODE_LEN, seconds)]
+    out = subprocess.run([python, "-c", _D3RLPY_CHILD, *args], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"d3rlpy measurement failed ({python}):\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- main ---------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algos", default="", help="comma-separated algorithm names (default: all registered)")
+    parser.add_argument("--kinds", default="discrete,continuous")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is steadiest here)")
+    parser.add_argument("--d3rlpy", default="", help="python interpreter with d3rlpy 2.8.1 installed")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from benchmarks.baselines.bare_loops import BARE_LOOPS, make_bare_loop
+    from decision_core.algos import ALGORITHMS, configure_torch_threads
+    from decision_core.data import OfflineDataset
+
+    console = Console()
+    threads = configure_torch_threads(args.threads)
+    names = [a for a in args.algos.split(",") if a] or ALGORITHMS.names()
+    kinds = [k for k in args.kinds.split(",") if k]
+    results: dict[str, dict[str, Any]] = {}
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("measuring", total=len(names) * len(kinds) * args.repeats)
+        for kind in kinds:
+            arrays = synthetic_arrays(kind == "discrete")
+            dataset = OfflineDataset(arrays)
+            tensors = bare_data(arrays)
+            for name in names:
+                progress.update(task, description=f"{name} ({kind})")
+                try:
+                    fw = framework_step(name, dataset, args.batch)
+                except Exception as exc:  # an algorithm that cannot be built here is reported, not fatal
+                    results[f"{name}/{kind}"] = {"error": f"{type(exc).__name__}: {exc}"}
+                    progress.advance(task, args.repeats)
+                    continue
+                bare = (
+                    make_bare_loop(name, tensors, discrete=kind == "discrete", batch=args.batch)
+                    if name in BARE_LOOPS
+                    else None
+                )
+                fw_runs, bare_runs = [], []
+                for _ in range(args.repeats):
+                    fw_runs.append(steps_per_second(fw, args.seconds))
+                    if bare is not None:
+                        bare_runs.append(steps_per_second(bare, args.seconds))
+                    progress.advance(task)
+                row: dict[str, Any] = {"framework": statistics.median(fw_runs), "framework_runs": fw_runs}
+                if bare_runs:
+                    row["bare"] = statistics.median(bare_runs)
+                    row["bare_runs"] = bare_runs
+                    row["ratio"] = statistics.median(f / b for f, b in zip(fw_runs, bare_runs, strict=True))
+                results[f"{name}/{kind}"] = row
+
+    d3: dict[str, float] = {}
+    if args.d3rlpy:
+        with console.status("measuring d3rlpy 2.8.1 in its own interpreter"):
+            d3 = measure_d3rlpy(args.d3rlpy, threads, args.seconds)
+
+    table = Table(title=f"steps/s, batch {args.batch}, 2x256 MLP, {threads} torch thread(s); medians of {args.repeats}")
+    for col in ("algorithm", "actions", "framework", "bare loop", "ratio (>= 0.8)"):
+        table.add_column(col, justify="right" if col not in ("algorithm", "actions") else "left")
+    for key, row in results.items():
+        name, kind = key.split("/")
+        if "error" in row:
+            table.add_row(name, kind, f"[red]{row['error'][:60]}[/]", "", "")
+            continue
+        ratio = row.get("ratio")
+        shown = "n/a (no bare loop)" if ratio is None else f"[{'green' if ratio >= 0.8 else 'red'}]{ratio:.2f}[/]"
+        bare_text = f"{row['bare']:.1f}" if "bare" in row else "-"
+        table.add_row(name, kind, f"{row['framework']:.1f}", bare_text, shown)
+    console.print(table)
+
+    vs = Table(title="against d3rlpy 2.8.1 (quoted figures from the requirements; measured if --d3rlpy given)")
+    for col in ("algorithm", "ours", "d3rlpy quoted", "x quoted", "d3rlpy measured", "x measured", "target"):
+        vs.add_column(col, justify="left" if col == "algorithm" else "right")
+    for (name, kind), quoted in D3RLPY_QUOTED.items():
+        row = results.get(f"{name}/{kind}")
+        if not row or "framework" not in row:
+            continue
+        ours = row["framework"]
+        measured = d3.get(f"{name}/{kind}")
+        vs.add_row(
+            f"{name} ({kind})",
+            f"{ours:.1f}",
+            f"{quoted:.0f}",
+            f"{ours / quoted:.2f}x",
+            f"{measured:.1f}" if measured else "-",
+            f"{ours / measured:.2f}x" if measured else "-",
+            f">= {D3RLPY_TARGET[name]}x",
+        )
+    for key, value in d3.items():
+        if tuple(key.split("/")) not in D3RLPY_QUOTED and key in results and "framework" in results[key]:
+            ours = results[key]["framework"]
+            name, kind = key.split("/")
+            vs.add_row(f"{name} ({kind})", f"{ours:.1f}", "-", "-", f"{value:.1f}", f"{ours / value:.2f}x", "-")
+    console.print(vs)
+    if args.json:
+        args.json.write_text(json.dumps({"threads": threads, "results": results, "d3rlpy": d3}, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

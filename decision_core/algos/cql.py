@@ -1,0 +1,248 @@
+"""CQL: conservative Q-learning on a reward task, for discrete and continuous actions (Kumar et al., 2020).
+
+The critic (a twin Q ensemble, one batched network) minimises the TD error plus
+``conservative_weight * (logsumexp_a Q(s, a) - Q(s, a_logged))``, which pushes down the values of actions the logs
+did not take and keeps the learned policy close to what the data supports.
+
+- **Discrete**: the logsumexp is exact over the available actions; the TD target is
+  ``r + discount * (1 - terminal) * max_a' min_i Q_target_i(s', a')`` over the actions available at ``s'``. The
+  policy is the softmax of the critics' mean Q-values (greedy: their argmax), so ``log_prob`` and propensities are
+  those of that Boltzmann policy.
+- **Continuous** (CQL(H) as in the paper and d3rlpy): the logsumexp is estimated by importance sampling over
+  ``n_action_samples`` uniform actions and as many policy actions at ``s`` and at ``s'``; a SAC actor (tanh-squashed
+  Gaussian, entropy temperature tuned to a target entropy) maximises the critics' minimum Q.
+
+Goals are ignored (``goal_conditioned = False``). The reward is resolved once into the dataset's rewards array
+before training (``config.reward`` names it; see :func:`decision_core.reward.rewards_for`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from decision_core.algos.base import Agent, AgentConfig
+from decision_core.algos.nets import (
+    MASKED_LOGIT,
+    ActionScaler,
+    Critic,
+    PolicyNet,
+    PolicyOutput,
+    gaussian_log_prob,
+    polyak_update,
+)
+from decision_core.data.dataset import Batch
+
+
+@dataclass(frozen=True)
+class CQLConfig(AgentConfig):
+    #: The reward learned: an expression over state/next-state features (``decision_core.reward``), ``"logged"``
+    #: for the logs' reward column, or None for the domain's own reward (``spec.reward``).
+    reward: str | None = None
+    #: Weight of the conservative term; None = 1.0 for discrete actions, 5.0 for continuous ones (d3rlpy's).
+    conservative_weight: float | None = None
+    #: Polyak rate of the target critics.
+    tau: float = 0.005
+    #: Critics in the ensemble; targets use their minimum.
+    n_critics: int = 2
+    #: LayerNorm in the critic networks.
+    layer_norm: bool = True
+    #: Continuous: sampled actions per source (uniform, policy at s, policy at s') in the logsumexp estimate.
+    n_action_samples: int = 10
+    #: Continuous: Adam learning rate of the actor.
+    actor_lr: float = 1e-4
+    #: Continuous: Adam learning rate of the entropy temperature.
+    temperature_lr: float = 1e-4
+    #: Continuous: initial entropy temperature of the SAC actor.
+    initial_temperature: float = 1.0
+    #: Continuous: entropy the temperature is tuned towards; None = -(action dimensions).
+    target_entropy: float | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        self.require(
+            self.conservative_weight is None or self.conservative_weight >= 0.0,
+            "conservative_weight",
+            "must be >= 0 (or None for the action space's default)",
+        )
+        self.require(0.0 < self.tau <= 1.0, "tau", "must be in (0, 1]")
+        self.require(self.n_critics >= 1, "n_critics", "must be >= 1")
+        self.require(self.n_action_samples >= 1, "n_action_samples", "must be >= 1")
+        self.require(self.actor_lr > 0.0, "actor_lr", "must be > 0")
+        self.require(self.temperature_lr > 0.0, "temperature_lr", "must be > 0")
+        self.require(self.initial_temperature > 0.0, "initial_temperature", "must be > 0")
+        self.require(self.reward is None or bool(str(self.reward).strip()), "reward", "must not be empty")
+
+
+class LogTemperature(nn.Module):
+    """The SAC entropy temperature, stored as its logarithm so it stays positive."""
+
+    def __init__(self, initial: float) -> None:
+        super().__init__()
+        self.log_value = nn.Parameter(torch.tensor(math.log(initial), dtype=torch.float32))
+
+    def forward(self) -> Tensor:
+        return self.log_value.exp()
+
+
+def squashed_sample(scaler: ActionScaler, out: PolicyOutput, noise: Tensor) -> tuple[Tensor, Tensor]:
+    """A reparameterised tanh-Gaussian sample in the Box and its log-density, stable when the mean saturates.
+
+    ``log(1 - tanh(u)^2)`` is computed as ``2 * (log 2 - u - softplus(-2u))``: the SAC actor drives means far past
+    the point where ``1 - tanh(u)^2`` underflows in float32 (boundary actions are often the best ones), and an
+    infinite log-density there would turn the entropy terms into NaN.
+    """
+    assert out.mean is not None and out.log_std is not None
+    pre = out.mean + out.log_std.exp() * noise
+    log_jacobian = 2.0 * (math.log(2.0) - pre - F.softplus(-2.0 * pre)) + torch.log(scaler.half_range)
+    log_prob = gaussian_log_prob(out.mean, out.log_std, pre) - log_jacobian.sum(-1)
+    return scaler.from_unit(torch.tanh(pre)), log_prob
+
+
+class CQLAgent(Agent):
+    name = "cql"
+    goal_conditioned = False
+    config_class = CQLConfig
+    config: CQLConfig
+
+    @property
+    def conservative_weight(self) -> float:
+        w = self.config.conservative_weight
+        return w if w is not None else (1.0 if self.spec.discrete else 5.0)
+
+    @property
+    def target_entropy(self) -> float:
+        t = self.config.target_entropy
+        return t if t is not None else -float(self.spec.action_dim)
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        c, s = self.config, self.input_dim
+        critic = Critic(self.spec, s, c.hidden_dims, n=c.n_critics, layer_norm=c.layer_norm)
+        target = Critic(self.spec, s, c.hidden_dims, n=c.n_critics, layer_norm=c.layer_norm)
+        target.load_state_dict(critic.state_dict())
+        nets: dict[str, nn.Module] = {"critic": critic, "target_critic": target}
+        if not self.spec.discrete:
+            nets["actor"] = PolicyNet(self.spec, s, c.hidden_dims)
+            nets["temperature"] = LogTemperature(c.initial_temperature)
+        return nets
+
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        critic = self.adam(self.nets["critic"])
+        if self.spec.discrete:
+            return {"critic": critic}
+        c = self.config
+        return {
+            "critic": critic,
+            "actor": torch.optim.Adam(self.nets["actor"].parameters(), lr=c.actor_lr, foreach=True),
+            "temperature": torch.optim.Adam(self.nets["temperature"].parameters(), lr=c.temperature_lr),
+        }
+
+    def policy(self, states: Tensor, goals: Tensor | None, goal_masks: Tensor | None) -> PolicyOutput:
+        x = self.norm_states(states)
+        if self.spec.discrete:
+            return PolicyOutput(logits=self.nets["critic"].all_actions(x).mean(0))
+        return self.nets["actor"](x)
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        if self.spec.discrete:
+            return self._update_discrete(batch)
+        return self._update_continuous(batch)
+
+    # -- discrete ---------------------------------------------------------------------------------------------
+    def _update_discrete(self, batch: Batch) -> dict[str, float]:
+        c = self.config
+        x = self.norm_states(batch.states)
+        with torch.no_grad():
+            q_next = self.nets["target_critic"].all_actions(self.norm_states(batch.next_states)).min(0).values
+            if batch.next_action_masks is not None:
+                q_next = q_next.masked_fill(~batch.next_action_masks, MASKED_LOGIT)
+            target = batch.rewards + c.discount * (1.0 - batch.terminals) * q_next.max(-1).values
+
+        q_all = self.nets["critic"].all_actions(x)  # (n_critics, B, K)
+        q_data = q_all.gather(-1, batch.actions.view(1, -1, 1).expand(q_all.shape[0], -1, 1)).squeeze(-1)
+        td_loss = (q_data - target).pow(2).mean(1).sum()
+        q_avail = q_all if batch.action_masks is None else q_all.masked_fill(~batch.action_masks, MASKED_LOGIT)
+        gap = torch.logsumexp(q_avail, dim=-1) - q_data
+        conservative_loss = gap.mean(1).sum()
+        loss = td_loss + self.conservative_weight * conservative_loss
+
+        self.step(self.optimizers["critic"], loss)
+        polyak_update(self.nets["target_critic"], self.nets["critic"], c.tau)
+        return self.finish_update(
+            {
+                "critic/loss": loss,
+                "critic/td_loss": td_loss,
+                "critic/conservative_loss": conservative_loss,
+                "critic/q_mean": q_data.mean(),
+            }
+        )
+
+    # -- continuous -------------------------------------------------------------------------------------------
+    def _update_continuous(self, batch: Batch) -> dict[str, float]:
+        c = self.config
+        b, a_dim, n = batch.size, self.spec.action_dim, c.n_action_samples
+        critic, actor = self.nets["critic"], self.nets["actor"]
+        x = self.norm_states(batch.states)
+        x_next = self.norm_states(batch.next_states)
+        temperature = self.nets["temperature"]().detach()
+        # The actor's output at s is computed once: its samples feed the conservative term (no gradient) and,
+        # after the critic step, the actor loss (the actor's parameters have not changed in between).
+        out = actor(x)
+
+        def sample(o: PolicyOutput, rows: int) -> tuple[Tensor, Tensor]:
+            return squashed_sample(self.dist.scaler, o, torch.randn(rows, a_dim, generator=self.generator))
+
+        def repeat(o: PolicyOutput) -> PolicyOutput:
+            assert o.mean is not None and o.log_std is not None
+            return PolicyOutput(
+                mean=o.mean.detach().repeat_interleave(n, 0), log_std=o.log_std.detach().repeat_interleave(n, 0)
+            )
+
+        with torch.no_grad():
+            out_next = actor(x_next)
+            a_next, logp_next = sample(out_next, b)
+            q_next = self.nets["target_critic"](x_next, a_next).min(0).values
+            target = batch.rewards + c.discount * (1.0 - batch.terminals) * (q_next - temperature * logp_next)
+            # Importance-sampled logsumexp: uniform actions over the Box and policy actions at s and at s'.
+            a_uniform = self.dist.scaler.from_unit(torch.rand(b * n, a_dim, generator=self.generator) * 2.0 - 1.0)
+            logp_uniform = -torch.log(2.0 * self.dist.scaler.half_range).sum().expand(b * n)
+            a_pi, logp_pi = sample(repeat(out), b * n)
+            a_pi_next, logp_pi_next = sample(repeat(out_next), b * n)
+            x_rep = x.repeat_interleave(n, 0)
+            x_samples = torch.cat([x_rep, x_rep, x_rep], 0)
+            a_samples = torch.cat([a_uniform, a_pi, a_pi_next], 0)
+            logp_samples = torch.stack([logp_uniform, logp_pi, logp_pi_next], 0).view(1, 3, b, n)
+
+        q_data = critic(x, batch.actions)  # (n_critics, B)
+        td_loss = (q_data - target).pow(2).mean(1).sum()
+        q_samples = critic(x_samples, a_samples).view(-1, 3, b, n) - logp_samples
+        lse = torch.logsumexp(q_samples.permute(0, 2, 1, 3).reshape(-1, b, 3 * n), dim=-1)
+        conservative_loss = (lse - q_data).mean(1).sum()
+        critic_loss = td_loss + self.conservative_weight * conservative_loss
+        self.step(self.optimizers["critic"], critic_loss)
+
+        a_new, logp = sample(out, b)
+        q_pi = critic(x, a_new).min(0).values
+        actor_loss = (temperature * logp - q_pi).mean()
+        self.step(self.optimizers["actor"], actor_loss)
+
+        log_temperature = self.nets["temperature"].log_value
+        temperature_loss = -(log_temperature * (logp.detach() + self.target_entropy)).mean()
+        self.step(self.optimizers["temperature"], temperature_loss)
+        polyak_update(self.nets["target_critic"], critic, c.tau)
+        return self.finish_update(
+            {
+                "critic/loss": critic_loss,
+                "critic/td_loss": td_loss,
+                "critic/conservative_loss": conservative_loss,
+                "critic/q_mean": q_data.mean(),
+                "actor/loss": actor_loss,
+                "actor/entropy": -logp.mean(),
+                "actor/temperature": temperature,
+                "actor/temperature_loss": temperature_loss,
+            }
+        )
