@@ -121,17 +121,20 @@ def _pyfunc_base() -> type:
     return PythonModel
 
 
-class AgentModel(_pyfunc_base()):  # type: ignore[misc]
-    """MLflow pyfunc model around a saved agent: predict on a frame of named state features (+ goals)."""
+with warnings.catch_warnings():
+    # MLflow asks for type hints on predict to infer a schema; the input is a frame of domain-specific columns.
+    warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
 
-    def load_context(self, context: Any) -> None:
-        from decision_core.algos import load_agent
+    class AgentModel(_pyfunc_base()):  # type: ignore[misc]
+        """MLflow pyfunc model around a saved agent: predict on a frame of named state features (+ goals)."""
 
-        self.agent = load_agent(context.artifacts[AGENT_ARTIFACT])
+        def load_context(self, context: Any) -> None:
+            from decision_core.algos import load_agent
 
-    # No type hints on predict's input: MLflow would try (and fail) to infer a schema from pd.DataFrame.
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-        return predict_frame(self.agent, model_input)
+            self.agent = load_agent(context.artifacts[AGENT_ARTIFACT])
+
+        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+            return predict_frame(self.agent, model_input)
 
 
 def predict_frame(agent: Agent, frame: pd.DataFrame) -> pd.DataFrame:

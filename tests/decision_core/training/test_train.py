@@ -41,8 +41,10 @@ def test_a_run_logs_everything_and_registers_the_model(settings: CoreSettings, t
     artifacts = {a.path for a in c.list_artifacts(result.run_id)}
     assert {"config.json", "spec.json", "stats.json", "dataset.json", "learning_curves.png", "ope.png"} <= artifacts
     assert {"checkpoint"} <= artifacts
-    assert json.loads(Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="config.json",
-                                                               tracking_uri=settings.mlflow_uri)).read_text())["steps"] == 40  # fmt: skip
+    config_path = mlflow.artifacts.download_artifacts(
+        run_id=result.run_id, artifact_path="config.json", tracking_uri=settings.mlflow_uri
+    )
+    assert json.loads(Path(config_path).read_text())["steps"] == 40
 
     # Registered under the domain's name; the first version is both candidate and champion.
     assert (result.registered_name, result.registered_version) == ("chain", "1")
