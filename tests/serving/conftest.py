@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +106,75 @@ def client(settings: ServingSettings) -> Iterator[TestClient]:
 
 def auth() -> dict[str, str]:
     return {"X-API-Key": KEY}
+
+
+class ServerProcess:
+    """``decision-core serve`` in a subprocess on a free port (a real uvicorn server)."""
+
+    def __init__(self, model: Path, home: Path, *, env: dict[str, str] | None = None) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.model, self.home = model, home
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("DECISION_CORE_")},
+            "DECISION_CORE_HOME": str(home),
+            "DECISION_CORE_SERVE_API_KEYS": KEY,
+            "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+            "DECISION_CORE_THREADS": "1",
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 90.0) -> ServerProcess:
+        import httpx
+
+        cmd = [sys.executable, "-m", "decision_core", "serve", "--model", str(self.model), "--port", str(self.port),
+               "--log-level", "warning"]
+        self.log = open(self.home / f"server-{self.port}.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {(self.home / f'server-{self.port}.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.kill()
+        raise RuntimeError("server did not become healthy in time")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if hasattr(self, "log"):
+            self.log.close()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path, agent_dir: Path) -> Iterator[Callable[..., ServerProcess]]:
+    servers: list[ServerProcess] = []
+
+    def make(**env: str) -> ServerProcess:
+        (tmp_path / "home").mkdir(exist_ok=True)
+        server = ServerProcess(agent_dir, tmp_path / "home", env=env)
+        servers.append(server)
+        return server
+
+    yield make
+    for s in servers:
+        s.stop()
