@@ -175,10 +175,25 @@ class AgentPolicy(TargetPolicy):
                 f"importance sampling is undefined; evaluate its stochastic version (temperature 1) or use 'fqe'"
             )
         states = np.asarray(states, np.float32)
+        actions = np.asarray(actions, np.float32)
         goals, gmask = self._goals(len(states))
-        return np.asarray(
-            self.agent.log_prob(states, goals, gmask, np.asarray(actions, np.float32), action_mask), np.float32
-        )
+        temp = self.temperature or 1.0
+        if temp == 1.0:
+            logp = np.asarray(self.agent.log_prob(states, goals, gmask, actions, action_mask), np.float64)
+        else:
+            # The served density at temperature T (the agent scales its policy's std by T when it explores).
+            import torch
+
+            with torch.no_grad():
+                s, g, m, _ = self.agent._as_tensors(states, goals, gmask, None)
+                out = self.agent.policy(s, g, m)
+                logp = self.agent.dist.log_prob_tempered(out, torch.from_numpy(actions), temp).double().numpy()
+        if self.epsilon > 0:
+            box = self.spec.actions
+            assert isinstance(box, BoxActions)
+            log_uniform = -float(np.sum(np.log(np.asarray(box.high) - np.asarray(box.low))))
+            logp = np.logaddexp(np.log1p(-self.epsilon) + logp, np.log(self.epsilon) + log_uniform)
+        return logp.astype(np.float32)
 
     def sample(
         self, states: np.ndarray, action_mask: np.ndarray | None, rng: np.random.Generator
