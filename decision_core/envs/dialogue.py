@@ -423,7 +423,7 @@ class _TablePolicy(SimPolicy):
     ) -> tuple[np.ndarray, np.ndarray]:
         probs = self.probs(dynamics, observations, goals, goal_mask)
         cum = np.cumsum(probs, axis=1)
-        u = rng.random(probs.shape[0])[:, None] * cum[:, -1:]
+        u = rng.random((probs.shape[0], 1)) * cum[:, -1:]
         a = np.minimum((cum <= u).sum(axis=1), N_ACTIONS - 1)
         return a.astype(np.int64), probs[np.arange(a.shape[0]), a].astype(np.float32)
 
@@ -492,7 +492,8 @@ class OraclePolicy(_TablePolicy):
         wrong, unfilled = (d.value >= 0) & ~right, d.value < 0
         if goals is None or goal_mask is None:
             want_book = np.ones(b, np.bool_)
-            confirm_to, fill_to = np.zeros(b), np.zeros(b)
+            confirm_to: np.ndarray = np.zeros(b)
+            fill_to: np.ndarray = np.zeros(b)
         else:
             g = np.where(goal_mask, goals, 0.0)
             want_book = (g[:, 2] >= 0.5) | (g[:, 3] >= 0.5)
@@ -595,7 +596,7 @@ def turn_log(episodes: EpisodeBatch, *, seed: int, start_episode: int = 0) -> pl
 
     # Timestamps: dialogues start over two weeks; a user turn takes seconds, the system answers within one.
     rng = np.random.default_rng([seed, start_episode, 0x5EED])
-    start = np.datetime64("2026-03-02T08:00:00.000") + (rng.uniform(0, 14 * 86400, n_ep) * 1e3).astype("m8[ms]")
+    start = np.datetime64("2026-03-02T08:00:00.000") + (rng.uniform(0, 14 * 86400, size=(n_ep,)) * 1e3).astype("m8[ms]")
     speech = rng.gamma(4.0, 1.5, size=(n_ep, t_max + 1))  # seconds the user speaks in each turn
     latency = rng.uniform(0.2, 1.2, size=(n_ep, t_max + 1))  # seconds until the system answers
     heard = np.cumsum(speech + np.pad(latency[:, :-1], ((0, 0), (1, 0))), axis=1)  # user turn t is logged
