@@ -1,0 +1,200 @@
+"""CQL on reward tasks: better than the behaviour from suboptimal logs, conservative about actions never logged.
+
+The logs come from the synthetic grid (``decision_core.data.synthetic``): a uniformly random behaviour policy; the
+reward is an expression over the features, resolved once into the dataset's rewards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from decision_core.algos import create_agent, load_agent
+from decision_core.algos.cql import CQLAgent, CQLConfig, squashed_sample
+from decision_core.algos.nets import PolicyOutput
+from decision_core.data import OfflineDataset
+from decision_core.data.synthetic import grid_arrays, grid_available, grid_step
+from decision_core.errors import SpecError
+from decision_core.reward import parse_reward, rewards_for
+from decision_core.store import DomainArrays
+
+SIZE = 5
+TO_FAR_CORNER = "-(abs(next.x - 4) + abs(next.y - 4)) / 8"
+FAST: dict[str, Any] = {"batch_size": 128, "hidden_dims": [64, 64], "discount": 0.9, "lr": 1e-3}
+#: Continuous: a cooler start and faster actor/temperature so a few hundred steps suffice.
+FAST_CONTINUOUS: dict[str, Any] = {
+    **FAST,
+    "conservative_weight": 1.0,
+    "n_action_samples": 4,
+    "initial_temperature": 0.05,
+    "actor_lr": 1e-3,
+    "temperature_lr": 1e-3,
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small networks train fastest on one thread; more only contend on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _train(arrays: DomainArrays, config: dict[str, Any], updates: int, seed: int = 0) -> CQLAgent:
+    cfg = CQLConfig.from_dict({**config, "reward": TO_FAR_CORNER})
+    dataset = OfflineDataset(arrays, rewards=rewards_for(arrays, cfg.reward))
+    agent = create_agent("cql", arrays.spec, dataset.stats, config=cfg, seed=seed)
+    sampler = agent.sampler(dataset, seed=seed)
+    for _ in range(updates):
+        agent.update(sampler.sample(cfg.batch_size))
+    assert isinstance(agent, CQLAgent)
+    return agent
+
+
+def _grid_return(policy: Callable, spec, *, discrete: bool, n: int = 200, steps: int = 12) -> float:
+    """Mean return of ``policy(states, action_mask, rng)`` over ``n`` random starts."""
+    rng = np.random.default_rng(5)
+    expression = parse_reward(TO_FAR_CORNER, spec)
+    pos = rng.integers(0, SIZE, (n, 2)).astype(np.float32)
+    total = 0.0
+    for _ in range(steps):
+        states = np.concatenate([pos, rng.normal(size=(n, 1)).astype(np.float32)], axis=1)
+        avail = grid_available(pos, SIZE) if discrete else None
+        pos = grid_step(pos, policy(states, avail, rng), SIZE, discrete=discrete)
+        next_states = np.concatenate([pos, np.zeros((n, 1), np.float32)], axis=1)
+        total += float(expression.evaluate(states, next_states).mean())
+    return total
+
+
+def _score(agent: CQLAgent, discrete: bool) -> float:
+    """Normalised return of the agent's greedy policy: 0 = the random behaviour, 100 = heading straight there."""
+
+    def behaviour(states: np.ndarray, avail: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+        if discrete:
+            return np.where(avail, rng.random(avail.shape), -1.0).argmax(1)
+        return rng.uniform(-1.0, 1.0, (len(states), 2)).astype(np.float32)
+
+    def oracle(states: np.ndarray, avail: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+        d = (SIZE - 1) - states[:, :2]
+        if discrete:
+            return np.where(d[:, 0] > 0.5, 1, np.where(d[:, 1] > 0.5, 3, 0))
+        return np.clip(d, -1.0, 1.0)
+
+    def greedy(states: np.ndarray, avail: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+        return agent.act(states, None, None, avail, rng=rng).actions
+
+    low = _grid_return(behaviour, agent.spec, discrete=discrete)
+    high = _grid_return(oracle, agent.spec, discrete=discrete)
+    return 100 * (_grid_return(greedy, agent.spec, discrete=discrete) - low) / (high - low)
+
+
+def test_discrete_learns_a_policy_better_than_the_behaviour() -> None:
+    agent = _train(grid_arrays(64, 16, discrete=True, masked=True, seed=0), FAST, updates=700)
+    score = _score(agent, discrete=True)
+    assert score >= 50, f"normalised score {score:.0f} (behaviour 0, oracle 100)"
+
+
+def test_continuous_learns_a_policy_better_than_the_behaviour() -> None:
+    agent = _train(grid_arrays(64, 16, discrete=False, seed=0), FAST_CONTINUOUS, updates=700)
+    score = _score(agent, discrete=False)
+    assert score >= 50, f"normalised score {score:.0f} (behaviour 0, oracle 100)"
+
+
+def _without_action(arrays: DomainArrays, action: int) -> DomainArrays:
+    """The logs minus every step that took ``action``, each remaining step a one-step episode."""
+    keep = np.flatnonzero(arrays.actions[:, 0] != action)
+    n = len(keep)
+    starts = np.arange(n, dtype=np.int64)
+    return DomainArrays(
+        spec=arrays.spec,
+        states=arrays.states[keep],
+        actions=arrays.actions[keep],
+        next_states=arrays.next_states[keep],
+        rewards=arrays.rewards[keep],
+        propensities=arrays.propensities[keep],
+        terminated=np.zeros(n, np.bool_),
+        truncated=np.ones(n, np.bool_),
+        action_masks=None if arrays.action_masks is None else arrays.action_masks[keep],
+        episode_starts=starts,
+        episode_ends=starts + 1,
+    )
+
+
+def test_actions_the_logs_never_took_are_valued_below_logged_ones() -> None:
+    """'stay' (action 0) never appears in the logs: CQL pushes its value down and never picks it."""
+    arrays = _without_action(grid_arrays(64, 16, discrete=True, seed=2), action=0)
+    agent = _train(arrays, FAST, updates=400)
+    states = torch.from_numpy(arrays.states[:500])
+    with torch.no_grad():
+        q = agent.nets["critic"].all_actions(agent.norm_states(states)).mean(0)
+    assert float(q[:, 0].mean()) < float(q[:, 1:].mean()) - 0.5
+    rng = np.random.default_rng(0)
+    chosen = agent.act(arrays.states[:500], None, None, rng=rng).actions
+    assert not np.any(chosen == 0)
+
+
+def test_discrete_policy_is_the_boltzmann_policy_of_the_critics() -> None:
+    agent = _train(grid_arrays(16, 8, discrete=True, masked=True, seed=1), FAST, updates=30)
+    assert agent.goal_conditioned is False
+    states = np.array([[0.0, 0.0, 0.2], [4.0, 2.0, -1.0], [2.0, 2.0, 0.0]], np.float32)
+    avail = grid_available(states[:, :2], SIZE)
+    with torch.no_grad():
+        q = agent.nets["critic"].all_actions(agent.norm_states(torch.from_numpy(states))).mean(0)
+    expected = torch.softmax(q.masked_fill(~torch.from_numpy(avail), -torch.inf), -1).numpy()
+    probs = agent.action_probs(states, None, None, avail)
+    np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-6)
+    assert np.all(probs[~avail] == 0.0)
+    rng = np.random.default_rng(0)
+    greedy = agent.act(states, None, None, avail, rng=rng).actions
+    np.testing.assert_array_equal(greedy, np.where(avail, q.numpy(), -np.inf).argmax(1))
+    goals = np.array([[4.0, 4.0]] * 3, np.float32)
+    np.testing.assert_array_equal(agent.act(states, goals, None, avail, rng=rng).actions, greedy)
+
+
+def test_squashed_samples_keep_finite_densities_at_saturated_means() -> None:
+    """A SAC actor pushes means far past tanh's float32 saturation; log-densities must stay finite."""
+    spec = grid_arrays(2, 2, discrete=False).spec
+    agent = create_agent("cql", spec, config=FAST_CONTINUOUS)
+    out = PolicyOutput(mean=torch.tensor([[30.0, -30.0], [0.0, 0.0]]), log_std=torch.full((2, 2), -5.0))
+    actions, log_prob = squashed_sample(agent.dist.scaler, out, torch.zeros(2, 2))
+    assert torch.isfinite(log_prob).all()
+    torch.testing.assert_close(actions[0], torch.tensor([1.0, -1.0]))
+    # Where float32 is exact it agrees with the shared change-of-variables density.
+    out_mid = PolicyOutput(mean=torch.tensor([[0.3, -0.7]]), log_std=torch.tensor([[-1.0, 0.5]]))
+    noise = torch.tensor([[0.2, -0.4]])
+    a, lp = squashed_sample(agent.dist.scaler, out_mid, noise)
+    torch.testing.assert_close(lp, agent.dist.log_prob(out_mid, a), rtol=1e-4, atol=1e-4)
+
+
+def test_continuous_temperature_tracks_the_target_entropy_and_survives_save_load(tmp_path) -> None:
+    arrays = grid_arrays(16, 8, discrete=False, seed=1)
+    agent = _train(arrays, {**FAST_CONTINUOUS, "initial_temperature": 1.0, "temperature_lr": 1e-2}, updates=40)
+    metrics = agent.update(agent.sampler(OfflineDataset(arrays, rewards=rewards_for(arrays, "next.x"))).sample(64))
+    # The fresh actor's entropy is far above the target (-2 for 2-D actions): the temperature must fall.
+    assert metrics["actor/entropy"] > agent.target_entropy
+    assert metrics["actor/temperature"] < 1.0
+    loaded = load_agent(agent.save(tmp_path / "cql"))
+    assert isinstance(loaded, CQLAgent)
+    torch.testing.assert_close(loaded.nets["temperature"](), agent.nets["temperature"]())
+    states = arrays.states[:5]
+    rng = np.random.default_rng(0)
+    np.testing.assert_allclose(
+        loaded.act(states, None, None, rng=rng).actions, agent.act(states, None, None, rng=rng).actions
+    )
+
+
+def test_config_defaults_and_validation() -> None:
+    discrete = create_agent("cql", grid_arrays(2, 2, discrete=True).spec)
+    continuous = create_agent("cql", grid_arrays(2, 2, discrete=False).spec)
+    assert discrete.conservative_weight == 1.0 and continuous.conservative_weight == 5.0  # type: ignore[attr-defined]
+    assert continuous.target_entropy == -2.0  # type: ignore[attr-defined]
+    assert set(discrete.nets) == {"critic", "target_critic"}
+    with pytest.raises(SpecError, match=r"CQLConfig\.conservative_weight must be >= 0"):
+        CQLConfig(conservative_weight=-1.0)
+    with pytest.raises(SpecError, match=r"CQLConfig\.n_action_samples"):
+        CQLConfig.from_dict({"n_action_samples": 0})
