@@ -152,6 +152,25 @@ class DialogueParams:
     patience: tuple[int, int] = (12, 20)
     annoyance: float = 1.0
 
+    def __post_init__(self) -> None:
+        chances = ("over_inform", "correct_after_negate", "negate_wrong_offer", "explain_wrong_offer", "change_mind")
+        for name in chances:
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"DialogueParams.{name} is a probability in [0, 1], got {getattr(self, name)}")
+        lo, hi = self.nlu_accuracy
+        if not 0 <= lo <= hi <= 1:
+            raise ValueError(f"DialogueParams.nlu_accuracy must be a range within [0, 1], got {self.nlu_accuracy}")
+        if len(self.slot_difficulty) != N_SLOTS or min(self.slot_difficulty) <= 0:
+            raise ValueError(f"DialogueParams.slot_difficulty needs {N_SLOTS} positive exponents, one per slot")
+        if min(self.opening_slots) < 0 or abs(sum(self.opening_slots) - 1) > 1e-9:
+            raise ValueError(
+                f"DialogueParams.opening_slots must be probabilities summing to 1, got {self.opening_slots}"
+            )
+        if not 1 <= self.patience[0] <= self.patience[1]:
+            raise ValueError(f"DialogueParams.patience must be a range of turns >= 1, got {self.patience}")
+        if self.annoyance < 0:
+            raise ValueError(f"DialogueParams.annoyance must be >= 0, got {self.annoyance}")
+
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))

@@ -146,6 +146,17 @@ def test_an_unavailable_act_only_wastes_a_turn() -> None:
         dyn.step(np.array([len(ACTION_LABELS)]), rng)
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [{"change_mind": 1.5}, {"nlu_accuracy": (0.9, 0.5)}, {"opening_slots": (0.5, 0.5, 0.5)}, {"patience": (0, 3)}],
+)
+def test_params_are_validated(bad: dict) -> None:
+    with pytest.raises(ValueError, match="DialogueParams"):
+        DialogueParams(**bad)
+    with pytest.raises(ValueError, match="only 'params'"):
+        SIM.dynamics(continuous=True)
+
+
 def test_impatient_users_hang_up() -> None:
     dyn, rng = SIM.dynamics(params=DialogueParams(patience=(3, 3))), np.random.default_rng(3)
     dyn.reset(rng, 4)
