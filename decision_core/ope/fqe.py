@@ -33,7 +33,7 @@ class FQEConfig:
     batch_size: int = 256
     learning_rate: float = 1e-3
     #: Polyak factor of the target network update (fraction of the online weights mixed in per step).
-    tau: float = 0.01
+    tau: float = 0.05
     #: Next-state action samples per transition for continuous actions.
     n_action_samples: int = 8
     #: Discount; must match the estimators'.
