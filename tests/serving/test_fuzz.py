@@ -26,8 +26,7 @@ def test_generated_requests_never_get_a_server_error(server_factory: Callable) -
             # Half the calls carry the key, so guarded routes are fuzzed past the auth check too.
             strategy = operation.as_strategy(generation_mode=mode)
 
-            @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
-                      suppress_health_check=list(HealthCheck))
+            @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
             @given(case=strategy)
             def run(case: schemathesis.Case) -> None:
                 nonlocal calls
@@ -35,8 +34,9 @@ def test_generated_requests_never_get_a_server_error(server_factory: Callable) -
                 headers = {"X-API-Key": KEY} if calls % 2 else {}
                 response = case.call(base_url=server.url, headers=headers, timeout=30)
                 if response.status_code >= 500:
-                    failures.append(f"{case.method} {case.formatted_path} -> {response.status_code}: "
-                                    f"{response.text[:200]}")
+                    failures.append(
+                        f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:200]}"
+                    )
 
             try:
                 run()
