@@ -25,6 +25,7 @@ def _validate(name: str, obj: object) -> type[Adapter]:
 ADAPTERS: Registry[type[Adapter]] = Registry("adapter", group="decision_core.adapters", validate=_validate)
 ADAPTERS.register("recommender", "adapters.recommender:RecommenderAdapter")
 ADAPTERS.register("inventory", "adapters.inventory:InventoryAdapter")
+ADAPTERS.register("inventory_continuous", "adapters.inventory:InventoryContinuousAdapter")
 ADAPTERS.register("dialogue", "adapters.dialogue:DialogueAdapter")
 
 

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
-from decision_core.envs.cli import evaluate_cmd, simulate_cmd
+from decision_core.envs.cli import evaluate_cmd, import_minari_cmd, simulate_cmd
 from decision_core.errors import DecisionCoreError
 from decision_core.settings import CoreSettings
 from decision_core.training.cli import register as register_training_commands
@@ -120,6 +120,7 @@ def show_cmd(
 
 app.command("simulate")(simulate_cmd)
 app.command("evaluate")(evaluate_cmd)
+app.command("import-minari")(import_minari_cmd)
 app.command("serve")(serve_cmd)
 register_training_commands(app)
 
