@@ -1,6 +1,7 @@
 """CRL: contrastive RL. The critic is a classifier, the policy climbs it.
 
-Representations ``phi(s, a)`` and ``psi(g)`` (twin ensemble) are trained so that ``phi(s_i, a_i) . psi(g_j)`` tells
+Representations ``phi(s, a)`` (discrete: a state representation modulated elementwise by a learned per-action
+vector) and ``psi(g)`` (twin ensemble) are trained so that ``phi(s_i, a_i) . psi(g_j)`` tells
 whether outcome ``g_j`` is reached in the (discounted) future of ``(s_i, a_i)`` (positives: the batch diagonal,
 goals drawn geometrically ahead in the same episode; negatives: the other goals of the batch). That inner
 product is a goal-conditioned Q-function up to a monotone transform, so the policy maximises it with a
@@ -72,9 +73,15 @@ class CRLAgent(Agent):
         c = self.config
         s, g = self.spec.state_dim, 2 * self.n_outcomes
         sa_in = s if self.spec.discrete else s + self.spec.action_dim
-        sa_out = c.rep_dim * (self.spec.n_actions if self.spec.discrete else 1)
+        nets: dict[str, nn.Module] = {}
+        if self.spec.discrete:
+            # phi(s, a) = u(s) * e_a: one state representation modulated per action, so evaluating every action
+            # costs K * rep_dim multiplies, not a K * rep_dim output layer (domains may have hundreds of actions).
+            e = torch.randn(c.n_critics, self.spec.n_actions, c.rep_dim)
+            nets["action_embedding"] = _Embedding(e)
         return {
-            "phi": EnsembleMLP(c.n_critics, sa_in, c.hidden_dims, sa_out, layer_norm=c.layer_norm),
+            **nets,
+            "phi": EnsembleMLP(c.n_critics, sa_in, c.hidden_dims, c.rep_dim, layer_norm=c.layer_norm),
             "psi": EnsembleMLP(c.n_critics, g, c.hidden_dims, c.rep_dim, layer_norm=c.layer_norm),
             "actor": PolicyNet(self.spec, self.input_dim, c.hidden_dims),
             "scaler": ActionScaler(self.spec),
@@ -90,11 +97,11 @@ class CRLAgent(Agent):
         if not self.spec.discrete:
             assert actions is not None
             return self.nets["phi"](torch.cat([s, self.nets["scaler"].to_unit(actions)], dim=-1))
-        reps = self.nets["phi"](s).unflatten(-1, (self.spec.n_actions, self.config.rep_dim))
+        u = self.nets["phi"](s)  # (n, B, R)
+        e = self.nets["action_embedding"].weight  # (n, K, R)
         if actions is None:
-            return reps
-        index = actions.view(1, -1, 1, 1).expand(reps.shape[0], -1, 1, reps.shape[-1])
-        return reps.gather(2, index).squeeze(2)
+            return u.unsqueeze(2) * e.unsqueeze(1)
+        return u * e[:, actions]
 
     def psi(self, goals: Tensor, masks: Tensor) -> Tensor:
         return self.nets["psi"](self.encode_goals(goals, masks))
@@ -165,4 +172,13 @@ class CRLAgent(Agent):
         return self.finish_update({**critic_info, **actor_info})
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"critic": self.adam(self.nets["phi"], self.nets["psi"]), "actor": self.adam(self.nets["actor"])}
+        critic = [self.nets[k] for k in ("phi", "psi", "action_embedding") if k in self.nets]
+        return {"critic": self.adam(*critic), "actor": self.adam(self.nets["actor"])}
+
+
+class _Embedding(nn.Module):
+    """A learned (n, K, R) table of per-action modulations."""
+
+    def __init__(self, init: Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(init)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from decision_core.algos.base import Agent, GoalConditionedConfig
@@ -86,7 +87,8 @@ class GCIQLAgent(Agent):
 
     def critic_loss(self, batch: Batch, x: Tensor, next_x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         assert batch.value_rewards is not None and batch.value_masks is not None
-        next_v = self.nets["value"](next_x).squeeze(-1).detach()
+        with torch.no_grad():
+            next_v = self.nets["value"](next_x).squeeze(-1)
         target = batch.value_rewards + self.config.discount * batch.value_masks * next_v
         q = self.nets["critic"](x, batch.actions)
         loss = (q - target).pow(2).mean(-1).sum()
@@ -94,8 +96,9 @@ class GCIQLAgent(Agent):
 
     def actor_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         x = self.inputs(batch.states, batch.actor_goals, batch.actor_goal_masks)
-        q = self.nets["target_critic"](x, batch.actions).min(0).values
-        v = self.nets["value"](x).squeeze(-1)
+        with torch.no_grad():
+            q = self.nets["target_critic"](x, batch.actions).min(0).values
+            v = self.nets["value"](x).squeeze(-1)
         weights = awr_weights(q - v, self.config.awr_temperature, self.config.max_weight)
         log_prob = self.dist.log_prob(self.nets["actor"](x), batch.actions, batch.action_masks)
         loss = -(weights * log_prob).mean()
