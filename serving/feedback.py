@@ -178,6 +178,7 @@ class FeedbackWriter:
         queue_max: int = 200_000,
         group_max: int = 8192,
         cache_max: int = 1_000_000,
+        decision_linger_s: float = 0.05,
         on_committed: Callable[[list[FeedbackEvent], list[FeedbackResult]], None] | None = None,
     ) -> None:
         self.store = store
@@ -185,6 +186,7 @@ class FeedbackWriter:
         self.metrics = metrics
         self.group_max = group_max
         self.cache_max = cache_max
+        self.decision_linger_s = decision_linger_s
         self.on_committed = on_committed
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_max)
         # Owned by the writer thread only: recent decisions (for joins without a query), which of them have
@@ -267,13 +269,22 @@ class FeedbackWriter:
             while True:
                 items = [self._queue.get()]
                 size = len(items[0]) if isinstance(items[0], DecisionBlock) else 1
+                # Nobody waits on decisions: while only decisions are queued, linger a little so one commit
+                # takes many of them (fewer commits, less CPU taken from the requests being served).
+                linger_until = time.monotonic() + self.decision_linger_s
+                only_decisions = isinstance(items[0], DecisionBlock)
                 while size < self.group_max:
                     try:
-                        item = self._queue.get_nowait()
+                        if only_decisions:
+                            wait = linger_until - time.monotonic()
+                            item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                        else:
+                            item = self._queue.get_nowait()
                     except queue.Empty:
                         break
                     items.append(item)
                     size += len(item) if isinstance(item, DecisionBlock) else 1
+                    only_decisions = only_decisions and isinstance(item, DecisionBlock)
                 stop = self._process(items)
                 if self.metrics is not None:
                     self.metrics.pending_writes.set(self._queue.qsize())
