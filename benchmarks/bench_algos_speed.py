@@ -12,6 +12,16 @@ requirements (~110 DiscreteBC, ~62 DiscreteCQL, ~40 IQL steps/s on a 2-core mach
 ``/tmp/d3rlpy-venv``) d3rlpy itself is measured in the same run on the same data shapes.
 
     python -m benchmarks.bench_algos_speed [--algos iql,cql] [--kinds discrete] [--seconds 3] [--repeats 3]
+        [--d3rlpy /tmp/d3rlpy-venv/bin/python]
+
+A d3rlpy interpreter that leaves the project's environment alone: a separate venv that reuses the project's
+torch/numpy/gymnasium through a ``.pth`` file and gets d3rlpy and its small pure-Python dependencies without
+their pins (d3rlpy 2.8.1 pins gymnasium 1.0; the measured update paths do not touch gymnasium)::
+
+    python -m venv /tmp/d3rlpy-venv
+    echo "$PWD/.venv/lib/python3.11/site-packages" > /tmp/d3rlpy-venv/lib/python3.11/site-packages/project.pth
+    /tmp/d3rlpy-venv/bin/pip install --no-deps d3rlpy==2.8.1 gym==0.26.2 gym-notices tqdm h5py structlog \
+        colorama dataclasses-json marshmallow typing-inspect mypy-extensions
 
 The machine may be shared: compare ratios measured in the same run, not absolute figures across runs.
 """
@@ -94,6 +104,8 @@ def bare_data(arrays: Any) -> dict[str, Any]:
         "rewards": torch.from_numpy(arrays.rewards),
         "terminals": torch.from_numpy(arrays.terminated.astype(np.float32)),
         "n_actions": arrays.spec.n_actions,
+        "outcome_index": torch.from_numpy(arrays.spec.outcome_index),
+        "tolerances": torch.from_numpy(arrays.spec.tolerances),
     }
 
 
@@ -201,42 +213,53 @@ def main() -> None:
     names = [a for a in args.algos.split(",") if a] or ALGORITHMS.names()
     kinds = [k for k in args.kinds.split(",") if k]
     results: dict[str, dict[str, Any]] = {}
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("measuring", total=len(names) * len(kinds) * args.repeats)
-        for kind in kinds:
-            arrays = synthetic_arrays(kind == "discrete")
-            dataset = OfflineDataset(arrays)
-            tensors = bare_data(arrays)
-            for name in names:
-                progress.update(task, description=f"{name} ({kind})")
-                try:
-                    fw = framework_step(name, dataset, args.batch)
-                except Exception as exc:  # an algorithm that cannot be built here is reported, not fatal
-                    results[f"{name}/{kind}"] = {"error": f"{type(exc).__name__}: {exc}"}
-                    progress.advance(task, args.repeats)
-                    continue
-                bare = (
-                    make_bare_loop(name, tensors, discrete=kind == "discrete", batch=args.batch)
-                    if name in BARE_LOOPS
-                    else None
-                )
-                fw_runs, bare_runs = [], []
-                for _ in range(args.repeats):
-                    fw_runs.append(steps_per_second(fw, args.seconds))
-                    if bare is not None:
-                        bare_runs.append(steps_per_second(bare, args.seconds))
-                    progress.advance(task)
-                row: dict[str, Any] = {"framework": statistics.median(fw_runs), "framework_runs": fw_runs}
-                if bare_runs:
-                    row["bare"] = statistics.median(bare_runs)
-                    row["bare_runs"] = bare_runs
-                    row["ratio"] = statistics.median(f / b for f, b in zip(fw_runs, bare_runs, strict=True))
-                results[f"{name}/{kind}"] = row
+    steps: dict[str, tuple[Callable[[], None], Callable[[], None] | None]] = {}
+    for kind in kinds:
+        arrays = synthetic_arrays(kind == "discrete")
+        dataset = OfflineDataset(arrays)
+        tensors = bare_data(arrays)
+        for name in names:
+            try:
+                fw = framework_step(name, dataset, args.batch)
+            except Exception as exc:  # an algorithm that cannot be built here is reported, not fatal
+                results[f"{name}/{kind}"] = {"error": f"{type(exc).__name__}: {exc}"}
+                continue
+            bare = None
+            if name in BARE_LOOPS:
+                bare = make_bare_loop(name, tensors, discrete=kind == "discrete", batch=args.batch)
+            steps[f"{name}/{kind}"] = (fw, bare)
 
-    d3: dict[str, float] = {}
-    if args.d3rlpy:
-        with console.status("measuring d3rlpy 2.8.1 in its own interpreter"):
-            d3 = measure_d3rlpy(args.d3rlpy, threads, args.seconds)
+    # Repeats are the outer loop so that a change in the machine's load hits every algorithm alike; within a
+    # repeat, each framework measurement is followed at once by its bare loop's (paired ratios).
+    runs: dict[str, dict[str, list[float]]] = {key: {"framework": [], "bare": []} for key in steps}
+    d3_runs: list[dict[str, float]] = []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("measuring", total=args.repeats * (len(steps) + bool(args.d3rlpy)))
+        for repeat in range(args.repeats):
+            for key, (fw, bare) in steps.items():
+                progress.update(task, description=f"repeat {repeat + 1}: {key}")
+                runs[key]["framework"].append(steps_per_second(fw, args.seconds))
+                if bare is not None:
+                    runs[key]["bare"].append(steps_per_second(bare, args.seconds))
+                progress.advance(task)
+            if args.d3rlpy:
+                progress.update(task, description=f"repeat {repeat + 1}: d3rlpy 2.8.1 in its own interpreter")
+                d3_runs.append(measure_d3rlpy(args.d3rlpy, threads, args.seconds))
+                progress.advance(task)
+    for key, r in runs.items():
+        row: dict[str, Any] = {"framework": statistics.median(r["framework"]), "framework_runs": r["framework"]}
+        if r["bare"]:
+            row["bare"] = statistics.median(r["bare"])
+            row["bare_runs"] = r["bare"]
+            row["ratio"] = statistics.median(f / b for f, b in zip(r["framework"], r["bare"], strict=True))
+        results[key] = row
+    d3 = {k: statistics.median(run[k] for run in d3_runs) for k in (d3_runs[0] if d3_runs else {})}
+    # Paired (same repeat) ratios ours / d3rlpy.
+    d3_ratio = {
+        k: statistics.median(f / run[k] for f, run in zip(runs[k]["framework"], d3_runs, strict=True) if k in run)
+        for k in d3
+        if k in runs
+    }
 
     table = Table(title=f"steps/s, batch {args.batch}, 2x256 MLP, {threads} torch thread(s); medians of {args.repeats}")
     for col in ("algorithm", "actions", "framework", "bare loop", "ratio (>= 0.8)"):
@@ -267,17 +290,17 @@ def main() -> None:
             f"{quoted:.0f}",
             f"{ours / quoted:.2f}x",
             f"{measured:.1f}" if measured else "-",
-            f"{ours / measured:.2f}x" if measured else "-",
+            f"{d3_ratio[f'{name}/{kind}']:.2f}x" if measured else "-",
             f">= {D3RLPY_TARGET[name]}x",
         )
     for key, value in d3.items():
         if tuple(key.split("/")) not in D3RLPY_QUOTED and key in results and "framework" in results[key]:
             ours = results[key]["framework"]
             name, kind = key.split("/")
-            vs.add_row(f"{name} ({kind})", f"{ours:.1f}", "-", "-", f"{value:.1f}", f"{ours / value:.2f}x", "-")
+            vs.add_row(f"{name} ({kind})", f"{ours:.1f}", "-", "-", f"{value:.1f}", f"{d3_ratio[key]:.2f}x", "-")
     console.print(vs)
     if args.json:
-        args.json.write_text(json.dumps({"threads": threads, "results": results, "d3rlpy": d3}, indent=2))
+        args.json.write_text(json.dumps({"threads": threads, "results": results, "d3rlpy_runs": d3_runs}, indent=2))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,13 @@ metric dictionaries or input validation. ``framework steps/s / bare steps/s`` is
     step()  # one training step, batch sampling included
 
 ``data`` holds pre-loaded tensors: ``states`` / ``next_states`` (N, S) float32, ``actions`` (N,) int64 (discrete)
-or (N, A) float32 in [-1, 1] (continuous), ``rewards`` (N,) float32, ``terminals`` (N,) float32, and for discrete
-data ``n_actions`` (an int).
+or (N, A) float32 in [-1, 1] (continuous), ``rewards`` (N,) float32, ``terminals`` (N,) float32, for discrete
+data ``n_actions`` (an int), and for the goal-conditioned loops ``outcome_index`` (G,) int64 and ``tolerances``
+(G,) float32.
+
+Goal-conditioned loops draw goals the cheapest way there is (the outcome reached by a uniformly random step, fully
+specified) instead of hindsight relabelling within episodes, so their ratio also charges the framework's goal
+sampler (trajectory offsets, partial-goal masks) as overhead.
 """
 
 from __future__ import annotations
@@ -250,7 +255,100 @@ def bare_cql(data: dict[str, Any], *, discrete: bool, batch: int, hidden: tuple[
     return continuous_step
 
 
-BARE_LOOPS: dict[str, Callable[..., Step]] = {"bc": bare_bc, "iql": bare_iql, "cql": bare_cql}
+def _goal_sampler(data: dict[str, Any], batch: int, seed: int) -> Callable[[], tuple[Tensor, ...]]:
+    """Batches with goal-augmented inputs: (x, a, x', x_actor, value reward, bootstrap mask)."""
+    s, a, s2 = data["states"], data["actions"], data["next_states"]
+    oidx, tol = data["outcome_index"], data["tolerances"]
+    n, g = s.shape[0], len(oidx)
+    mean, std = s.mean(0), s.std(0).clamp_min(1e-6)
+    o_mean, o_std = mean[oidx], std[oidx]
+    ones = torch.ones(batch, g)
+    gen = torch.Generator().manual_seed(seed)
+
+    def encode(goals: Tensor) -> Tensor:
+        return torch.cat([(goals - o_mean) / o_std, ones], -1)
+
+    def sample() -> tuple[Tensor, ...]:
+        idx = torch.randint(n, (batch,), generator=gen)
+        goals = s2[torch.randint(n, (2 * batch,), generator=gen)][:, oidx]
+        value_goals, actor_goals = goals[:batch], goals[batch:]
+        nxt = s2[idx]
+        success = ((nxt[:, oidx] - value_goals).abs() <= tol).all(-1).float()
+        vg = encode(value_goals)
+        x, x2 = torch.cat([(s[idx] - mean) / std, vg], -1), torch.cat([(nxt - mean) / std, vg], -1)
+        x_actor = torch.cat([(s[idx] - mean) / std, encode(actor_goals)], -1)
+        return x, a[idx], x2, x_actor, success - 1.0, 1.0 - success
+
+    return sample
+
+
+def bare_gcbc(data: dict[str, Any], *, discrete: bool, batch: int, hidden: tuple[int, ...], seed: int) -> Step:
+    """Goal-conditioned behaviour cloning: BC on (state, encoded goal) inputs."""
+    torch.manual_seed(seed)
+    inp = data["states"].shape[1] + 2 * len(data["outcome_index"])
+    out = int(data["n_actions"]) if discrete else 2 * data["actions"].shape[1]
+    actor = _mlp(inp, out, hidden)
+    opt = torch.optim.Adam(actor.parameters(), lr=3e-4, foreach=True)
+    sample = _goal_sampler(data, batch, seed)
+
+    def step() -> None:
+        _, a, _, x_actor, _, _ = sample()
+        out = actor(x_actor)
+        loss = F.cross_entropy(out, a) if discrete else -_log_prob_of(out, a).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def bare_gciql(data: dict[str, Any], *, discrete: bool, batch: int, hidden: tuple[int, ...], seed: int) -> Step:
+    """Goal-conditioned IQL: IQL on value-goal inputs for V and Q, the actor weighted on its own goals."""
+    torch.manual_seed(seed)
+    inp = data["states"].shape[1] + 2 * len(data["outcome_index"])
+    k = int(data["n_actions"]) if discrete else 0
+    adim = 0 if discrete else data["actions"].shape[1]
+    q, q_target = _twin(2, inp + adim, k if discrete else 1, hidden)
+    v = _mlp(inp, 1, hidden, layer_norm=True)
+    actor = _mlp(inp, k if discrete else 2 * adim, hidden)
+    opt = torch.optim.Adam([*q.parameters(), *v.parameters(), *actor.parameters()], lr=3e-4, foreach=True)
+    sample = _goal_sampler(data, batch, seed)
+    gamma, expectile, beta, tau = 0.99, 0.9, 3.0, 0.005
+
+    def q_of(net: _Ensemble, x: Tensor, a: Tensor) -> Tensor:
+        if discrete:
+            return net(x).gather(-1, a.view(1, -1, 1).expand(2, -1, 1)).squeeze(-1)
+        return net(torch.cat([x, a], -1)).squeeze(-1)
+
+    def step() -> None:
+        x, a, x2, xa, r, m = sample()
+        with torch.no_grad():
+            tq = q_of(q_target, x, a).min(0).values
+        value = v(x).squeeze(-1)
+        adv = tq - value
+        v_loss = (torch.where(adv >= 0, expectile, 1 - expectile) * adv.square()).mean()
+        target = r + gamma * m * v(x2).squeeze(-1).detach()
+        q_loss = (q_of(q, x, a) - target).square().mean(1).sum()
+        with torch.no_grad():
+            weight = torch.exp(beta * (q_of(q_target, xa, a).min(0).values - v(xa).squeeze(-1))).clamp(max=100.0)
+        out = actor(xa)
+        log_prob = -F.cross_entropy(out, a, reduction="none") if discrete else _log_prob_of(out, a)
+        actor_loss = -(weight * log_prob).mean()
+        opt.zero_grad(set_to_none=True)
+        (v_loss + q_loss + actor_loss).backward()
+        opt.step()
+        _polyak(q_target, q, tau)
+
+    return step
+
+
+BARE_LOOPS: dict[str, Callable[..., Step]] = {
+    "bc": bare_bc,
+    "iql": bare_iql,
+    "cql": bare_cql,
+    "gcbc": bare_gcbc,
+    "gciql": bare_gciql,
+}
 
 
 def make_bare_loop(
