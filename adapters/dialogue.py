@@ -14,7 +14,6 @@ row resets every running value, so plain forward fills and cumulative sums never
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar
 
 import polars as pl
@@ -94,22 +93,15 @@ class DialogueAdapter(Adapter):
         "timestamp": RawColumn(pl.Datetime("us"), required=False, description="when the act was logged"),
     }
 
-    def __init__(self) -> None:
-        self._file = "(frame)"
-
     def spec(self) -> DomainSpec:
         return SPEC
-
-    def scan(self, path: Path) -> pl.LazyFrame:
-        self._file = str(path)  # named by the dialogue-specific checks in transform
-        return super().scan(path)
 
     def transform(self, raw: pl.LazyFrame) -> pl.LazyFrame:
         present = raw.collect_schema().names()
         for column in ("slot", "confidence"):
             if column not in present:
                 raise IngestError(
-                    file=self._file,
+                    file="",
                     column=column,
                     rule="missing column (the dialogue adapter derives the belief state from it)",
                     hint="add the column (empty where it does not apply) or map yours with --mapping FILE",
@@ -300,5 +292,5 @@ class DialogueAdapter(Adapter):
             row = found[f"row{i}"][0]
             if row is not None:
                 raise IngestError(
-                    file=self._file, row=int(row), column=column, rule=rule, hint=hint, value=found[f"value{i}"][0]
+                    file="", row=int(row), column=column, rule=rule, hint=hint, value=found[f"value{i}"][0]
                 )

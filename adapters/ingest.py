@@ -19,7 +19,7 @@ import polars as pl
 
 from adapters.base import Adapter, ColumnMapping
 from decision_core.errors import IngestError
-from decision_core.schema import STEP_COLUMNS, DiscreteActions, DomainSpec, steps_ddl, steps_schema
+from decision_core.schema import STEP_COLUMNS, DiscreteActions, DomainSpec, steps_schema
 from decision_core.store import DecisionStore, fetch_one
 
 _PROVENANCE = ("source_adapter", "adapter_version", "source_file")
@@ -49,7 +49,8 @@ def prepare_parts(
     *,
     partition_bytes: int = PARTITION_BYTES,
 ) -> Iterator[tuple[pl.DataFrame, int]]:
-    """Read, check and transform one raw file; yields validated steps frames and their raw row counts.
+    """Read, check and transform one raw file; yields validated steps frames, sorted by (episode_id, step), and
+    their raw row counts.
 
     A file larger than ``partition_bytes`` is processed in ``ceil(size / partition_bytes)`` passes when the
     adapter declares ``episode_columns``: each pass keeps the episodes whose key hashes to it, so per-episode
@@ -70,30 +71,91 @@ def prepare_parts(
             rule=f"missing column (adapter '{adapter.name}' requires {', '.join(missing)})",
             hint=f"the file has {', '.join(present[:20])}; rename columns with --mapping FILE",
         )
-    lf = lf.with_row_index("source_row")
+    typed_scan = _typed_csv_scan(adapter, path, mapping, present)
     keys = [c for c in adapter.episode_columns if c in present]
     parts = max(1, -(-path.stat().st_size // partition_bytes)) if keys else 1
     spec = adapter.spec()
     for part in range(parts):
-        sliced = lf
-        if parts > 1:
-            key = pl.concat_str([pl.col(c).cast(pl.String) for c in keys], separator="\x1f", ignore_nulls=True)
-            sliced = lf.filter(key.hash(seed=0) % parts == part)
-        raw = _parse_types(adapter, path, sliced, present)
-        steps = adapter.transform(raw.lazy()).collect()
+        raw = _parse_types(adapter, path, _partition(lf, keys, part, parts), present, typed_scan, keys, part, parts)
+        try:
+            steps = adapter.transform(raw.lazy()).collect()
+        except IngestError as exc:
+            raise exc.in_file(str(path)) from None
         steps = steps.with_columns(
             pl.lit(adapter.name).alias("source_adapter"),
             pl.lit(adapter.version).alias("adapter_version"),
             pl.lit(str(path)).alias("source_file"),
         )
-        steps = conform(steps, spec, str(path))
+        steps = conform(steps, spec, str(path)).sort("episode_id", "step", maintain_order=True)
         validate_rows(steps, spec, str(path))
+        check_episode_rows(steps, str(path))
         yield steps, raw.height
 
 
-def _parse_types(adapter: Adapter, path: Path, lf: pl.LazyFrame, present: list[str]) -> pl.DataFrame:
+def _partition(lf: pl.LazyFrame, keys: list[str], part: int, parts: int) -> pl.LazyFrame:
+    lf = lf.with_row_index("source_row")
+    if parts == 1:
+        return lf
+    key = pl.concat_str([pl.col(c).cast(pl.String) for c in keys], separator="\x1f", ignore_nulls=True)
+    return lf.filter(key.hash(seed=0) % parts == part)
+
+
+def _typed_csv_scan(
+    adapter: Adapter, path: Path, mapping: ColumnMapping | None, present: list[str]
+) -> pl.LazyFrame | None:
+    """A scan that parses the declared columns natively while reading the CSV (the fast path), or ``None``
+    when the adapter reads its files itself or a mapping fills in defaults."""
+    if path.suffix.lower() != ".csv" or type(adapter).scan is not Adapter.scan:
+        return None
+    if mapping is not None and mapping.defaults:
+        return None
+    source_name = {dst: src for src, dst in (mapping.rename if mapping else {}).items()}
+    # Booleans stay text here: the CSV reader takes only true/false, logs also write 1/0, yes/no.
+    dtypes = {
+        source_name.get(c, c): col.dtype
+        for c, col in adapter.columns.items()
+        if c in present and col.dtype != pl.Boolean
+    }
+    lf = pl.scan_csv(path, infer_schema=False, schema_overrides=dtypes)
+    if mapping is not None:
+        lf = mapping.apply(lf, lf.collect_schema().names())
+    return lf
+
+
+def _parse_types(
+    adapter: Adapter,
+    path: Path,
+    lf: pl.LazyFrame,
+    present: list[str],
+    typed_scan: pl.LazyFrame | None,
+    keys: list[str],
+    part: int,
+    parts: int,
+) -> pl.DataFrame:
+    """The declared columns, typed, with ``source_row``; a value that does not parse is reported by row."""
     used = [c for c in adapter.columns if c in present]
-    frame = lf.select("source_row", *used).collect()
+    typed = None
+    if typed_scan is not None:
+        try:
+            typed = _partition(typed_scan, keys, part, parts).select("source_row", *used).collect()
+        except pl.exceptions.PolarsError:
+            typed = None  # some value does not parse: the slow path below finds and names it
+    # The fast path leaves only booleans as text; the slow path parses every column and names a bad value.
+    typed = _parse_text(adapter, path, typed if typed is not None else lf.select("source_row", *used).collect(), used)
+    for c, col in adapter.columns.items():
+        if col.required and typed[c].null_count():
+            i = int(typed[c].is_null().arg_true()[0])
+            raise IngestError(
+                file=str(path),
+                row=int(typed["source_row"][i]),
+                column=c,
+                rule="missing value in a required column",
+                hint="fill it in or drop the row",
+            )
+    return typed
+
+
+def _parse_text(adapter: Adapter, path: Path, frame: pl.DataFrame, used: list[str]) -> pl.DataFrame:
     casts = []
     for c in used:
         dtype = adapter.columns[c].dtype
@@ -131,17 +193,35 @@ def _parse_types(adapter: Adapter, path: Path, lf: pl.LazyFrame, present: list[s
                 value=frame[c][i],
                 hint="fix the value or drop the row",
             )
-    for c, col in adapter.columns.items():
-        if col.required and typed[c].null_count():
-            i = int(typed[c].is_null().arg_true()[0])
-            raise IngestError(
-                file=str(path),
-                row=int(typed["source_row"][i]),
-                column=c,
-                rule="missing value in a required column",
-                hint="fill it in or drop the row",
-            )
     return typed
+
+
+def check_episode_rows(steps: pl.DataFrame, file: str) -> None:
+    """Step rules within one frame sorted by (episode_id, step): no duplicate or missing steps, and an episode
+    ends (terminated/truncated) only on its last step."""
+    if steps.height < 2:
+        return
+    same = steps["episode_id"].head(-1) == steps["episode_id"].tail(-1)  # row i and i+1 share the episode
+    step = steps["step"]
+    gap = step.tail(-1) - step.head(-1)
+    ended = steps["terminated"].head(-1) | steps["truncated"].head(-1)
+    rows = steps["source_row"]
+    for bad, rule, column in (
+        (same & (gap == 0), "duplicate step {step} of episode '{episode}'", "step"),
+        (same & (gap != 1), "step gap in episode '{episode}': step {prev} is followed by step {step}", "step"),
+        (same & ended, "episode '{episode}' ends at step {prev} but has later steps", "terminated"),
+    ):
+        if bad.any():
+            i = int(bad.arg_true()[0])
+            # a duplicate is named at its first occurrence in the file, a gap at the step after it
+            row = min(rows[i], rows[i + 1]) if gap[i] == 0 else rows[i + 1] if column == "step" else rows[i]
+            raise IngestError(
+                file=file,
+                row=int(row),
+                column=column,
+                rule=rule.format(episode=steps["episode_id"][i], step=int(step[i + 1]), prev=int(step[i])),
+                hint="each episode's steps must be logged once each, without gaps",
+            )
 
 
 def conform(steps: pl.DataFrame, spec: DomainSpec, file: str) -> pl.DataFrame:
@@ -260,66 +340,59 @@ def validate_rows(steps: pl.DataFrame, spec: DomainSpec, file: str) -> None:
         )
 
 
-def _check_episodes(con: duckdb.DuckDBPyConnection, spec: DomainSpec) -> None:
-    """Cross-row rules over everything staged, against what is already stored."""
-    dup = fetch_one(
-        con,
-        "SELECT episode_id, step, any_value(source_file), min(source_row) FROM staging "
-        "GROUP BY episode_id, step HAVING count(*) > 1 LIMIT 1",
+_SUMMARY_DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS ingest_episodes (episode_id VARCHAR, first_step INTEGER, last_step INTEGER, "
+    "ended BOOLEAN, source_file VARCHAR, first_row BIGINT, last_row BIGINT)"
+)
+
+
+def _summarise(steps: pl.DataFrame) -> pl.DataFrame:
+    """One row per episode of a sorted frame: the step range it covers and whether it ends there."""
+    return steps.group_by("episode_id", maintain_order=True).agg(
+        pl.col("step").first().alias("first_step"),
+        pl.col("step").last().alias("last_step"),
+        (pl.col("terminated").last() | pl.col("truncated").last()).alias("ended"),
+        pl.col("source_file").first(),
+        pl.col("source_row").first().alias("first_row"),
+        pl.col("source_row").last().alias("last_row"),
     )
-    if dup:
-        raise IngestError(
-            file=dup[2],
-            row=int(dup[3]),
-            column="step",
-            rule=f"duplicate step {dup[1]} of episode '{dup[0]}'",
-            hint="each (episode, step) may appear once",
-        )
-    gap = fetch_one(
+
+
+def _check_across_frames(con: duckdb.DuckDBPyConnection, spec: DomainSpec) -> None:
+    """Episode rules that span files or partitions, checked on the per-episode summary (one row per episode
+    and frame), against what was stored before this ingest."""
+    split = fetch_one(
         con,
-        "SELECT episode_id, step, prev, source_file, source_row FROM ("
-        "  SELECT episode_id, step, source_file, source_row, "
-        "    lag(step) OVER (PARTITION BY episode_id ORDER BY step) AS prev FROM staging"
-        ") WHERE prev IS NOT NULL AND step <> prev + 1 LIMIT 1",
+        "SELECT episode_id, first_step, prev_last, source_file, first_row, prev_ended FROM ("
+        "  SELECT *, lag(last_step) OVER w AS prev_last, lag(ended) OVER w AS prev_ended FROM ingest_episodes"
+        "  WINDOW w AS (PARTITION BY episode_id ORDER BY first_step)"
+        ") WHERE prev_last IS NOT NULL AND (first_step <> prev_last + 1 OR prev_ended) LIMIT 1",
     )
-    if gap:
-        raise IngestError(
-            file=gap[3],
-            row=int(gap[4]),
-            column="step",
-            rule=f"step gap in episode '{gap[0]}': step {gap[2]} is followed by step {gap[1]}",
-            hint="episodes must be logged without missing steps",
-        )
+    if split:
+        episode, first, prev_last, file, row, prev_ended = split
+        if prev_ended:
+            rule = f"episode '{episode}' ended at step {prev_last} but has later steps in another file"
+        elif first <= prev_last:
+            rule = f"duplicate step {first} of episode '{episode}' (also in another file)"
+        else:
+            rule = f"step gap in episode '{episode}': step {prev_last} is followed by step {first} in another file"
+        raise IngestError(file=file, row=int(row), column="step", rule=rule)
     start = fetch_one(
         con,
-        f"SELECT s.episode_id, s.first_step, s.source_file, s.source_row, t.last_step FROM ("
-        f"  SELECT episode_id, min(step) AS first_step, arg_min(source_file, step) AS source_file, "
-        f"    arg_min(source_row, step) AS source_row FROM staging GROUP BY episode_id"
-        f") s LEFT JOIN (SELECT episode_id, max(step) AS last_step FROM {spec.table} GROUP BY episode_id) t "
-        f"ON s.episode_id = t.episode_id "
-        f"WHERE s.first_step > 0 AND (t.last_step IS NULL OR t.last_step < s.first_step - 1) LIMIT 1",
+        f"SELECT e.episode_id, e.first_step, e.source_file, e.first_row FROM ("
+        f"  SELECT episode_id, arg_min(first_step, first_step) AS first_step, arg_min(source_file, first_step) "
+        f"  AS source_file, arg_min(first_row, first_step) AS first_row FROM ingest_episodes GROUP BY episode_id"
+        f") e WHERE e.first_step > 0 AND NOT EXISTS ("
+        f"  SELECT 1 FROM {spec.table} t WHERE t.episode_id = e.episode_id AND t.step = e.first_step - 1"
+        f") LIMIT 1",
     )
     if start:
-        have = "no earlier steps are stored" if start[4] is None else f"the store has steps up to {start[4]}"
         raise IngestError(
             file=start[2],
             row=int(start[3]),
             column="step",
-            rule=f"episode '{start[0]}' starts at step {start[1]} but {have}",
+            rule=f"episode '{start[0]}' starts at step {start[1]} but its earlier steps are not stored",
             hint="ingest the episode's earlier steps too",
-        )
-    early_end = fetch_one(
-        con,
-        "SELECT s.episode_id, s.step, s.source_file, s.source_row FROM staging s JOIN ("
-        "  SELECT episode_id, max(step) AS last FROM staging GROUP BY episode_id) e "
-        "ON s.episode_id = e.episode_id WHERE (s.terminated OR s.truncated) AND s.step < e.last LIMIT 1",
-    )
-    if early_end:
-        raise IngestError(
-            file=early_end[2],
-            row=int(early_end[3]),
-            column="terminated",
-            rule=f"episode '{early_end[0]}' ends at step {early_end[1]} but has later steps",
         )
 
 
@@ -337,17 +410,22 @@ def ingest(
     progress: Callable[[str], None] | None = None,
     partition_bytes: int = PARTITION_BYTES,
 ) -> IngestReport:
-    """Validate every file, then write all of them in one transaction; on any error nothing is written."""
+    """Validate every file and write all of them in one transaction; on any error nothing is written.
+
+    Each frame (a file, or a partition of a large one) is checked row by row and episode by episode in polars,
+    then inserted straight into the steps table, skipping (episode, step) pairs already stored; rules that span
+    frames are checked on a per-episode summary before the commit.
+    """
     spec = adapter.spec()
     files = [Path(p) for p in paths]
     if not files:
         raise IngestError(file="(none)", rule="no input files given", hint="pass one or more raw log files")
-    rows_read = staged = 0
+    rows_read = staged = inserted = 0
     per_file: list[tuple[Path, int, int]] = []
     with store.transaction() as con:
         store.ensure_domain(spec, con)
-        con.execute(steps_ddl(spec, "staging", temporary=True))
-        con.execute("DELETE FROM staging")
+        con.execute(_SUMMARY_DDL)
+        con.execute("DELETE FROM ingest_episodes")
         for path in files:
             if progress:
                 progress(str(path))
@@ -355,18 +433,29 @@ def ingest(
             for frame, n_raw in prepare_parts(adapter, path, mapping, partition_bytes=partition_bytes):
                 file_rows += n_raw
                 file_steps += frame.height
-                con.execute("INSERT INTO staging SELECT * FROM frame")
+                con.register("ingest_frame", frame)
+                con.register("ingest_summary", _summarise(frame))
+                # Episodes neither stored nor seen earlier in this ingest go in without the dedupe anti-join.
+                known = fetch_one(
+                    con,
+                    f"SELECT count(*) FROM ingest_summary s WHERE EXISTS (SELECT 1 FROM {spec.table} t "
+                    f"WHERE t.episode_id = s.episode_id) OR EXISTS (SELECT 1 FROM ingest_episodes e "
+                    f"WHERE e.episode_id = s.episode_id)",
+                )[0]  # type: ignore[index]
+                con.execute("INSERT INTO ingest_episodes SELECT * FROM ingest_summary")
+                inserted += store.insert_steps(spec, "ingest_frame", con, dedupe=bool(known))
+                con.unregister("ingest_frame")
+                con.unregister("ingest_summary")
                 del frame
             rows_read += file_rows
             staged += file_steps
             per_file.append((path, file_rows, file_steps))
-        _check_episodes(con, spec)
-        inserted = store.insert_steps(spec, "staging", con)
+        _check_across_frames(con, spec)
         for path, n_raw, n_steps in per_file:
             con.execute(
                 "INSERT INTO ingests (domain, adapter, adapter_version, source, fingerprint, rows, steps) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [spec.name, adapter.name, adapter.version, str(path), fingerprint(path), n_raw, n_steps],
             )
-        con.execute("DROP TABLE staging")
-    return IngestReport(spec.name, len(files), rows_read, staged, int(inserted))
+        con.execute("DROP TABLE ingest_episodes")
+    return IngestReport(spec.name, len(files), rows_read, staged, inserted)

@@ -92,7 +92,7 @@ class RecommenderAdapter(Adapter):
         present = set(raw.collect_schema().names())
         if "click" not in present and "rating" not in present:
             raise IngestError(
-                file="(recommender log)",
+                file="",
                 column="click",
                 rule="missing column: the log needs 'click' (impression logs) or 'rating' (ratings logs)",
                 hint="rename the feedback column with --mapping FILE",

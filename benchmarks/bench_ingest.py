@@ -40,9 +40,18 @@ def raw_logs(domain: str, rows: int) -> list[Path]:
     probe = simulate_logs(domain, 200, "behaviour", 0, probe_dir)
     per_episode = count_rows([p for p in probe if p.suffix == ".csv"]) / 200
     episodes = int(rows / per_episode * 1.02) + 1
-    files = simulate_logs(domain, episodes, "behaviour", 1, out)
-    manifest.write_text(json.dumps([str(p) for p in files]))
-    return files
+    chunks = [p for p in simulate_logs(domain, episodes, "behaviour", 1, out / "chunks") if p.suffix == ".csv"]
+    merged = out / f"{domain}.csv"  # one 1M-row raw log, as a source system would export it
+    with merged.open("w") as dst:
+        for i, chunk in enumerate(chunks):
+            with chunk.open() as src:
+                header = src.readline()
+                if i == 0:
+                    dst.write(header)
+                dst.writelines(src)
+            chunk.unlink()
+    manifest.write_text(json.dumps([str(merged)]))
+    return [merged]
 
 
 def child(mode: str, domain: str, files: list[str], db: str) -> None:
@@ -74,8 +83,19 @@ def child(mode: str, domain: str, files: list[str], db: str) -> None:
 def measure(mode: str, domain: str, files: list[Path]) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.bench_ingest", "--child", mode, "--domains", domain,
-             "--db", str(Path(tmp) / "s.duckdb"), "--files", *map(str, files)],
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.bench_ingest",
+                "--child",
+                mode,
+                "--domains",
+                domain,
+                "--db",
+                str(Path(tmp) / "s.duckdb"),
+                "--files",
+                *map(str, files),
+            ],
             check=True,
             capture_output=True,
             text=True,
@@ -101,7 +121,14 @@ def main() -> None:
 
     console = Console()
     table = Table(
-        "adapter", "raw rows", "ingest s", "rows/s", "peak RSS MiB", "read_csv s", "read_csv RSS MiB", "ingest / read_csv"
+        "adapter",
+        "raw rows",
+        "ingest s",
+        "rows/s",
+        "peak RSS MiB",
+        "read_csv s",
+        "read_csv RSS MiB",
+        "ingest / read_csv",
     )
     for domain in args.domains.split(","):
         with console.status(f"simulating {args.rows:,} raw rows of {domain} (cached after the first run)"):

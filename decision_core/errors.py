@@ -58,3 +58,11 @@ class IngestError(DecisionCoreError):
         if hint:
             message += f". {hint}"
         super().__init__(message)
+
+    def in_file(self, file: str) -> IngestError:
+        """This error located in ``file`` (adapters raise with an empty ``file``; ingest knows which it is)."""
+        if self.file and not self.file.startswith("("):
+            return self
+        return IngestError(
+            file=file, rule=self.rule, row=self.row, column=self.column, hint=self.hint, value=self.value
+        )

@@ -111,8 +111,7 @@ class DomainArrays:
         """A copy holding only the given episode numbers (used to shard data by episode)."""
         episodes = np.asarray(episodes, dtype=np.int64)
         rows = np.concatenate(
-            [np.arange(self.episode_starts[e], self.episode_ends[e]) for e in episodes]
-            or [np.zeros(0, dtype=np.int64)]
+            [np.arange(self.episode_starts[e], self.episode_ends[e]) for e in episodes] or [np.zeros(0, dtype=np.int64)]
         )
         lengths = self.episode_ends[episodes] - self.episode_starts[episodes]
         ends = np.cumsum(lengths)
@@ -163,9 +162,7 @@ class DecisionStore:
         self.con.close()
 
     def _check_or_init_schema(self) -> None:
-        tables = {
-            r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()
-        }
+        tables = {r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         if "schema_info" in tables:
             row = fetch_one(self.con, "SELECT value FROM schema_info WHERE key = 'schema_version'")
             found = int(row[0]) if row else None
@@ -256,19 +253,17 @@ class DecisionStore:
         return DomainSpec.from_json(row[0])
 
     # -- writing ------------------------------------------------------------------------------------------
-    def insert_steps(self, spec: DomainSpec, relation: str, con: duckdb.DuckDBPyConnection) -> int:
-        """Insert the validated rows of table/view ``relation`` inside the caller's transaction, in episode
-        order; rows whose (episode_id, step) are already stored are skipped. Returns the rows inserted."""
+    def insert_steps(
+        self, spec: DomainSpec, relation: str, con: duckdb.DuckDBPyConnection, *, dedupe: bool = True
+    ) -> int:
+        """Insert the validated rows of table/view/frame ``relation`` inside the caller's transaction, in the
+        order given (write rows sorted by episode and step so reads stay contiguous). With ``dedupe``, rows
+        whose (episode_id, step) are already stored are skipped. Returns the number of rows inserted."""
         self.ensure_domain(spec, con)
         cols = ", ".join(f"s.{c}" for c in STEP_COLUMNS)
-        before = fetch_one(con, f"SELECT count(*) FROM {spec.table}")[0]  # type: ignore[index]
-        con.execute(
-            f"INSERT INTO {spec.table} SELECT {cols} FROM {relation} s "
-            f"ANTI JOIN {spec.table} t ON s.episode_id = t.episode_id AND s.step = t.step "
-            f"ORDER BY s.episode_id, s.step"
-        )
-        after = fetch_one(con, f"SELECT count(*) FROM {spec.table}")[0]  # type: ignore[index]
-        return int(after - before)
+        anti = f" ANTI JOIN {spec.table} t ON s.episode_id = t.episode_id AND s.step = t.step" if dedupe else ""
+        rows = con.execute(f"INSERT INTO {spec.table} SELECT {cols} FROM {relation} s{anti}").fetchall()
+        return int(rows[0][0]) if rows else 0
 
     # -- reading ------------------------------------------------------------------------------------------
     def count_steps(self, domain: str) -> int:
@@ -358,9 +353,7 @@ class DecisionStore:
         step_diff = np.diff(steps)
         if not np.all(step_diff[~new_episode[1:]] == 1):
             if ordered:
-                raise StoreError(
-                    f"domain '{spec.name}' has gaps in its step numbering; re-ingest the episode"
-                )
+                raise StoreError(f"domain '{spec.name}' has gaps in its step numbering; re-ingest the episode")
             return None
         ends = np.append(starts[1:], n)
         return DomainArrays(
