@@ -478,6 +478,12 @@ class FeedbackWriter:
         if len(self._next_step) > self.cache_max:
             for ep in list(itertools.islice(iter(self._next_step), len(self._next_step) // 2)):
                 del self._next_step[ep]
+        # Before the answers go out, so hooks are queued by the time a caller sees its acknowledgement.
+        if accepted and self.on_committed is not None:
+            try:
+                self.on_committed(accepted, results)
+            except Exception:
+                log.exception("post-commit callback failed")
         for e, r in zip(accepted, results, strict=True):
             _resolve(e.future, r)
         first = {r.decision_id: r for r in results}
@@ -492,11 +498,6 @@ class FeedbackWriter:
         if self.metrics is not None:
             self.metrics.write_groups.observe(sum(map(len, blocks)) + len(events))
             self.metrics.commit_seconds.observe(time.perf_counter() - start)
-        if accepted and self.on_committed is not None:
-            try:
-                self.on_committed(accepted, results)
-            except Exception:
-                log.exception("post-commit callback failed")
 
     def _decisions_frame(self, blocks: list[DecisionBlock]) -> pa.Table:
         spec = self.spec
