@@ -132,8 +132,18 @@ class ServerProcess:
     def start(self, timeout: float = 90.0) -> ServerProcess:
         import httpx
 
-        cmd = [sys.executable, "-m", "decision_core", "serve", "--model", str(self.model), "--port", str(self.port),
-               "--log-level", "warning"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "decision_core",
+            "serve",
+            "--model",
+            str(self.model),
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+        ]
         self.log = open(self.home / f"server-{self.port}.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
