@@ -118,6 +118,27 @@ def show_cmd(
     out.print(table)
 
 
+@app.command("quickstart")
+def quickstart_cmd(
+    domain: Annotated[str, typer.Option(help="Domain to train and serve.")] = "inventory",
+    algo: Annotated[str, typer.Option(help="Algorithm to train.")] = "gciql",
+    steps: Annotated[int, typer.Option(help="Training gradient steps.")] = 1500,
+    port: Annotated[int, typer.Option(help="Port the server listens on (127.0.0.1).")] = 8000,
+    episodes: Annotated[int, typer.Option(help="Episodes served toward a goal before fine-tuning.")] = 24,
+    serve_forever: Annotated[
+        bool, typer.Option("--serve-forever/--exit", help="Keep serving at the end (default) or stop.")
+    ] = True,
+) -> None:
+    """The main job end to end on the embedded defaults: ingest the sample logs, train, evaluate, serve, act
+    toward a goal, log outcomes back, fine-tune under the OPE guard, and keep serving."""
+    from decision_core.quickstart import run
+
+    try:
+        run(domain=domain, algo=algo, steps=steps, port=port, episodes=episodes, serve_forever=serve_forever)
+    except DecisionCoreError as exc:
+        raise fail(exc) from None
+
+
 app.command("simulate")(simulate_cmd)
 app.command("evaluate")(evaluate_cmd)
 app.command("import-minari")(import_minari_cmd)
