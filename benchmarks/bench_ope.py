@@ -8,7 +8,7 @@ a BC agent (imitates the logs) and an IQL agent (reward task) on them, and evalu
 - ``bc (eps 0.2)``: the BC agent's greedy action, epsilon-greedy with epsilon 0.2;
 - ``iql (T=1)``: the IQL agent's stochastic policy;
 - ``iql (eps 0.2)``: the IQL agent's greedy action, epsilon 0.2;
-- ``0.5 iql + 0.5 uniform``: a degraded mixture.
+- ``0.5 iql + 0.5 uniform``, ``0.7 bc + 0.3 uniform``, ``0.4 bc + 0.6 uniform``: degraded mixtures.
 
 Each policy's true value is its mean undiscounted return over ``--truth-episodes`` simulated episodes. The table
 gives every estimator's estimate and relative error, and per estimator the Spearman rank correlation with the
@@ -57,13 +57,16 @@ def policies_for(arrays, steps: int, seed: int) -> dict:  # type: ignore[no-unty
     iql = train_agent("iql", arrays, steps, seed)
     uniform = UniformPolicy(arrays.spec)
     iql_soft = AgentPolicy(iql, Exploration(temperature=1.0), name="iql (T=1)")
+    bc_soft = AgentPolicy(bc, Exploration(temperature=1.0), name="bc (T=1)")
     return {
         "uniform": uniform,
-        "bc (T=1)": AgentPolicy(bc, Exploration(temperature=1.0), name="bc (T=1)"),
+        "bc (T=1)": bc_soft,
         "bc (eps 0.2)": AgentPolicy(bc, Exploration(epsilon=0.2), name="bc (eps 0.2)"),
         "iql (T=1)": iql_soft,
         "iql (eps 0.2)": AgentPolicy(iql, Exploration(epsilon=0.2), name="iql (eps 0.2)"),
         "0.5 iql + 0.5 uniform": MixturePolicy([iql_soft, uniform], [0.5, 0.5], name="0.5 iql + 0.5 uniform"),
+        "0.7 bc + 0.3 uniform": MixturePolicy([bc_soft, uniform], [0.7, 0.3], name="0.7 bc + 0.3 uniform"),
+        "0.4 bc + 0.6 uniform": MixturePolicy([bc_soft, uniform], [0.4, 0.6], name="0.4 bc + 0.6 uniform"),
     }
 
 
@@ -71,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--domains", default="inventory,recommender,dialogue")
     parser.add_argument("--episodes", type=int, default=2000, help="logged behaviour episodes per domain")
-    parser.add_argument("--truth-episodes", type=int, default=2000)
+    parser.add_argument("--truth-episodes", type=int, default=1000)
     parser.add_argument("--train-steps", type=int, default=3000)
     parser.add_argument("--fqe-steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)

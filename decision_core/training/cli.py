@@ -193,7 +193,7 @@ def select_cmd(
         str | None, typer.Option("--candidates", help="'all': every registered version of the model.")
     ] = None,
     model_name: Annotated[str | None, typer.Option("--model-name", help="Registered name (default: domain).")] = None,
-    estimator: Annotated[str | None, typer.Option(help="Estimator to rank by (default: wdr, else fqe).")] = None,
+    estimator: Annotated[str | None, typer.Option(help="Estimator to rank by (default: snips, else fqe).")] = None,
     confidence: Annotated[float, typer.Option(help="Confidence of the lower bound ranked on.")] = 0.9,
     episodes: Annotated[int, typer.Option(help="Use at most this many logged episodes.")] = 5000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap and FQE.")] = 0,
