@@ -138,19 +138,22 @@ def steps_per_second(step: Callable[[], None], seconds: float, warmup: int = 5) 
 # -- d3rlpy, measured in a separate interpreter -------------------------------------------------------------------
 
 _D3RLPY_CHILD = r"""
-import json, sys, time
+import json, os, sys, time
+# The protocol owns the real stdout; d3rlpy's logs go to stderr.
+out = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
+sys.stdout = sys.stderr
 import numpy as np, torch
 torch.set_num_threads(int(sys.argv[1]))
 import d3rlpy
 from d3rlpy.dataset import MDPDataset
 from d3rlpy.models.encoders import VectorEncoderFactory
 S, K, A, N, L = (int(x) for x in sys.argv[2:7])
-seconds = float(sys.argv[7])
 rng = np.random.default_rng(0)
 obs = rng.standard_normal((N, S)).astype(np.float32)
 terminals = np.zeros(N, np.float32); terminals[L - 1 :: L] = 1.0
 enc = VectorEncoderFactory(hidden_units=[256, 256])
-out = {}
+steps = {}
 for key, discrete, make in (
     ("bc/discrete", True, lambda: d3rlpy.algos.DiscreteBCConfig(batch_size=256, encoder_factory=enc)),
     ("cql/discrete", True, lambda: d3rlpy.algos.DiscreteCQLConfig(batch_size=256, encoder_factory=enc)),
@@ -164,25 +167,48 @@ for key, discrete, make in (
                     action_space=d3rlpy.ActionSpace.DISCRETE if discrete else d3rlpy.ActionSpace.CONTINUOUS)
     algo = make().create(device="cpu:0")
     algo.build_with_dataset(ds)
-    buf = ds
-    def step():
-        batch = buf.sample_transition_batch(256)
-        algo.update(batch)
-    for _ in range(5): step()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds or n < 3:
+    # What d3rlpy's fit() does per step: sample a transition batch from the dataset, then update.
+    steps[key] = (lambda algo=algo, ds=ds: algo.update(ds.sample_transition_batch(256)))
+    for _ in range(5):
+        steps[key]()
+print(json.dumps(sorted(steps)), file=out, flush=True)
+for line in sys.stdin:
+    key, seconds = line.split()
+    step, n, t0 = steps[key], 0, time.perf_counter()
+    while time.perf_counter() - t0 < float(seconds) or n < 3:
         step(); n += 1
-    out[key] = n / (time.perf_counter() - t0)
-print(json.dumps(out))
+    print(json.dumps(n / (time.perf_counter() - t0)), file=out, flush=True)
 """
 
 
-def measure_d3rlpy(python: str, threads: int, seconds: float) -> dict[str, float]:
-    args = [str(x) for x in (threads, STATE_DIM, N_ACTIONS, ACTION_DIM, N_STEPS, EPISODE_LEN, seconds)]
-    out = subprocess.run([python, "-c", _D3RLPY_CHILD, *args], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"d3rlpy measurement failed ({python}):\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+class D3rlpyRunner:
+    """d3rlpy 2.8.1 in its own interpreter, kept running so each measurement sits right next to ours."""
+
+    def __init__(self, python: str, threads: int) -> None:
+        args = [str(x) for x in (threads, STATE_DIM, N_ACTIONS, ACTION_DIM, N_STEPS, EPISODE_LEN)]
+        self.proc = subprocess.Popen(
+            [python, "-c", _D3RLPY_CHILD, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"d3rlpy could not be started with {python}; run it by hand to see why")
+        self.keys: list[str] = json.loads(line)
+
+    def steps_per_second(self, key: str, seconds: float) -> float:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{key} {seconds}\n")
+        self.proc.stdin.flush()
+        return float(json.loads(self.proc.stdout.readline()))
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
 
 
 # -- main ---------------------------------------------------------------------------------------------------------
@@ -231,21 +257,24 @@ def main() -> None:
 
     # Repeats are the outer loop so that a change in the machine's load hits every algorithm alike; within a
     # repeat, each framework measurement is followed at once by its bare loop's (paired ratios).
-    runs: dict[str, dict[str, list[float]]] = {key: {"framework": [], "bare": []} for key in steps}
-    d3_runs: list[dict[str, float]] = []
+    runs: dict[str, dict[str, list[float]]] = {key: {"framework": [], "bare": [], "d3rlpy": []} for key in steps}
+    d3rlpy = None
+    if args.d3rlpy:
+        with console.status("starting d3rlpy 2.8.1 in its own interpreter"):
+            d3rlpy = D3rlpyRunner(args.d3rlpy, threads)
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("measuring", total=args.repeats * (len(steps) + bool(args.d3rlpy)))
+        task = progress.add_task("measuring", total=args.repeats * len(steps))
         for repeat in range(args.repeats):
             for key, (fw, bare) in steps.items():
                 progress.update(task, description=f"repeat {repeat + 1}: {key}")
                 runs[key]["framework"].append(steps_per_second(fw, args.seconds))
                 if bare is not None:
                     runs[key]["bare"].append(steps_per_second(bare, args.seconds))
+                if d3rlpy is not None and key in d3rlpy.keys:
+                    runs[key]["d3rlpy"].append(d3rlpy.steps_per_second(key, args.seconds))
                 progress.advance(task)
-            if args.d3rlpy:
-                progress.update(task, description=f"repeat {repeat + 1}: d3rlpy 2.8.1 in its own interpreter")
-                d3_runs.append(measure_d3rlpy(args.d3rlpy, threads, args.seconds))
-                progress.advance(task)
+    if d3rlpy is not None:
+        d3rlpy.close()
     for key, r in runs.items():
         row: dict[str, Any] = {"framework": statistics.median(r["framework"]), "framework_runs": r["framework"]}
         if r["bare"]:
@@ -253,13 +282,13 @@ def main() -> None:
             row["bare_runs"] = r["bare"]
             row["ratio"] = statistics.median(f / b for f, b in zip(r["framework"], r["bare"], strict=True))
         results[key] = row
-    d3 = {k: statistics.median(run[k] for run in d3_runs) for k in (d3_runs[0] if d3_runs else {})}
-    # Paired (same repeat) ratios ours / d3rlpy.
+    d3 = {k: statistics.median(r["d3rlpy"]) for k, r in runs.items() if r["d3rlpy"]}
+    # Paired ratios: each d3rlpy measurement was taken right after ours.
     d3_ratio = {
-        k: statistics.median(f / run[k] for f, run in zip(runs[k]["framework"], d3_runs, strict=True) if k in run)
-        for k in d3
-        if k in runs
+        k: statistics.median(f / d for f, d in zip(runs[k]["framework"], runs[k]["d3rlpy"], strict=True)) for k in d3
     }
+    for k in d3:
+        results[k]["d3rlpy"], results[k]["d3rlpy_runs"] = d3[k], runs[k]["d3rlpy"]
 
     table = Table(title=f"steps/s, batch {args.batch}, 2x256 MLP, {threads} torch thread(s); medians of {args.repeats}")
     for col in ("algorithm", "actions", "framework", "bare loop", "ratio (>= 0.8)"):
@@ -300,7 +329,7 @@ def main() -> None:
             vs.add_row(f"{name} ({kind})", f"{ours:.1f}", "-", "-", f"{value:.1f}", f"{d3_ratio[key]:.2f}x", "-")
     console.print(vs)
     if args.json:
-        args.json.write_text(json.dumps({"threads": threads, "results": results, "d3rlpy_runs": d3_runs}, indent=2))
+        args.json.write_text(json.dumps({"threads": threads, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,7 @@ from decision_core.algos.nets import (
     polyak_update,
 )
 from decision_core.data.dataset import Batch
+from decision_core.reward import check_reward
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,11 @@ class CQLAgent(Agent):
     goal_conditioned = False
     config_class = CQLConfig
     config: CQLConfig
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.config.reward is not None:  # a bad expression fails here, not after the data is loaded
+            check_reward(self.config.reward, self.spec)
 
     @property
     def conservative_weight(self) -> float:

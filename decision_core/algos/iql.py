@@ -17,6 +17,7 @@ The reward is resolved once into the dataset's rewards array before training (``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 from decision_core.algos.base import Agent, AgentConfig
 from decision_core.algos.nets import MLP, Critic, PolicyNet, PolicyOutput, awr_weights, expectile_loss, polyak_update
 from decision_core.data.dataset import Batch
+from decision_core.reward import check_reward
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,11 @@ class IQLAgent(Agent):
     goal_conditioned = False
     config_class = IQLConfig
     config: IQLConfig
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.config.reward is not None:  # a bad expression fails here, not after the data is loaded
+            check_reward(self.config.reward, self.spec)
 
     def build_networks(self) -> dict[str, nn.Module]:
         c, s = self.config, self.input_dim

@@ -19,7 +19,7 @@ from decision_core.algos.nets import PolicyOutput
 from decision_core.data import OfflineDataset
 from decision_core.data.synthetic import grid_arrays, grid_available, grid_step
 from decision_core.errors import SpecError
-from decision_core.reward import parse_reward, rewards_for
+from decision_core.reward import RewardExpressionError, parse_reward, rewards_for
 from decision_core.store import DomainArrays
 
 SIZE = 5
@@ -198,3 +198,5 @@ def test_config_defaults_and_validation() -> None:
         CQLConfig(conservative_weight=-1.0)
     with pytest.raises(SpecError, match=r"CQLConfig\.n_action_samples"):
         CQLConfig.from_dict({"n_action_samples": 0})
+    with pytest.raises(RewardExpressionError, match="unknown function 'sqrt'"):
+        create_agent("cql", discrete.spec, config={"reward": "sqrt(next.x)"})

@@ -17,7 +17,7 @@ from decision_core.algos.iql import IQLAgent, IQLConfig
 from decision_core.data import OfflineDataset
 from decision_core.data.synthetic import grid_arrays, grid_available, grid_step
 from decision_core.errors import SpecError
-from decision_core.reward import parse_reward, rewards_for
+from decision_core.reward import RewardExpressionError, parse_reward, rewards_for
 
 SIZE = 5
 TO_FAR_CORNER = "-(abs(next.x - 4) + abs(next.y - 4)) / 8"
@@ -147,6 +147,9 @@ def test_config_is_validated_and_the_reward_travels_with_the_model(tmp_path) -> 
         IQLConfig.from_dict({"beta": -1})
     with pytest.raises(SpecError, match="unknown fields"):
         IQLConfig.from_dict({"expectil": 0.9})
+    spec = grid_arrays(2, 2, discrete=False).spec
+    with pytest.raises(RewardExpressionError, match="did you mean 'next.x'"):
+        create_agent("iql", spec, config={"reward": "next.xx - 1"})
     agent, _ = _train(False, TO_FAR_CORNER, updates=30)
     loaded = load_agent(agent.save(tmp_path / "iql"))
     assert isinstance(loaded, IQLAgent) and loaded.config.reward == TO_FAR_CORNER
