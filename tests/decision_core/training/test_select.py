@@ -16,7 +16,7 @@ def two_candidates(settings: CoreSettings, tiny: dict) -> tuple[str, str]:
     """v1: a barely trained model (champion by being first); v2: a trained one (candidate)."""
     base = TrainConfig(domain="chain", algo="iql", **{**tiny, "steps": 1, "log_every": 1})
     weak = train(base, settings, progress=False)
-    strong = train(base.replace(steps=400, log_every=100, checkpoint_every=0), settings, progress=False)
+    strong = train(base.replace(steps=150, log_every=50, checkpoint_every=0), settings, progress=False)
     return weak.run_id, strong.run_id
 
 
