@@ -261,8 +261,15 @@ class DecisionStore:
         whose (episode_id, step) are already stored are skipped. Returns the number of rows inserted."""
         self.ensure_domain(spec, con)
         cols = ", ".join(f"s.{c}" for c in STEP_COLUMNS)
-        anti = f" ANTI JOIN {spec.table} t ON s.episode_id = t.episode_id AND s.step = t.step" if dedupe else ""
-        rows = con.execute(f"INSERT INTO {spec.table} SELECT {cols} FROM {relation} s{anti}").fetchall()
+        if dedupe:  # a hash anti-join does not keep row order: number the rows and restore it
+            query = (
+                f"INSERT INTO {spec.table} SELECT {cols} FROM "
+                f"(SELECT *, row_number() OVER () AS _order FROM {relation}) s "
+                f"ANTI JOIN {spec.table} t ON s.episode_id = t.episode_id AND s.step = t.step ORDER BY s._order"
+            )
+        else:
+            query = f"INSERT INTO {spec.table} SELECT {cols} FROM {relation} s"
+        rows = con.execute(query).fetchall()
         return int(rows[0][0]) if rows else 0
 
     # -- reading ------------------------------------------------------------------------------------------
