@@ -314,7 +314,8 @@ def steps_schema(spec: DomainSpec) -> pl.Schema:
     )
 
 
-def _duckdb_type(dtype: pl.DataType) -> str:
+def _duckdb_type(dtype: Any) -> str:
+    """DuckDB type of a polars dtype (an instance, or a class as polars gives for an array's inner type)."""
     if isinstance(dtype, pl.Array):
         return f"{_duckdb_type(dtype.inner)}[{dtype.size}]"
     table: dict[type[pl.DataType], str] = {
@@ -327,7 +328,7 @@ def _duckdb_type(dtype: pl.DataType) -> str:
         pl.Datetime: "TIMESTAMP",
     }
     try:
-        return table[type(dtype)]
+        return table[dtype if isinstance(dtype, type) else type(dtype)]
     except KeyError as exc:  # pragma: no cover - guarded by steps_schema
         raise SpecError(f"no DuckDB type for polars dtype {dtype}") from exc
 
