@@ -139,7 +139,8 @@ def fit_fqe(
         now_samples = np.stack([policy.sample(states, None, rng)[0] for _ in range(m)], axis=1)
         now_acts = torch.from_numpy(now_samples.reshape(n, m, adim).astype(np.float32))
 
-    target_net = _seeded_mlp(init_seed, q_net[0].in_features, cfg.hidden, q_net[-1].out_features)
+    in_dim = x.shape[1] + (0 if spec.discrete else act.shape[1])
+    target_net = _seeded_mlp(init_seed, in_dim, cfg.hidden, spec.n_actions if spec.discrete else 1)
     target_net.load_state_dict(q_net.state_dict())
     target_net.requires_grad_(False)
     opt = torch.optim.Adam(q_net.parameters(), lr=cfg.learning_rate)

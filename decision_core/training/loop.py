@@ -327,7 +327,8 @@ def train(
 
         run_id = resume
         local_ckpt = (settings.home / "checkpoints" / (run_id or "pending") / "latest").resolve()
-        start, history = 0, defaultdict(list)
+        start = 0
+        history: dict[str, list] = defaultdict(list)
         if resume is not None:
             agent, sampler, start, loaded = _restore(
                 _fetch_checkpoint(resume, settings, local_ckpt), agent_cls, make_sampler
@@ -479,10 +480,9 @@ class _Tracker:
         metrics: dict[str, float] = {}
         if sim is not None:
             metrics.update(run_simulator_eval(agent, sim, self.config))
-        if final:
-            estimators = self.config.ope_estimators
-        else:
-            estimators = list(PERIODIC_ESTIMATORS) if arrays.has_propensities else ["fqe"]
+        estimators: tuple[str, ...] | None = self.config.ope_estimators
+        if not final:
+            estimators = PERIODIC_ESTIMATORS if arrays.has_propensities else ("fqe",)
         ope_metrics, reports = run_ope(agent, arrays, self.config, rng=rng, estimators=estimators, sim=sim)
         metrics.update(ope_metrics)
         if final:
