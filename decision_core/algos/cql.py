@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -100,7 +100,8 @@ def squashed_sample(scaler: ActionScaler, out: PolicyOutput, noise: Tensor) -> t
     """
     assert out.mean is not None and out.log_std is not None
     pre = out.mean + out.log_std.exp() * noise
-    log_jacobian = 2.0 * (math.log(2.0) - pre - F.softplus(-2.0 * pre)) + torch.log(scaler.half_range)
+    half_range = cast(Tensor, scaler.half_range)
+    log_jacobian = 2.0 * (math.log(2.0) - pre - F.softplus(-2.0 * pre)) + torch.log(half_range)
     log_prob = gaussian_log_prob(out.mean, out.log_std, pre) - log_jacobian.sum(-1)
     return scaler.from_unit(torch.tanh(pre)), log_prob
 
@@ -115,6 +116,9 @@ class CQLAgent(Agent):
         super().__init__(*args, **kwargs)
         if self.config.reward is not None:  # a bad expression fails here, not after the data is loaded
             check_reward(self.config.reward, self.spec)
+
+    def critic(self, target: bool = False) -> Critic:
+        return cast(Critic, self.nets["target_critic" if target else "critic"])
 
     @property
     def conservative_weight(self) -> float:
@@ -151,7 +155,7 @@ class CQLAgent(Agent):
     def policy(self, states: Tensor, goals: Tensor | None, goal_masks: Tensor | None) -> PolicyOutput:
         x = self.norm_states(states)
         if self.spec.discrete:
-            return PolicyOutput(logits=self.nets["critic"].all_actions(x).mean(0))
+            return PolicyOutput(logits=self.critic().all_actions(x).mean(0))
         return self.nets["actor"](x)
 
     def update(self, batch: Batch) -> dict[str, float]:
@@ -164,12 +168,12 @@ class CQLAgent(Agent):
         c = self.config
         x = self.norm_states(batch.states)
         with torch.no_grad():
-            q_next = self.nets["target_critic"].all_actions(self.norm_states(batch.next_states)).min(0).values
+            q_next = self.critic(target=True).all_actions(self.norm_states(batch.next_states)).min(0).values
             if batch.next_action_masks is not None:
                 q_next = q_next.masked_fill(~batch.next_action_masks, MASKED_LOGIT)
             target = batch.rewards + c.discount * (1.0 - batch.terminals) * q_next.max(-1).values
 
-        q_all = self.nets["critic"].all_actions(x)  # (n_critics, B, K)
+        q_all = self.critic().all_actions(x)  # (n_critics, B, K)
         q_data = q_all.gather(-1, batch.actions.view(1, -1, 1).expand(q_all.shape[0], -1, 1)).squeeze(-1)
         td_loss = (q_data - target).pow(2).mean(1).sum()
         q_avail = q_all if batch.action_masks is None else q_all.masked_fill(~batch.action_masks, MASKED_LOGIT)
@@ -216,7 +220,7 @@ class CQLAgent(Agent):
             target = batch.rewards + c.discount * (1.0 - batch.terminals) * (q_next - temperature * logp_next)
             # Importance-sampled logsumexp: uniform actions over the Box and policy actions at s and at s'.
             a_uniform = self.dist.scaler.from_unit(torch.rand(b * n, a_dim, generator=self.generator) * 2.0 - 1.0)
-            logp_uniform = -torch.log(2.0 * self.dist.scaler.half_range).sum().expand(b * n)
+            logp_uniform = -torch.log(2.0 * cast(Tensor, self.dist.scaler.half_range)).sum().expand(b * n)
             a_pi, logp_pi = sample(repeat(out), b * n)
             a_pi_next, logp_pi_next = sample(repeat(out_next), b * n)
             x_rep = x.repeat_interleave(n, 0)
@@ -237,7 +241,7 @@ class CQLAgent(Agent):
         actor_loss = (temperature * logp - q_pi).mean()
         self.step(self.optimizers["actor"], actor_loss)
 
-        log_temperature = self.nets["temperature"].log_value
+        log_temperature = cast(LogTemperature, self.nets["temperature"]).log_value
         temperature_loss = -(log_temperature * (logp.detach() + self.target_entropy)).mean()
         self.step(self.optimizers["temperature"], temperature_loss)
         polyak_update(self.nets["target_critic"], critic, c.tau)
