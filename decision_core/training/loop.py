@@ -167,8 +167,13 @@ def run_ope(
         for name, values, mask in evaluation_goals(arrays.spec, config.goal_set, sim):
             policy = AgentPolicy(agent, exploration, goal=values, goal_mask=mask)
             jobs.append((policy, goal_task(arrays, values, mask, name=name)))
-    else:
+    elif config.task is not None or arrays.spec.reward is not None or arrays.has_rewards:
         jobs.append((AgentPolicy(agent, exploration), reward_task(arrays, config.task)))
+    else:  # e.g. behaviour cloning on logs without rewards: there is no task to estimate a value for
+        console.print(
+            f"[yellow]OPE skipped[/]: domain '{arrays.spec.name}' has no reward (no --task, no spec reward, no "
+            f"logged rewards)"
+        )
     reports = [
         evaluate_policy(
             arrays,

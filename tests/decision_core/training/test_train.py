@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from decision_core.cli import app
+from decision_core.errors import SpecError
 from decision_core.settings import CoreSettings
 from decision_core.training import TrainConfig, load_agent_from_uri, train
 from decision_core.training.loop import TrainingDiverged
@@ -142,3 +143,21 @@ def test_cli_trains_and_evaluates_offline(settings: CoreSettings, monkeypatch: p
     report = json.loads(r.stdout)["reports"][0]
     assert set(report["estimates"]) == {"snips", "fqe"}
     assert report["estimates"]["snips"]["ci_low"] <= report["estimates"]["snips"]["ci_high"]
+
+
+def test_behaviour_cloning_without_rewards_trains_and_skips_reward_ope(
+    settings: CoreSettings, make_store, tiny: dict
+) -> None:
+    import duckdb
+
+    path = make_store(120, name="unrewarded.duckdb")
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE steps_chain SET reward = NULL")
+    con.execute('UPDATE domains SET spec_json = replace(spec_json, \'"reward": "logged"\', \'"reward": null\')')
+    con.close()
+    unrewarded = settings.model_copy(update={"db": path})
+    result = train(TrainConfig(domain="chain", algo="bc", **tiny), unrewarded, progress=False)
+    assert result.registered_version == "1"
+    assert not any(k.startswith("ope/") for k in result.metrics)
+    with pytest.raises(SpecError, match="needs a reward on every step"):
+        train(TrainConfig(domain="chain", algo="iql", **tiny), unrewarded, progress=False)
