@@ -8,9 +8,10 @@ in time (then slot, then file order).
 The state before each impression is computed from the session's earlier rows only, with the same definitions the
 simulator uses (``decision_core/envs/recommender.py``, which holds the spec and the item catalogue): counts,
 rolling windows over the last :data:`~decision_core.envs.recommender.WINDOW` impressions and capped per-category
-engagement. Everything is vectorised over the whole file sorted by session: in-session cumulative sums are global
-cumulative sums minus their value where the session began, and windows subtract the sum ``WINDOW`` rows back (or
-the session's base), so no per-session group-by or Python loop runs.
+engagement. Everything is vectorised over the whole file in session order (sorted only when the file is not
+already in that order): in-session cumulative sums are global cumulative sums minus their value where the session
+began, and windows subtract the sum ``WINDOW`` rows back (or the session's base), so no per-session group-by,
+window pass or Python loop runs. Features stay scalar columns until one ``concat_arr`` builds the state arrays.
 
 Ratings logs (user, item, rating, time) need no code: rename their columns with a mapping (see
 ``sample_data/recommender/ratings_mapping.toml``); a rating of at least :data:`LIKED_RATING` counts as a click and
@@ -44,19 +45,27 @@ SESSION_GAP = timedelta(minutes=30)
 LIKED_RATING = 4.0
 #: Rating scale of ratings logs: engagement = (rating - low) / (high - low), clipped to [0, 1].
 RATING_LOW, RATING_HIGH = 1.0, 5.0
+#: The per-category window counts share one cumulative sum: category k adds _DIGIT**k, so the count of category k
+#: over any run of rows is its base-_DIGIT digit. A window holds at most WINDOW < _DIGIT rows, so digits never
+#: carry, and the sum stays far from overflowing Int64 (eight 3-bit digits for WINDOW = 5).
+_DIGIT = 2 ** WINDOW.bit_length()
+_DIGIT_VALUES = [_DIGIT**k for k in range(len(CATEGORIES))]
 
 
-def _in_session_cumsum(x: pl.Expr) -> pl.Expr:
-    """Cumulative sum of ``x`` within the session (frame sorted by session; needs ``_first``)."""
-    total = x.cum_sum()
-    return total - pl.when(pl.col("_first")).then(total - x).forward_fill()
-
-
-def _window_sum(x: pl.Expr) -> pl.Expr:
-    """Sum of ``x`` over the session's last WINDOW rows, this one included."""
-    total = x.cum_sum()
-    base = pl.when(pl.col("_first")).then(total - x).forward_fill()
-    return total - pl.when(pl.col("_pos") >= WINDOW).then(total.shift(WINDOW)).otherwise(base)
+def _sorted_by(frame: pl.DataFrame, by: list[str]) -> bool:
+    """Whether ``frame`` is already in ``by`` order (nulls last): one vectorised pass over adjacent rows, so a
+    log written in session order (as simulators and most exports write it) skips the sort."""
+    if frame.height < 2:
+        return True
+    in_order = pl.lit(False)  # the row comes strictly after its predecessor on some key
+    tied = pl.lit(True)  # the row equals its predecessor on every key so far
+    for c in by:
+        cur, prev = pl.col(c), pl.col(c).shift(1)
+        # nulls last: a value follows a value by comparison; a null follows a value; a value never follows a null
+        after = pl.when(cur.is_null()).then(prev.is_not_null()).otherwise(prev.is_not_null() & (cur > prev))
+        same = (cur.is_null() & prev.is_null()) | (cur == prev).fill_null(False)
+        in_order, tied = in_order | (tied & after), tied & same
+    return bool(frame.select((in_order | tied).slice(1).all()).item())
 
 
 class RecommenderAdapter(Adapter):
@@ -100,13 +109,18 @@ class RecommenderAdapter(Adapter):
         lf = raw.with_columns(self._normalised(present)).drop(
             c for c in ("click", "purchase", "dwell_seconds", "rating", "left") if c in present
         )
-        lf = self._episodes(lf, present)
-        lf = lf.with_columns(
-            _row=pl.int_range(pl.len(), dtype=pl.Int64),
-            _first=(pl.col("episode_id") != pl.col("episode_id").shift(1)).fill_null(True),
-            _last=(pl.col("episode_id") != pl.col("episode_id").shift(-1)).fill_null(True),
-        ).with_columns(_pos=pl.col("_row") - pl.when("_first").then("_row").forward_fill())
-        return self._steps(lf, present)
+        frame = self._episodes(lf, present)
+        # _start: the row where the row's session begins (the frame is sorted by session, step order).
+        lf = (
+            frame.lazy()
+            .with_columns(
+                _row=pl.int_range(pl.len(), dtype=pl.Int64),
+                _first=(pl.col("episode_id") != pl.col("episode_id").shift(1)).fill_null(True),
+                _last=(pl.col("episode_id") != pl.col("episode_id").shift(-1)).fill_null(True),
+            )
+            .with_columns(_start=pl.when("_first").then("_row").forward_fill())
+        )
+        return self._steps(lf.with_columns(_pos=pl.col("_row") - pl.col("_start")), present)
 
     # -- stages ---------------------------------------------------------------------------------------------
     @staticmethod
@@ -141,57 +155,93 @@ class RecommenderAdapter(Adapter):
         ]
 
     @staticmethod
-    def _episodes(lf: pl.LazyFrame, present: set[str]) -> pl.LazyFrame:
-        """Add ``episode_id`` and sort the frame by episode, then by step order."""
+    def _episodes(lf: pl.LazyFrame, present: set[str]) -> pl.DataFrame:
+        """Add ``episode_id`` and order the frame by episode, then by step order (sorting only when the file is
+        not already in that order)."""
         if "session_id" in present:
-            lf = lf.with_columns(episode_id=pl.col("user_id") + "/" + pl.col("session_id"))
+            frame = lf.with_columns(episode_id=pl.col("user_id") + "/" + pl.col("session_id")).collect()
         else:
             # Sessionise: a new session starts at a user's first event and after every gap > SESSION_GAP.
-            lf = lf.sort("user_id", "_time", "source_row", nulls_last=True)
+            frame = lf.collect()
+            by = ["user_id", "_time", "source_row"]
+            if not _sorted_by(frame, by):
+                frame = frame.sort(by, nulls_last=True)
             new = (pl.col("user_id") != pl.col("user_id").shift(1)).fill_null(True) | (
                 (pl.col("_time") - pl.col("_time").shift(1)) > SESSION_GAP
             ).fill_null(False)
             started = pl.when(new).then(pl.col("_time").dt.strftime("%Y%m%dT%H%M%S").fill_null("0")).forward_fill()
-            lf = lf.with_columns(episode_id=pl.col("user_id") + "/" + started)
+            frame = frame.with_columns(episode_id=pl.col("user_id") + "/" + started)
         order = ["session_seq"] if "session_seq" in present else ["_time"] + (["slot"] if "slot" in present else [])
-        return lf.sort("episode_id", *order, "source_row", nulls_last=True)
+        by = ["episode_id", *order, "source_row"]
+        return frame if _sorted_by(frame, by) else frame.sort(by, nulls_last=True)
 
     @staticmethod
     def _steps(lf: pl.LazyFrame, present: set[str]) -> pl.LazyFrame:
-        """State before / after each impression from the session's rows so far; the steps columns."""
-        click, cat = pl.col("_click"), pl.col("_cat")
-        pad = (WINDOW - pl.min_horizontal(pl.col("_pos") + 1, WINDOW)).cast(pl.Float64)
-        last_click = pl.when(click == 1).then("_row").when("_first").then(pl.col("_row") - 1).forward_fill()
-        # Features after this impression (the next state), with the value each has before a session starts.
-        after: list[tuple[str, pl.Expr, float]] = [
-            ("mobile", pl.when("_first").then("_mobile").forward_fill().cast(pl.Float64), 0.0),  # per session
-            ("impressions", (pl.col("_pos") + 1).cast(pl.Float64), 0.0),
-            ("clicks", _in_session_cumsum(click).cast(pl.Float64), 0.0),
-            ("recent_clicks", _window_sum(click).cast(pl.Float64), 0.0),
-            ("since_click", pl.min_horizontal(pl.col("_row") - last_click, SINCE_CLICK_CAP).cast(pl.Float64), 0.0),
-            ("dwell_minutes", _in_session_cumsum(pl.col("_dwell") / 60.0), 0.0),
-            ("satisfaction", (_window_sum(pl.col("_engagement")) + PRIOR_ENGAGEMENT * pad) / WINDOW, PRIOR_ENGAGEMENT),
-            ("converted", (_in_session_cumsum(pl.col("_buy")) > 0).cast(pl.Float64), 0.0),
-            *(
-                (
-                    f"engaged_{c}",
-                    _in_session_cumsum(click * (cat == k).cast(pl.Int64)).clip(upper_bound=ENGAGED_CLICKS),
-                    0.0,
-                )
+        """State before / after each impression from the session's rows so far; the steps columns.
+
+        Each counted column gets one global cumulative sum and one gather of its value before the session began;
+        in-session sums and windows are differences of the two (or of the sum WINDOW rows back). The eight
+        per-category window counts share one cumulative sum, each category a base-_DIGIT digit of it.
+        """
+        click, first, pos = pl.col("_click"), pl.col("_first"), pl.col("_pos")
+        counted: dict[str, pl.Expr] = {
+            "click": click,
+            "dwell": pl.col("_dwell") / 60.0,
+            "buy": pl.col("_buy"),
+            "engagement": pl.col("_engagement"),
+            **{f"engaged_{k}": click * (pl.col("_cat") == k).cast(pl.Int64) for k in range(len(CATEGORIES))},
+            "shown": pl.lit(pl.Series(_DIGIT_VALUES)).gather(pl.col("_cat")),
+        }
+        totals = lf.with_columns(x.cum_sum().alias(f"_{n}_total") for n, x in counted.items()).with_columns(
+            (pl.col(f"_{n}_total") - x).gather(pl.col("_start")).alias(f"_{n}_base") for n, x in counted.items()
+        )
+
+        def session(n: str) -> pl.Expr:
+            return pl.col(f"_{n}_total") - pl.col(f"_{n}_base")
+
+        def window(n: str) -> pl.Expr:
+            total = pl.col(f"_{n}_total")
+            return total - pl.when(pos >= WINDOW).then(total.shift(WINDOW)).otherwise(f"_{n}_base")
+
+        shown = window("shown")
+        pad = (WINDOW - pl.min_horizontal(pos + 1, WINDOW)).cast(pl.Float64)
+        last_click = pl.when(click == 1).then("_row").when(first).then(pl.col("_row") - 1).forward_fill()
+        # Features after this impression (the next state).
+        after: dict[str, pl.Expr] = {
+            "mobile": pl.col("_mobile").gather(pl.col("_start")),  # the session's first row counts
+            "impressions": pos + 1,
+            "clicks": session("click"),
+            "recent_clicks": window("click"),
+            "since_click": pl.min_horizontal(pl.col("_row") - last_click, SINCE_CLICK_CAP),
+            "dwell_minutes": session("dwell"),
+            "satisfaction": (window("engagement") + PRIOR_ENGAGEMENT * pad) / WINDOW,
+            "converted": session("buy") > 0,
+            **{
+                f"engaged_{c}": session(f"engaged_{k}").clip(upper_bound=ENGAGED_CLICKS)
                 for k, c in enumerate(CATEGORIES)
-            ),
-            *((f"recent_{c}", _window_sum((cat == k).cast(pl.Int64)), 0.0) for k, c in enumerate(CATEGORIES)),
-        ]
-        names = [n for n, _, _ in after]  # the spec's state features, in order (the round-trip test checks)
+            },
+            **{f"recent_{c}": shown // _DIGIT**k % _DIGIT for k, c in enumerate(CATEGORIES)},
+        }
+        names = list(after)  # the spec's state features, in order (the round-trip test checks)
         array = pl.Array(pl.Float32, len(names))
-        after_cols = [e.cast(pl.Float32) for _, e, _ in after]
-        initial = [after_cols[0] if n == "mobile" else pl.lit(init, pl.Float32) for n, _, init in after]
+
+        def vector(values: dict[str, float]) -> pl.Expr:
+            return pl.lit(pl.Series([[values.get(n, 0.0) for n in names]], dtype=array))
+
+        # Before a session: nothing counted, satisfaction at its prior, the session's device.
+        initial = {m: vector({"mobile": m, "satisfaction": PRIOR_ENGAGEMENT}) for m in (0.0, 1.0)}
         # A row whose dwell or rating is not finite gets NaN in the features derived from them, so validation
         # rejects it and names this raw row (the state of later rows, built from cleaned values, stays finite).
-        poisoned = pl.Series([[float("nan") if n in ("dwell_minutes", "satisfaction") else 0.0 for n in names]])
-        lf = lf.with_columns(pl.concat_arr(after_cols).alias("_after"), pl.concat_arr(initial).alias("_initial"))
-        state = pl.when("_first").then("_initial").otherwise(pl.col("_after").shift(1))
-        next_state = pl.when("_bad").then(pl.lit(poisoned.cast(array))).otherwise("_after")
+        poisoned = vector({"dwell_minutes": float("nan"), "satisfaction": float("nan")})
+        lf = totals.with_columns(pl.concat_arr(e.cast(pl.Float32) for e in after.values()).alias("_after"))
+        state = (
+            pl.when(first & pl.col("_mobile").gather(pl.col("_start")))
+            .then(initial[1.0])
+            .when(first)
+            .then(initial[0.0])
+            .otherwise(pl.col("_after").shift(1))
+        )
+        next_state = pl.when("_bad").then(poisoned).otherwise("_after")
         if "left" in present:
             left = pl.col("_left").fill_null(False)
             terminated, truncated = left, pl.col("_last") & ~left
@@ -199,12 +249,12 @@ class RecommenderAdapter(Adapter):
             terminated, truncated = pl.col("_last"), pl.lit(False)
         return lf.select(
             pl.col("episode_id"),
-            (pl.col("session_seq") if "session_seq" in present else pl.col("_pos")).cast(pl.Int32).alias("step"),
-            state.cast(array).alias("state"),
+            (pl.col("session_seq") if "session_seq" in present else pos).cast(pl.Int32).alias("step"),
+            state.alias("state"),
             pl.concat_arr(pl.col("item_id").cast(pl.Float32)).alias("action"),
             (pl.col("propensity") if "propensity" in present else pl.lit(None, pl.Float64)).alias("propensity"),
-            (pl.col("_click") + pl.col("_dwell") / 60.0).alias("reward"),
-            next_state.cast(array).alias("next_state"),
+            (click + pl.col("_dwell") / 60.0).alias("reward"),
+            next_state.alias("next_state"),
             terminated.alias("terminated"),
             truncated.alias("truncated"),
             pl.col("_time").alias("timestamp"),
