@@ -136,11 +136,16 @@ class GradientAverager:
         self._pending.clear()
 
     def detach(self) -> None:
+        # Outstanding reductions must finish before the process group goes away, or gloo aborts the process.
+        for _grad, work in self._pending:
+            work.wait()
+        self._pending.clear()
         for h in self._handles:
             h.remove()
         self._handles.clear()
 
 
 def shutdown(ctx: DistContext) -> None:
+    """Leave the process group (the training loop has already synchronised the ranks on its normal path)."""
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()
