@@ -12,9 +12,7 @@ def test_unknown_name_lists_known_ones_and_suggests_the_closest():
     reg: Registry[object] = Registry("adapter")
     reg.register("recommender", "json:dumps")
     reg.register("inventory", "json:loads")
-    with pytest.raises(
-        RegistryError, match=r"unknown adapter 'recomender'.*inventory, recommender.*'recommender'"
-    ):
+    with pytest.raises(RegistryError, match=r"unknown adapter 'recomender'.*inventory, recommender.*'recommender'"):
         reg.get("recomender")
 
 

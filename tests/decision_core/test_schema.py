@@ -73,8 +73,7 @@ def test_ddl_is_derived_from_the_schema_and_creates_fixed_size_arrays():
     assert types["action"] == "FLOAT[1]" and types["action_mask"] == "BOOLEAN[3]"
     nullable = dict(
         con.execute(
-            f"SELECT column_name, is_nullable FROM information_schema.columns "
-            f"WHERE table_name = '{spec.table}'"
+            f"SELECT column_name, is_nullable FROM information_schema.columns WHERE table_name = '{spec.table}'"
         ).fetchall()
     )
     assert nullable["propensity"] == "YES" and nullable["state"] == "NO"
