@@ -11,9 +11,9 @@ step ``j`` of the logs: ``outcome(s'_j)``. The row ``j`` is drawn from a mixture
 Value and actor goals are drawn from separate mixtures. The goal is *reached* by the transition when
 ``|outcome(s'_i) - goal| <= tolerance`` on every specified feature (the domain's tolerances); that sets the
 success, the reward (``success - 1`` with ``gc_negative``, else ``success``) and the bootstrap mask (0 once the goal
-is reached or the episode truly ended). **Partial goals**: with probability ``p_partial`` a random subset of the
-outcome features is left unspecified (each kept with probability 1/2, at least one kept); masked goal values are
-zeroed and the mask travels with the goal, so a caller may state only the outcomes they care about.
+is reached or the episode truly ended). **Partial goals**: with probability ``p_partial`` only a random subset of
+the outcome features is specified (its size uniform in ``[1, G]``, then the features uniformly); masked goal values
+are zeroed and the mask travels with the goal, so a caller may state only the outcomes they care about.
 """
 
 from __future__ import annotations
@@ -107,11 +107,18 @@ class GoalSampler:
         return torch.where(self._rand(b) < p_cur, idx, rows)
 
     def goal_masks(self, b: int, p_empty: float = 0.0) -> Tensor:
-        """(B, G) bool: all True, or with probability ``p_partial`` a random non-empty subset."""
+        """(B, G) bool: all True, or with probability ``p_partial`` a random non-empty subset.
+
+        A partial goal first draws how many features it keeps, uniformly in ``[1, G]``, then which ones. Keeping
+        each feature with probability 1/2 instead would make goals of one or two features (what callers state
+        most often) vanishingly rare in domains with many outcome features (10 features: 1% of partial goals).
+        """
         gdim = self.n_outcomes
         partial = self._rand(b) < self.config.p_partial
-        keep = self._rand(b, gdim) < 0.5
-        keep[torch.arange(b), torch.randint(0, gdim, (b,), generator=self.generator)] = True
+        sizes = torch.randint(1, gdim + 1, (b, 1), generator=self.generator)
+        # The `sizes` features with the smallest uniform keys: a uniformly random subset of that size.
+        ranks = self._rand(b, gdim).argsort(-1).argsort(-1)
+        keep = ranks < sizes
         mask = torch.where(partial.unsqueeze(-1), keep, torch.ones_like(keep))
         if p_empty > 0.0:
             mask &= ~(self._rand(b) < p_empty).unsqueeze(-1)
