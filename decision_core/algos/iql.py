@@ -23,8 +23,18 @@ import torch
 from torch import Tensor, nn
 
 from decision_core.algos.base import Agent, AgentConfig
-from decision_core.algos.nets import MLP, Critic, PolicyNet, PolicyOutput, awr_weights, expectile_loss, polyak_update
-from decision_core.data.dataset import Batch
+from decision_core.algos.nets import (
+    MLP,
+    Critic,
+    PolicyNet,
+    PolicyOutput,
+    RewardScale,
+    awr_weights,
+    expectile_loss,
+    polyak_update,
+)
+from decision_core.data.dataset import Batch, OfflineDataset, TransitionSampler
+from decision_core.data.goals import GoalSampler
 from decision_core.reward import check_reward
 
 
@@ -33,6 +43,10 @@ class IQLConfig(AgentConfig):
     #: The reward learned: an expression over state/next-state features (``decision_core.reward``), ``"logged"``
     #: for the logs' reward column, or None for the domain's own reward (``spec.reward``).
     reward: str | None = None
+    #: Rewards are multiplied by this factor before learning; None = 1 / std of the training data's rewards
+    #: (set when the agent builds its sampler, kept with the weights), so ``beta`` / the conservative weight
+    #: mean the same whatever the reward's units (inventory costs are ~10 per step, clicks ~0.5).
+    reward_scale: float | None = None
     #: Expectile of the value regression (0.5 = mean, -> 1 = max over logged actions).
     expectile: float = 0.7
     #: Inverse temperature of the advantage weights ``exp(beta * A)`` (higher = greedier actor).
@@ -54,6 +68,7 @@ class IQLConfig(AgentConfig):
         self.require(0.0 < self.tau <= 1.0, "tau", "must be in (0, 1]")
         self.require(self.n_critics >= 1, "n_critics", "must be >= 1")
         self.require(self.reward is None or bool(str(self.reward).strip()), "reward", "must not be empty")
+        self.require(self.reward_scale is None or self.reward_scale > 0.0, "reward_scale", "must be > 0 (or None)")
 
 
 class IQLAgent(Agent):
@@ -77,7 +92,14 @@ class IQLAgent(Agent):
             "target_critic": target,
             "value": MLP(s, c.hidden_dims, 1, layer_norm=c.layer_norm),
             "actor": PolicyNet(self.spec, s, c.hidden_dims),
+            "reward_scale": RewardScale(c.reward_scale),
         }
+
+    def sampler(self, dataset: OfflineDataset, *, seed: int = 0) -> GoalSampler | TransitionSampler:
+        sampler = super().sampler(dataset, seed=seed)
+        if not self.nets["reward_scale"].is_set:
+            self.nets["reward_scale"].fit(dataset.rewards)
+        return sampler
 
     def policy(self, states: Tensor, goals: Tensor | None, goal_masks: Tensor | None) -> PolicyOutput:
         return self.nets["actor"](self.norm_states(states))
@@ -88,7 +110,8 @@ class IQLAgent(Agent):
         x_next = self.norm_states(batch.next_states)
         with torch.no_grad():
             q_target = self.nets["target_critic"](x, batch.actions).min(0).values
-            td_target = batch.rewards + c.discount * (1.0 - batch.terminals) * self.nets["value"](x_next).squeeze(-1)
+            rewards = self.nets["reward_scale"](batch.rewards)
+            td_target = rewards + c.discount * (1.0 - batch.terminals) * self.nets["value"](x_next).squeeze(-1)
 
         v = self.nets["value"](x).squeeze(-1)
         adv = q_target - v

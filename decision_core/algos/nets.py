@@ -259,3 +259,32 @@ def normalize_rep(x: Tensor) -> Tensor:
 def gaussian_log_prob(mean: Tensor, log_std: Tensor, x: Tensor) -> Tensor:
     """(B,) log-density of ``x`` under a diagonal Gaussian (no squashing)."""
     return (-0.5 * ((x - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+class RewardScale(nn.Module):
+    """The factor reward-task agents multiply rewards by, kept with the weights (a buffer, no parameters).
+
+    NaN until set: :meth:`fit` sets it to ``1 / std`` of the rewards it is given (the whole dataset when the agent
+    builds its sampler), so one temperature or conservative weight means the same on domains whose rewards
+    differ in scale by orders of magnitude. A fixed factor from the config is stored the same way.
+    """
+
+    def __init__(self, fixed: float | None = None) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(float("nan") if fixed is None else float(fixed)))
+
+    @property
+    def is_set(self) -> bool:
+        return not bool(torch.isnan(self.scale))
+
+    @torch.no_grad()
+    def fit(self, rewards: Tensor) -> None:
+        """Set the factor to 1 / std of the finite ``rewards`` (1 when they are constant or absent)."""
+        r = rewards[torch.isfinite(rewards)].double()
+        std = float(r.std()) if r.numel() > 1 else 0.0
+        self.scale.fill_(1.0 / std if std > 1e-6 else 1.0)
+
+    def forward(self, rewards: Tensor) -> Tensor:
+        if not self.is_set:
+            self.fit(rewards)
+        return rewards * self.scale
