@@ -47,11 +47,17 @@ def load_domain(domain: str, log_steps: int, workdir: Path, seed: int) -> Any:
     from decision_core.store import DecisionStore
 
     sim = get_simulator(domain)
-    episodes = max(2, math.ceil(log_steps / sim.max_steps))
-    raw = workdir / f"{domain}_raw"
-    files = simulate_logs(sim, episodes, "behaviour", seed, raw, progress=False)
+    adapter = get_adapter(domain)
+    # Episodes often end before max_steps (sessions, dialogues): a pilot measures the mean length so that the
+    # logs hold about ``log_steps`` steps, not ``log_steps`` divided by the longest possible episode.
+    pilot = simulate_logs(sim, 200, "behaviour", seed + 10_000, workdir / f"{domain}_pilot", progress=False)
+    with DecisionStore(workdir / f"{domain}_pilot.duckdb") as store:
+        ingest(adapter, pilot, store)
+        pilot_arrays = store.load_arrays(adapter.spec().name)
+    mean_length = pilot_arrays.n_steps / pilot_arrays.n_episodes
+    episodes = max(2, math.ceil(log_steps / mean_length))
+    files = simulate_logs(sim, episodes, "behaviour", seed, workdir / f"{domain}_raw", progress=False)
     with DecisionStore(workdir / f"{domain}.duckdb") as store:
-        adapter = get_adapter(domain)
         ingest(adapter, files, store)
         return store.load_arrays(adapter.spec().name)
 
@@ -95,15 +101,19 @@ class PartialGoals:
 
 # -- training ------------------------------------------------------------------------------------------------------
 def train(name: str, dataset: Any, seed: int, budget_s: float, config: dict[str, Any]) -> tuple[Any, int]:
-    """Train ``name`` on ``dataset`` for ``budget_s`` seconds of wall clock; returns (agent, updates)."""
+    """Train ``name`` on ``dataset`` for ``budget_s`` seconds of this process's CPU time; returns (agent, updates).
+
+    CPU time, not wall clock: on a shared machine the wall clock would measure the neighbours' load, and the
+    same budget would buy a different number of updates from run to run.
+    """
     from decision_core.algos import create_agent
 
     agent = create_agent(name, dataset.spec, dataset.stats, config=config or None, seed=seed)
     sampler = agent.sampler(dataset, seed=seed)
     batch = agent.config.batch_size
-    start = time.perf_counter()
+    start = time.process_time()
     steps = 0
-    while time.perf_counter() - start < budget_s:
+    while time.process_time() - start < budget_s:
         for _ in range(25):
             agent.update(sampler.sample(batch))
         steps += 25
@@ -156,7 +166,10 @@ def run_domain(domain: str, args: argparse.Namespace, workdir: Path, console: An
             t = time.perf_counter()
             agent, updates = train(name, ds, seed, args.budget_s, json.loads(args.config))
             agents[name] = agent
-            console.print(f"  seed {seed} {name}: {updates} updates in {time.perf_counter() - t:.0f}s")
+            console.print(
+                f"  seed {seed} {name}: {updates} updates in {args.budget_s:g} CPU-s "
+                f"({time.perf_counter() - t:.0f}s wall)"
+            )
         policies = {name: LearnedPolicy(agent) for name, agent in agents.items()}
         full = evaluate_policies(sim, policies, episodes=args.eval_episodes, seed=1000 + seed, bootstrap=200)
         goal_policies = {n: p for n, p in policies.items() if n not in reward_algos}
@@ -181,7 +194,7 @@ def run_domain(domain: str, args: argparse.Namespace, workdir: Path, console: An
         "steps to goal",
         "partial-goal success %",
         "normalised score",
-        title=f"{domain}: {args.seeds} seed(s), {args.budget_s:g}s training per algorithm and seed, "
+        title=f"{domain}: {args.seeds} seed(s), {args.budget_s:g} CPU-s training per algorithm and seed, "
         f"{arrays.n_steps} logged steps, {args.eval_episodes} eval episodes per goal",
     )
     summary: dict[str, dict[str, float]] = {}
@@ -288,13 +301,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--domains", default="inventory,recommender,dialogue")
     parser.add_argument("--algos", default=",".join(GOAL_ALGOS), help="goal-conditioned algorithms")
     parser.add_argument("--reward-algos", default=",".join(REWARD_ALGOS), help="reward-task algorithms ('' = none)")
-    parser.add_argument("--budget-s", type=float, default=600.0, help="training seconds per algorithm and seed")
+    parser.add_argument(
+        "--budget-s", type=float, default=600.0, help="training CPU seconds per algorithm and seed (process time)"
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--log-steps", type=int, default=300_000, help="behaviour-log steps per domain")
     parser.add_argument("--eval-episodes", type=int, default=200, help="evaluation episodes per goal")
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--config", default="{}", help="JSON config overrides applied to every algorithm")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: min(cores, 4))")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: these small networks run fastest on one)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--memory-steps", type=int, default=0, help="run the memory check with this many steps")
     parser.add_argument("--memory-features", type=int, default=32)
