@@ -1,0 +1,89 @@
+"""The numpy copy of a served policy makes the same decisions, with the same propensities, as the torch agent."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from decision_core.algos import Exploration, create_agent
+from decision_core.data.dataset import FeatureStats
+from decision_core.schema import BoxActions, DiscreteActions, DomainSpec, Feature, OutcomeFeature
+from serving.forward import TOLERANCE, export_policy
+
+
+def _spec(actions: DiscreteActions | BoxActions) -> DomainSpec:
+    return DomainSpec(
+        name="probe",
+        version="1",
+        state=(Feature("a"), Feature("b"), Feature("c"), Feature("d")),
+        outcomes=(OutcomeFeature("a", tolerance=0.1), OutcomeFeature("c", tolerance=0.1)),
+        actions=actions,
+        reward="next.a",
+    )
+
+
+DISCRETE = _spec(DiscreteActions(labels=("w", "x", "y", "z", "v"), masked=True))
+CONTINUOUS = _spec(BoxActions(names=("u", "v"), low=(-2.0, 0.0), high=(1.0, 5.0)))
+EXPLORATIONS = [
+    None,
+    Exploration(epsilon=0.2),
+    Exploration(epsilon=0.0, temperature=0.7),
+    Exploration(epsilon=0.3, temperature=2.0),
+    Exploration(epsilon=1.0),
+]
+
+
+def _agent(algo: str, spec: DomainSpec, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    data = (rng.normal(size=(500, spec.state_dim)) * [1.0, 10.0, 0.1, 3.0] + [0.0, 50.0, -1.0, 2.0]).astype(np.float32)
+    config: dict[str, object] = {"hidden_dims": [32, 32], "batch_size": 8}
+    if algo in ("gcbc", "bc"):
+        config["layer_norm"] = True
+    return create_agent(algo, spec, FeatureStats.compute(data, spec), config, seed=seed), data
+
+
+def _inputs(spec: DomainSpec, data: np.ndarray, rng: np.random.Generator, b: int):
+    states = data[rng.integers(0, len(data), b)]
+    goals = states[:, [0, 2]] + rng.normal(size=(b, 2)).astype(np.float32)
+    goals[rng.random((b, 2)) < 0.3] = np.nan
+    mask = None
+    if spec.discrete:
+        mask = rng.random((b, spec.n_actions)) < 0.7
+        mask[np.arange(b), rng.integers(0, spec.n_actions, b)] = True
+    return states, goals, mask
+
+
+@pytest.mark.parametrize("algo", ["gcbc", "bc", "gciql", "crl", "iql", "cql"])
+@pytest.mark.parametrize("spec", [DISCRETE, CONTINUOUS], ids=["discrete", "continuous"])
+def test_numpy_policy_decides_exactly_like_the_agent(algo: str, spec: DomainSpec) -> None:
+    agent, data = _agent(algo, spec)
+    policy = export_policy(agent)
+    if algo == "cql" and spec.discrete:  # its policy is a critic ensemble: served through torch
+        assert policy is None
+        return
+    assert policy is not None
+    rng = np.random.default_rng(11)
+    for exploration in EXPLORATIONS:
+        if not spec.discrete and exploration is not None:
+            # Sampled continuous actions' densities are ill-conditioned in float32 near the bounds (atanh of
+            # values near +-1): the copy declines them and they stay with torch.
+            assert not policy.handles(exploration)
+            continue
+        assert policy.handles(exploration)
+        for b in (1, 7, 300):
+            states, goals, mask = _inputs(spec, data, rng, b)
+            g = goals if agent.goal_conditioned else None
+            for action_mask in (None, mask):
+                want = agent.act(states, g, None, action_mask, exploration=exploration, rng=np.random.default_rng(5))
+                got = policy.act(states, g, None, action_mask, exploration=exploration, rng=np.random.default_rng(5))
+                assert got.actions.dtype == want.actions.dtype and got.actions.shape == want.actions.shape
+                if spec.discrete:
+                    assert np.array_equal(got.actions, want.actions)
+                else:
+                    np.testing.assert_allclose(got.actions, want.actions, rtol=TOLERANCE, atol=TOLERANCE)
+                np.testing.assert_allclose(got.propensities, want.propensities, rtol=TOLERANCE, atol=TOLERANCE)
+
+
+def test_hierarchical_policies_are_served_through_torch() -> None:
+    agent, _ = _agent("hiql", DISCRETE)
+    assert export_policy(agent) is None
