@@ -189,6 +189,11 @@ class FeedbackWriter:
         self.decision_linger_s = decision_linger_s
         self.on_committed = on_committed
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_max)
+        # Decisions wait here, not in the queue, until the thread's next wake-up (at most ``decision_linger_s``) or
+        # until a feedback event or call is queued behind them: one decision does not wake the thread.
+        self._held: list[DecisionBlock] = []
+        self._held_rows = 0
+        self._held_lock = threading.Lock()
         # Owned by the writer thread only: recent decisions (for joins without a query), which of them have
         # feedback, and the next step number of recently seen episodes.
         self._recent: dict[str, tuple[DecisionBlock, int]] = {}
@@ -218,13 +223,15 @@ class FeedbackWriter:
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        return self._queue.qsize() + len(self._held)
 
     def close(self, timeout: float = 30.0) -> None:
         """Commit everything queued, then stop the thread (the store stays open; its owner closes it)."""
         if self._thread is None:
             return
-        self._queue.put(_STOP)
+        with self._held_lock:
+            self._release_held()
+            self._queue.put(_STOP)
         self._thread.join(timeout)
         self._thread = None
 
@@ -239,20 +246,46 @@ class FeedbackWriter:
         if self.metrics is not None:
             self.metrics.pending_writes.set(self._queue.qsize())
 
+    def _release_held(self) -> None:
+        """Move held decisions into the queue, ahead of what comes next (hold ``_held_lock``)."""
+        if self._held:
+            self._put(self._held)  # may raise (writer stopped, queue full): then nothing has moved
+            self._held, self._held_rows = [], 0
+
     def add_decisions(self, block: DecisionBlock) -> None:
         """Queue decisions for storage (not waited for)."""
-        self._put(block)
+        if not self.alive:
+            raise Unavailable(f"the decision writer is not running ({self._error or 'stopped'}); retry later")
+        with self._held_lock:
+            self._held.append(block)
+            self._held_rows += len(block)
+            if self._held_rows >= self.group_max:
+                try:
+                    self._release_held()
+                except Unavailable:  # this block's decisions are not served, so they are not stored either
+                    self._held.pop()
+                    self._held_rows -= len(block)
+                    raise
 
     def add_feedback(self, event: FeedbackEvent) -> Future[FeedbackResult]:
         """Queue a feedback event; the future resolves after its commit (or fails with a ServingError)."""
-        self._put(event)
+        with self._held_lock:  # decisions made before it commit with it or earlier
+            self._release_held()
+            self._put(event)
         return event.future
 
     def call(self, fn: Callable[[DecisionStore], T]) -> Future[T]:
         """Run ``fn(store)`` on the writer thread after everything queued before it is committed."""
         c = _Call(fn)
-        self._put(c)
+        with self._held_lock:
+            self._release_held()
+            self._put(c)
         return c.future
+
+    def _take_held(self) -> list[DecisionBlock]:
+        with self._held_lock:
+            held, self._held, self._held_rows = self._held, [], 0
+        return held
 
     def mark(self, seq: int) -> None:
         """Feedback up to ``seq`` has been handed to a fine-tune (call on the writer thread, in a snapshot)."""
@@ -267,24 +300,31 @@ class FeedbackWriter:
     def _run(self) -> None:
         try:
             while True:
-                items = [self._queue.get()]
-                size = len(items[0]) if isinstance(items[0], DecisionBlock) else 1
-                # Nobody waits on decisions: while only decisions are queued, linger a little so one commit
-                # takes many of them (fewer commits, less CPU taken from the requests being served).
-                linger_until = time.monotonic() + self.decision_linger_s
-                only_decisions = isinstance(items[0], DecisionBlock)
-                while size < self.group_max:
-                    try:
-                        if only_decisions:
-                            wait = linger_until - time.monotonic()
-                            item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                # Nobody waits on decisions: they are picked up at each wake-up, and one commit takes all of them.
+                items: list[Any] = []
+                size = 0
+                try:
+                    item = self._queue.get(timeout=self.decision_linger_s)
+                except queue.Empty:
+                    pass
+                else:
+                    while True:
+                        if isinstance(item, list):
+                            items.extend(item)
+                            size += sum(map(len, item))
                         else:
+                            items.append(item)
+                            size += 1
+                        if size >= self.group_max:
+                            break
+                        try:
                             item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    items.append(item)
-                    size += len(item) if isinstance(item, DecisionBlock) else 1
-                    only_decisions = only_decisions and isinstance(item, DecisionBlock)
+                        except queue.Empty:
+                            break
+                # Held decisions are newer than every queued feedback event: committing them first is harmless.
+                items[:0] = self._take_held()
+                if not items:
+                    continue
                 stop = self._process(items)
                 if self.metrics is not None:
                     self.metrics.pending_writes.set(self._queue.qsize())
@@ -371,8 +411,15 @@ class FeedbackWriter:
                 done[did] = FeedbackResult(did, "already_stored", f_ep, int(f_step))
         return found, done
 
-    def _episode_steps(self, episodes: list[str]) -> dict[str, int]:
-        missing = [e for e in episodes if e not in self._next_step]
+    def _episode_steps(self, episodes: list[str], fresh: set[str]) -> dict[str, int]:
+        """The next step of each episode; ``fresh`` ones (a decision's own episode) start at 0 without a query."""
+        missing = []
+        for e in episodes:
+            if e not in self._next_step:
+                if e in fresh:
+                    self._next_step[e] = 0
+                else:
+                    missing.append(e)
         if missing:
             rows = self.store.con.execute(
                 f"SELECT episode_id, max(step) + 1 FROM {feedback_table(self.spec)} WHERE episode_id = ANY(?) "
@@ -395,6 +442,7 @@ class FeedbackWriter:
         accepted: list[FeedbackEvent] = []
         repeats: list[FeedbackEvent] = []  # a second event for a decision accepted in this same group
         seen: set[str] = set()
+        fresh: set[str] = set()  # episodes of one decision issued by this process: no stored step before it
         for e in events:
             did = e.decision_id
             prior = self._fed.get(did) or done.get(did)
@@ -407,6 +455,8 @@ class FeedbackWriter:
                 continue
             if did in self._recent:
                 block, i = self._recent[did]
+                if block.episode_ids[i] == did:
+                    fresh.add(EPISODE_PREFIX + did)
                 served[did] = _Served(
                     episode_id=EPISODE_PREFIX + block.episode_ids[i],
                     state=block.states[i],
@@ -431,7 +481,7 @@ class FeedbackWriter:
             seen.add(did)
             accepted.append(e)
         # Dense step numbers per episode, in commit order; applied to the cache only after the commit succeeds.
-        next_steps = self._episode_steps(sorted({served[e.decision_id].episode_id for e in accepted}))
+        next_steps = self._episode_steps(sorted({served[e.decision_id].episode_id for e in accepted}), fresh)
         results: list[FeedbackResult] = []
         for e in accepted:
             ep = served[e.decision_id].episode_id
@@ -439,23 +489,18 @@ class FeedbackWriter:
             next_steps[ep] += 1
         seq0 = self.last_seq + 1
         try:
+            # Stage frames stay registered until the next group replaces them (one statement fewer per frame).
             with self.store.transaction() as con:
                 if blocks:
                     con.register("served_decisions_stage", self._decisions_frame(blocks))
-                    try:
-                        con.execute(f"INSERT INTO {decisions_table(self.spec)} SELECT * FROM served_decisions_stage")
-                    finally:
-                        con.unregister("served_decisions_stage")
+                    con.execute(f"INSERT INTO {decisions_table(self.spec)} SELECT * FROM served_decisions_stage")
                 if accepted:
                     steps, fb = self._feedback_frames(accepted, results, served, seq0)
                     con.register("served_steps_stage", steps)
                     con.register("served_feedback_stage", fb)
-                    try:
-                        self.store.insert_steps(self.spec, "served_steps_stage", con)
-                        con.execute(f"INSERT INTO {feedback_table(self.spec)} SELECT * FROM served_feedback_stage")
-                    finally:
-                        con.unregister("served_steps_stage")
-                        con.unregister("served_feedback_stage")
+                    # (episode, step) pairs are unique by construction: dense numbers past the stored ones.
+                    self.store.insert_steps(self.spec, "served_steps_stage", con, dedupe=False)
+                    con.execute(f"INSERT INTO {feedback_table(self.spec)} SELECT * FROM served_feedback_stage")
         except Exception as exc:
             log.exception(
                 "group commit of %d decisions and %d feedback events failed", sum(map(len, blocks)), len(accepted)
