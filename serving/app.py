@@ -7,6 +7,7 @@ routes reach them through the ``Ctx`` dependency. See ``docs/serving.md`` for th
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -274,6 +275,12 @@ def create_app(settings: ServingSettings | None = None, *, hooks: HookManager | 
         )
         # numpy forward passes are small: more BLAS threads would only contend with the server's own threads.
         blas = threadpool_limits(settings.inference_threads, user_api="blas")
+        if settings.gc_freeze:
+            # The loaded libraries and model are a few million objects that live as long as the process; left in
+            # the collector's oldest generation, every full collection walks them all (stalls of ~300 ms under
+            # load). Frozen, collections only walk what serving allocates.
+            await anyio.to_thread.run_sync(gc.collect)
+            gc.freeze()
         try:
             yield
         finally:

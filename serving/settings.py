@@ -62,6 +62,11 @@ class ServingSettings(BaseSettings):
     max_batch: int = Field(default=4096, ge=1, description="Most decisions one /v1/act:batch call may ask for.")
     inference_threads: int = Field(default=1, ge=1, description="torch threads of the inference worker.")
     seed: int | None = Field(default=None, description="Seed of exploration draws; None = from the OS.")
+    gc_freeze: bool = Field(
+        default=True,
+        description="Move everything loaded at startup out of the garbage collector's reach (gc.freeze), so full "
+        "collections do not stall requests.",
+    )
 
     # -- feedback writer --------------------------------------------------------------------------------------
     writer_queue_max: int = Field(default=200_000, ge=16, description="Pending writer items before 503s.")
