@@ -291,6 +291,8 @@ def create_app(settings: ServingSettings | None = None, *, hooks: HookManager | 
             hook_manager.stop()
             store.close()
             blas.restore_original_limits()
+            if settings.gc_freeze:
+                gc.unfreeze()  # let the interpreter collect them at exit (extension types report leaks otherwise)
 
     app = FastAPI(
         title="decision-core",

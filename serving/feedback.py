@@ -149,6 +149,70 @@ class _Served:
 _STOP = object()
 
 
+class _DecisionCache:
+    """The most recent ``capacity`` decisions as a ring of arrays, for joining feedback without a query.
+
+    Plain arrays and a ``dict[str, int]`` of slots: nothing here is tracked by the garbage collector, so a full
+    cache does not lengthen collections (a dict of per-decision objects would, by seconds at a million).
+    """
+
+    def __init__(self, spec: DomainSpec, capacity: int) -> None:
+        self.capacity = c = capacity
+        self.slots: dict[str, int] = {}
+        self.ids: list[str | None] = [None] * c
+        self.episodes: list[str] = [""] * c
+        self.states = np.zeros((c, spec.state_dim), np.float32)  # untouched pages cost no memory
+        self.actions = np.zeros((c, spec.action_dim), np.float32)
+        self.masks = np.zeros((c, spec.n_actions), np.bool_) if spec.masked else None
+        self.propensities = np.zeros(c, np.float64)
+        self.models = np.zeros(c, np.int32)
+        self.model_names: list[tuple[str, str]] = []
+        self.next = 0
+
+    def add(self, block: DecisionBlock) -> list[str]:
+        """Store ``block`` over the oldest slots; returns the ids it evicted."""
+        evicted: list[str] = []
+        key = (block.model_name, block.model_version)
+        if key not in self.model_names:
+            self.model_names.append(key)
+        model = self.model_names.index(key)
+        n, start = len(block), 0
+        if n > self.capacity:
+            start = n - self.capacity
+        while start < n:
+            at = self.next % self.capacity
+            m = min(n - start, self.capacity - at)
+            for old in self.ids[at : at + m]:
+                if old is not None and self.slots.get(old) is not None:
+                    del self.slots[old]
+                    evicted.append(old)
+            ids = block.ids[start : start + m]
+            self.ids[at : at + m] = ids
+            self.episodes[at : at + m] = block.episode_ids[start : start + m]
+            self.slots.update(zip(ids, range(at, at + m), strict=True))
+            self.states[at : at + m] = block.states[start : start + m]
+            self.actions[at : at + m] = block.actions[start : start + m]
+            if self.masks is not None:
+                self.masks[at : at + m] = True if block.action_masks is None else block.action_masks[start : start + m]
+            self.propensities[at : at + m] = block.propensities[start : start + m]
+            self.models[at : at + m] = model
+            self.next += m
+            start += m
+        return evicted
+
+    def served(self, slot: int) -> _Served:
+        name, version = self.model_names[self.models[slot]]
+        return _Served(
+            episode_id=EPISODE_PREFIX + self.episodes[slot],
+            state=self.states[slot].copy(),
+            action=self.actions[slot].copy(),
+            action_mask=None if self.masks is None else self.masks[slot].copy(),
+            propensity=float(self.propensities[slot]),
+            model_name=name,
+            model_version=version,
+        )
+
+
 def _resolve(future: Future[Any], value: Any = None, error: BaseException | None = None) -> None:
     """Settle ``future`` unless its waiter already gave up (a cancelled future must not stop the writer)."""
     if future.done():
@@ -196,8 +260,8 @@ class FeedbackWriter:
         self._held_lock = threading.Lock()
         # Owned by the writer thread only: recent decisions (for joins without a query), which of them have
         # feedback, and the next step number of recently seen episodes.
-        self._recent: dict[str, tuple[DecisionBlock, int]] = {}
-        self._fed: dict[str, FeedbackResult] = {}
+        self._cache = _DecisionCache(spec, cache_max)
+        self._fed: dict[str, tuple[str, int]] = {}  # decision id -> (episode id, step) of its stored feedback
         self._next_step: dict[str, int] = {}
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -376,14 +440,7 @@ class FeedbackWriter:
     # -- one group commit -------------------------------------------------------------------------------------------
     def _remember(self, blocks: list[DecisionBlock]) -> None:
         for block in blocks:
-            for i, did in enumerate(block.ids):
-                self._recent[did] = (block, i)
-        excess = len(self._recent) - self.cache_max
-        if excess > 0:
-            # Drop the oldest tenth at once so eviction is rare; evicted decisions are looked up in the store.
-            drop = list(itertools.islice(iter(self._recent), excess + self.cache_max // 10))
-            for did in drop:
-                del self._recent[did]
+            for did in self._cache.add(block):  # evicted ones are looked up in the store when needed
                 self._fed.pop(did, None)
 
     def _lookup(self, ids: list[str]) -> tuple[dict[str, _Served], dict[str, FeedbackResult]]:
@@ -437,7 +494,8 @@ class FeedbackWriter:
         # Resolve every event against its decision: in memory first, then one query for the rest.
         served: dict[str, _Served] = {}
         answered: list[tuple[FeedbackEvent, FeedbackResult | BaseException]] = []
-        misses = [e.decision_id for e in events if e.decision_id not in self._recent]
+        cache = self._cache
+        misses = [e.decision_id for e in events if e.decision_id not in cache.slots]
         stored, done = self._lookup(sorted(set(misses))) if misses else ({}, {})
         accepted: list[FeedbackEvent] = []
         repeats: list[FeedbackEvent] = []  # a second event for a decision accepted in this same group
@@ -445,7 +503,8 @@ class FeedbackWriter:
         fresh: set[str] = set()  # episodes of one decision issued by this process: no stored step before it
         for e in events:
             did = e.decision_id
-            prior = self._fed.get(did) or done.get(did)
+            fed = self._fed.get(did)
+            prior = FeedbackResult(did, "already_stored", *fed) if fed is not None else done.get(did)
             if prior is not None:
                 # A retried event (the first answer may have been lost): acknowledge what is stored.
                 answered.append((e, prior))
@@ -453,19 +512,11 @@ class FeedbackWriter:
             if did in seen:
                 repeats.append(e)
                 continue
-            if did in self._recent:
-                block, i = self._recent[did]
-                if block.episode_ids[i] == did:
-                    fresh.add(EPISODE_PREFIX + did)
-                served[did] = _Served(
-                    episode_id=EPISODE_PREFIX + block.episode_ids[i],
-                    state=block.states[i],
-                    action=block.actions[i],
-                    action_mask=None if block.action_masks is None else block.action_masks[i],
-                    propensity=float(block.propensities[i]),
-                    model_name=block.model_name,
-                    model_version=block.model_version,
-                )
+            slot = cache.slots.get(did)
+            if slot is not None:
+                x = served[did] = cache.served(slot)
+                if x.episode_id == EPISODE_PREFIX + did:
+                    fresh.add(x.episode_id)
             elif did in stored:
                 served[did] = stored[did]
             else:
@@ -519,7 +570,7 @@ class FeedbackWriter:
         self.committed_feedback += len(accepted)
         for r in results:
             self._next_step[r.episode_id] = r.step + 1
-            self._fed[r.decision_id] = FeedbackResult(r.decision_id, "already_stored", r.episode_id, r.step)
+            self._fed[r.decision_id] = (r.episode_id, r.step)
         if len(self._next_step) > self.cache_max:
             for ep in list(itertools.islice(iter(self._next_step), len(self._next_step) // 2)):
                 del self._next_step[ep]
