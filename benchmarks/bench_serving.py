@@ -28,14 +28,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 KEY = "bench-key"
+T = TypeVar("T")
 console = Console()
 
 _BARE_APP = """
@@ -134,32 +136,66 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 # -- the load client -----------------------------------------------------------------------------------------------
-class Connection:
-    """A minimal HTTP/1.1 keep-alive client (so the client costs little next to the server it measures)."""
+class Connection(asyncio.Protocol):
+    """A minimal HTTP/1.1 keep-alive client on a bare asyncio protocol (no stream objects, one future per
+    request), so the client costs little next to the server it measures; both share this machine's cores."""
 
     def __init__(self, port: int) -> None:
         self.port = port
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.transport: asyncio.Transport | None = None
 
     async def open(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        loop = asyncio.get_running_loop()
+        await loop.create_connection(lambda: self, "127.0.0.1", self.port)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0 or self.waiter is None:
+            return
+        head = bytes(self.buffer[:end]).lower()
+        at = head.find(b"content-length:")
+        length = int(head[at + 15 : head.find(b"\r\n", at) if head.find(b"\r\n", at) > 0 else None]) if at >= 0 else 0
+        total = end + 4 + length
+        if len(self.buffer) < total:
+            return
+        status, payload = int(head[9:12]), bytes(self.buffer[end + 4 : total])
+        del self.buffer[:total]
+        if not self.waiter.done():
+            self.waiter.set_result((status, payload))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("the server closed the connection"))
 
     async def post(self, path: str, body: bytes, headers: str = "") -> tuple[int, bytes]:
-        self.writer.write(
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(
             f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{headers}"
             f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        payload = await self.reader.readexactly(length)
-        return status, payload
+        return await self.waiter
 
     def close(self) -> None:
-        self.writer.close()
+        if self.transport is not None:
+            self.transport.close()
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run the load client on uvloop (when installed, as with ``uvicorn[standard]``), like the servers."""
+    try:
+        import uvloop
+    except ImportError:
+        return run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
 
 
 async def load(
@@ -231,21 +267,43 @@ def main() -> None:
         try:
             rows = []
             for conc in (1, 16, 64):
-                base_rates, rates, p50s, p99s = [], [], [], []
+                base_rates, rates, p50s, p99s, base_p50s, base_p99s = [], [], [], [], [], []
                 for _ in range(args.repeats):
                     # Alternate baseline and service windows so machine noise hits both alike.
-                    n, _, _ = asyncio.run(load(bare_port, "/v1/act", act_body, conc, args.seconds))
+                    n, lat, _ = run(load(bare_port, "/v1/act", act_body, conc, args.seconds))
                     base_rates.append(n / args.seconds)
-                    n, lat, _ = asyncio.run(load(svc_port, "/v1/act", act_body, conc, args.seconds))
+                    base_p50s.append(float(np.percentile(lat, 50)) * 1e3)
+                    base_p99s.append(float(np.percentile(lat, 99)) * 1e3)
+                    n, lat, _ = run(load(svc_port, "/v1/act", act_body, conc, args.seconds))
                     rates.append(n / args.seconds)
                     p50s.append(float(np.percentile(lat, 50)) * 1e3)
                     p99s.append(float(np.percentile(lat, 99)) * 1e3)
                 base, rate = statistics.median(base_rates), statistics.median(rates)
-                rows.append((conc, statistics.median(p50s), statistics.median(p99s), rate, base, rate / base))
+                rows.append(
+                    (
+                        conc,
+                        statistics.median(p50s),
+                        statistics.median(p99s),
+                        rate,
+                        statistics.median(base_p50s),
+                        statistics.median(base_p99s),
+                        base,
+                        rate / base,
+                    )
+                )
                 console.print(f"/v1/act x{conc}: {rate:,.0f} req/s vs bare {base:,.0f} ({rate / base:.2f}x)")
             figures["act"] = [
-                {"concurrency": c, "p50_ms": a, "p99_ms": b, "req_s": r, "bare_req_s": br, "ratio": x}
-                for c, a, b, r, br, x in rows
+                {
+                    "concurrency": c,
+                    "p50_ms": a,
+                    "p99_ms": b,
+                    "req_s": r,
+                    "bare_p50_ms": ba,
+                    "bare_p99_ms": bb,
+                    "bare_req_s": br,
+                    "ratio": x,
+                }
+                for c, a, b, r, ba, bb, br, x in rows
             ]
 
             batch = 1000
@@ -257,9 +315,7 @@ def main() -> None:
             ]
             batch_rates = []
             for _ in range(args.repeats):
-                n, _, _ = asyncio.run(
-                    load(svc_port, "/v1/act:batch", lambda w, i: batch_bodies[(w + i) % 8], 4, args.seconds)
-                )
+                n, _, _ = run(load(svc_port, "/v1/act:batch", lambda w, i: batch_bodies[(w + i) % 8], 4, args.seconds))
                 batch_rates.append(n * batch / args.seconds)
             figures["act_batch_decisions_s"] = statistics.median(batch_rates)
             console.print(f"/v1/act:batch: {figures['act_batch_decisions_s']:,.0f} decisions/s")
@@ -276,7 +332,7 @@ def main() -> None:
                     ids.extend(d["decision_id"] for d in json.loads(payload)["decisions"])
                 conn.close()
 
-            asyncio.run(make_decisions(200_000))
+            run(make_decisions(200_000))
             cursor = iter(range(len(ids)))
 
             def feedback_body(w: int, i: int) -> bytes:
@@ -287,7 +343,7 @@ def main() -> None:
 
             fb_rates = []
             for _ in range(args.repeats):
-                n, lat, bodies = asyncio.run(
+                n, lat, bodies = run(
                     load(svc_port, "/v1/feedback", feedback_body, 64, args.seconds, f"X-API-Key: {KEY}\r\n")
                 )
                 assert all(b'"stored"' in b for b in bodies[:50])
@@ -299,7 +355,7 @@ def main() -> None:
             stop(bare_proc)
 
     table = Table(title="serving (median of windows)")
-    for col in ("clients", "p50 ms", "p99 ms", "req/s", "bare req/s", "ratio (target >= 0.8x)"):
+    for col in ("clients", "p50 ms", "p99 ms", "req/s", "bare p50", "bare p99", "bare req/s", "ratio (target >= 0.8x)"):
         table.add_column(col, justify="right")
     for r in figures["act"]:  # type: ignore[attr-defined]
         table.add_row(
@@ -307,6 +363,8 @@ def main() -> None:
             f"{r['p50_ms']:.2f}",
             f"{r['p99_ms']:.2f}",
             f"{r['req_s']:,.0f}",
+            f"{r['bare_p50_ms']:.2f}",
+            f"{r['bare_p99_ms']:.2f}",
             f"{r['bare_req_s']:,.0f}",
             f"{r['ratio']:.2f}x",
         )

@@ -318,7 +318,7 @@ class FeedbackWriter:
 
     def add_decisions(self, block: DecisionBlock) -> None:
         """Queue decisions for storage (not waited for)."""
-        if not self.alive:
+        if self._thread is None or self._error is not None:  # cheaper than Thread.is_alive on the hot path
             raise Unavailable(f"the decision writer is not running ({self._error or 'stopped'}); retry later")
         with self._held_lock:
             self._held.append(block)

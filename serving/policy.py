@@ -499,7 +499,7 @@ class DecisionBatcher:
         counter = self._decisions_counters.get(model.version)
         if counter is None:
             counter = self._decisions_counters[model.version] = self.metrics.decisions.labels(model.version)
-        for key, group in groups.items():
+        for group in groups.values():
             items = [r[2] for r in group]
             n = len(items)
             states = np.array([it.state for it in items], np.float32)
@@ -510,7 +510,7 @@ class DecisionBatcher:
                 for j, it in enumerate(items):
                     if it.action_mask is not None:
                         masks[j] = it.action_mask
-            exploration = None if key is None else Exploration(epsilon=key[0], temperature=key[1])
+            exploration = items[0].exploration  # the group's setting (equal in every item)
             goal_conditioned = agent.goal_conditioned
             policy: Any = fast if fast is not None and fast.handles(exploration) else agent
             result = policy.act(
