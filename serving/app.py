@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -287,6 +288,9 @@ def create_app(settings: ServingSettings | None = None, *, hooks: HookManager | 
         )
         # numpy forward passes are small: more BLAS threads would only contend with the server's own threads.
         blas = threadpool_limits(settings.inference_threads, user_api="blas")
+        switch_interval = sys.getswitchinterval()
+        if settings.switch_interval_s is not None:
+            sys.setswitchinterval(settings.switch_interval_s)
         if settings.gc_freeze:
             # The loaded libraries and model are a few million objects that live as long as the process; left in
             # the collector's oldest generation, every full collection walks them all (stalls of ~300 ms under
@@ -303,6 +307,7 @@ def create_app(settings: ServingSettings | None = None, *, hooks: HookManager | 
             hook_manager.stop()
             store.close()
             blas.restore_original_limits()
+            sys.setswitchinterval(switch_interval)
             if settings.gc_freeze:
                 gc.unfreeze()  # let the interpreter collect them at exit (extension types report leaks otherwise)
 

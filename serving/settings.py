@@ -62,6 +62,14 @@ class ServingSettings(BaseSettings):
     max_batch: int = Field(default=4096, ge=1, description="Most decisions one /v1/act:batch call may ask for.")
     inference_threads: int = Field(default=1, ge=1, description="torch threads of the inference worker.")
     seed: int | None = Field(default=None, description="Seed of exploration draws; None = from the OS.")
+    switch_interval_s: float | None = Field(
+        default=0.0005,
+        gt=0.0,
+        le=0.1,
+        description="Interpreter thread switch interval (sys.setswitchinterval) while serving; None keeps Python's "
+        "5 ms. Shorter hands the GIL back to the event loop sooner when the writer or inference thread holds it "
+        "(p99 at one client: ~1.6 ms -> ~1 ms in bench_serving).",
+    )
     gc_freeze: bool = Field(
         default=True,
         description="Move everything loaded at startup out of the garbage collector's reach (gc.freeze), so full "
