@@ -134,7 +134,7 @@ def _fmt(values: Sequence[float], pct: bool = True) -> str:
 def run_domain(domain: str, args: argparse.Namespace, workdir: Path, console: Any) -> dict[str, Any]:
     from rich.table import Table
 
-    from decision_core.algos import ALGORITHMS
+    from decision_core.algos import ALGORITHMS, Exploration
     from decision_core.data import OfflineDataset
     from decision_core.envs import get_simulator
     from decision_core.envs.evaluate import LearnedPolicy, evaluate_policies
@@ -170,7 +170,8 @@ def run_domain(domain: str, args: argparse.Namespace, workdir: Path, console: An
                 f"  seed {seed} {name}: {updates} updates in {args.budget_s:g} CPU-s "
                 f"({time.perf_counter() - t:.0f}s wall)"
             )
-        policies = {name: LearnedPolicy(agent) for name, agent in agents.items()}
+        exploration = None if args.temperature is None else Exploration(temperature=args.temperature)
+        policies = {name: LearnedPolicy(agent, exploration=exploration) for name, agent in agents.items()}
         full = evaluate_policies(sim, policies, episodes=args.eval_episodes, seed=1000 + seed, bootstrap=200)
         goal_policies = {n: p for n, p in policies.items() if n not in reward_algos}
         partial = evaluate_policies(
@@ -195,7 +196,8 @@ def run_domain(domain: str, args: argparse.Namespace, workdir: Path, console: An
         "partial-goal success %",
         "normalised score",
         title=f"{domain}: {args.seeds} seed(s), {args.budget_s:g} CPU-s training per algorithm and seed, "
-        f"{arrays.n_steps} logged steps, {args.eval_episodes} eval episodes per goal",
+        f"{arrays.n_steps} logged steps, {args.eval_episodes} eval episodes per goal"
+        + ("" if args.temperature is None else f", learned policies sampled at temperature {args.temperature:g}"),
     )
     summary: dict[str, dict[str, float]] = {}
     for name, rows in per_seed.items():
@@ -308,6 +310,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-steps", type=int, default=300_000, help="behaviour-log steps per domain")
     parser.add_argument("--eval-episodes", type=int, default=200, help="evaluation episodes per goal")
     parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="evaluate learned policies sampling at this temperature (default: greedy); the baselines are stochastic",
+    )
     parser.add_argument("--config", default="{}", help="JSON config overrides applied to every algorithm")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: these small networks run fastest on one)"
