@@ -339,3 +339,25 @@ def test_the_served_agent_is_the_saved_one(client: TestClient, agent_dir: Path) 
     got = act(client, goal={"level": 3.0}, exploration={"greedy": True})["action"]["index"]
     assert got == want
     assert json.loads((agent_dir / "agent.json").read_text())["algo"] == "gcbc"
+
+
+# -- inference paths -------------------------------------------------------------------------------------------------
+def test_large_batches_and_torch_only_agents_are_served_off_the_event_loop(
+    client: TestClient, settings: ServingSettings, tmp_path: Path
+) -> None:
+    # 200 decisions exceed what one pass may take on the event loop: they go through the inference thread.
+    items = [{"state": {**STATE, "level": float(i % 9)}, "request_id": f"b{i}"} for i in range(200)]
+    r = client.post("/v1/act:batch", json={"items": items})
+    assert r.status_code == 200, r.text
+    assert [d["request_id"] for d in r.json()["decisions"]] == [f"b{i}" for i in range(200)]
+    # A hierarchical agent has no numpy copy: every pass runs through torch on the inference thread.
+    ctx = client.app.state.ctx  # type: ignore[attr-defined]
+    champion = ctx.catalog.champion.agent
+    hiql = create_agent("hiql", champion.spec, champion.stats, {"hidden_dims": [16], "batch_size": 8})
+    path = hiql.save(tmp_path / "hiql")
+    with TestClient(create_app(settings.model_copy(update={"model": str(path), "home": tmp_path / "h2"}))) as c:
+        assert c.app.state.ctx.catalog.champion.fast is None  # type: ignore[attr-defined]
+        saved = load_agent(path)
+        want = int(saved.act(np.array([[0.0, 0.1, 0.0]], np.float32), rng=np.random.default_rng(0)).actions[0])
+        assert act(c, exploration={"greedy": True})["action"]["index"] == want
+        assert 0.0 < act(c)["propensity"] <= 1.0
