@@ -389,7 +389,7 @@ def create_app(settings: ServingSettings | None = None, *, hooks: HookManager | 
         ("/v1/act:batch", act_batch, act_batch_direct, ActBatchResponse, "decisions"),
         ("/v1/feedback", feedback, feedback_direct, FeedbackResponse, "feedback"),
     ):
-        endpoint.direct_handler = handler  # type: ignore[attr-defined]
+        endpoint.direct_handler = handler  # type: ignore[attr-defined, union-attr]
         app.router.add_api_route(
             path,
             endpoint,

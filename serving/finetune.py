@@ -331,10 +331,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         else:
             tasks.append(("reward", reward_task(new), None, None))
         rng = np.random.default_rng(seed)
-        for label, task, goal, mask in tasks:
+        for label, task, goal, task_mask in tasks:
             est = {}
             for who, pol_agent in (("champion", champion), ("candidate", agent)):
-                policy = AgentPolicy(pol_agent, exploration, goal=goal, goal_mask=mask, name=who)
+                policy = AgentPolicy(pol_agent, exploration, goal=goal, goal_mask=task_mask, name=who)
                 report = evaluate_policy(
                     new,
                     policy,

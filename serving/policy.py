@@ -573,4 +573,4 @@ class DecisionBatcher:
                         for j in range(n)
                     ],
                 )
-        return [errors[si] if si in errors else list(out[si]) for si in range(len(batch))]  # type: ignore[misc]
+        return [errors[si] if si in errors else list(out[si]) for si in range(len(batch))]  # type: ignore[misc, arg-type]
