@@ -361,7 +361,7 @@ class RequestEncoder:
 class _Submission:
     __slots__ = ("future", "items")
 
-    def __init__(self, items: list[Prepared], future: asyncio.Future[list[Decided]]) -> None:
+    def __init__(self, items: list[Prepared], future: asyncio.Future[list[Decided]] | None) -> None:
         self.items = items
         self.future = future
 
@@ -405,6 +405,7 @@ class DecisionBatcher:
         self._pending_rows = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_scheduled = False
+        self._iteration_busy = False
         # Unique across restarts (random prefix) and cheap to make (a counter).
         self._prefix = secrets.token_hex(6)
         self._counter = itertools.count()
@@ -423,6 +424,22 @@ class DecisionBatcher:
         loop = self._loop
         if loop is None:
             raise Unavailable("the decision worker is not running")
+        if not self._pending and not self._iteration_busy:
+            # The first request of a loop iteration does not wait for company when it can be answered right
+            # here: alone (one client) it saves the callback and future round trips; under concurrency the
+            # requests behind it in the same iteration still share the next pass.
+            model = self.catalog.champion
+            if self._runs_inline(model, [items], len(items)):
+                self._iteration_busy = True
+                loop.call_soon(self._end_iteration)
+                try:
+                    [result] = self._infer([_Submission(items, None)], model, self.rng)
+                except Exception as exc:
+                    log.error("inference failed", exc_info=exc)
+                    raise Unavailable(f"inference failed: {type(exc).__name__}") from None
+                if isinstance(result, BaseException):
+                    raise result
+                return result
         fut: asyncio.Future[list[Decided]] = loop.create_future()
         self._pending.append(_Submission(items, fut))
         self._pending_rows += len(items)
@@ -434,6 +451,18 @@ class DecisionBatcher:
         return await fut
 
     # -- on the event loop ------------------------------------------------------------------------------------
+    def _end_iteration(self) -> None:
+        self._iteration_busy = False
+
+    def _runs_inline(self, model: ServedModel, item_lists: list[list[Prepared]], rows: int) -> bool:
+        """Whether a pass over these items may run on the event loop (numpy policy, small, handled)."""
+        fast = model.fast
+        return (
+            fast is not None
+            and rows <= self.inline_max
+            and (fast.discrete or all(it.exploration is None for items in item_lists for it in items))
+        )
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         batch, rows = self._pending, self._pending_rows
@@ -441,12 +470,7 @@ class DecisionBatcher:
         if not batch or self._loop is None:
             return
         model = self.catalog.champion  # read once: a swap takes effect between passes
-        fast = model.fast
-        if (
-            fast is not None
-            and rows <= self.inline_max
-            and (fast.discrete or all(it.exploration is None for sub in batch for it in sub.items))
-        ):
+        if self._runs_inline(model, [sub.items for sub in batch], rows):
             try:
                 results = self._infer(batch, model, self.rng)
             except Exception as exc:
@@ -461,12 +485,13 @@ class DecisionBatcher:
 
     def _answer(self, batch: list[_Submission], results: list[list[Decided] | BaseException]) -> None:
         for sub, res in zip(batch, results, strict=True):
-            if sub.future.done():  # the client went away
+            fut = sub.future
+            if fut is None or fut.done():  # the client went away
                 continue
             if isinstance(res, BaseException):
-                sub.future.set_exception(res)
+                fut.set_exception(res)
             else:
-                sub.future.set_result(res)
+                fut.set_result(res)
 
     def _failed(self, batch: list[_Submission], exc: BaseException | None) -> None:
         # A bug or a model failure: answer every waiting request, keep serving.
@@ -476,7 +501,7 @@ class DecisionBatcher:
     @staticmethod
     def _fail(batch: list[_Submission], failure: BaseException) -> None:
         for sub in batch:
-            if not sub.future.done():
+            if sub.future is not None and not sub.future.done():
                 sub.future.set_exception(failure)
 
     # -- one pass (event loop or inference thread) --------------------------------------------------------------
