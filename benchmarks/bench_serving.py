@@ -3,14 +3,15 @@
 Measured in one run, on the same machine and the same uvicorn configuration:
 
 - baseline: a bare FastAPI app whose POST endpoint returns a constant (same request body size as /v1/act);
-- ``/v1/act``: p50/p99 latency and req/s at 1, 16 and 64 concurrent keep-alive clients, and req/s as a ratio
-  to the baseline at the same concurrency (target >= 0.8x);
+- ``/v1/act``: p50/p99 latency and req/s at 1, 16 and 64 concurrent keep-alive clients next to the baseline's,
+  and req/s as a ratio to the baseline at the same concurrency (target >= 0.8x);
 - ``/v1/act:batch``: decisions/s with 1000-decision calls (target >= 20k/s);
 - ``/v1/feedback``: durable events/s at 64 concurrent clients (each answer waits for the group commit; target
   >= 2k/s).
 
-The model is a fresh GCBC agent with the default network (2x256) on the inventory domain's spec. Figures are
-medians over ``--repeats`` windows of ``--seconds`` each.
+The load client is one process (a bare asyncio protocol on uvloop when installed) sharing the machine's cores
+with the servers. The model is a fresh GCBC agent with the default network (2x256) on the inventory domain's
+spec. Figures are medians over ``--repeats`` windows of ``--seconds`` each.
 
     python -m benchmarks.bench_serving [--seconds 5] [--repeats 3]
 """
