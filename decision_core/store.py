@@ -254,12 +254,20 @@ class DecisionStore:
 
     # -- writing ------------------------------------------------------------------------------------------
     def insert_steps(
-        self, spec: DomainSpec, relation: str, con: duckdb.DuckDBPyConnection, *, dedupe: bool = True
+        self,
+        spec: DomainSpec,
+        relation: str,
+        con: duckdb.DuckDBPyConnection,
+        *,
+        dedupe: bool = True,
+        ensure: bool = True,
     ) -> int:
         """Insert the validated rows of table/view/frame ``relation`` inside the caller's transaction, in the
         order given (write rows sorted by episode and step so reads stay contiguous). With ``dedupe``, rows
-        whose (episode_id, step) are already stored are skipped. Returns the number of rows inserted."""
-        self.ensure_domain(spec, con)
+        whose (episode_id, step) are already stored are skipped; ``ensure=False`` skips registering the domain,
+        for writers that did so once at start. Returns the number of rows inserted."""
+        if ensure:
+            self.ensure_domain(spec, con)
         cols = ", ".join(f"s.{c}" for c in STEP_COLUMNS)
         if dedupe:  # a hash anti-join does not keep row order: number the rows and restore it
             query = (

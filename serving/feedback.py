@@ -550,7 +550,7 @@ class FeedbackWriter:
                     con.register("served_steps_stage", steps)
                     con.register("served_feedback_stage", fb)
                     # (episode, step) pairs are unique by construction: dense numbers past the stored ones.
-                    self.store.insert_steps(self.spec, "served_steps_stage", con, dedupe=False)
+                    self.store.insert_steps(self.spec, "served_steps_stage", con, dedupe=False, ensure=False)
                     con.execute(f"INSERT INTO {feedback_table(self.spec)} SELECT * FROM served_feedback_stage")
         except Exception as exc:
             log.exception(
