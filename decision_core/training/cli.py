@@ -6,6 +6,8 @@ Heavy imports (torch, MLflow) happen inside the commands so ``decision-core --he
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -69,7 +71,12 @@ def train_cmd(
     except DecisionCoreError as exc:
         raise _fail(exc) from None
     if result.rank != 0:
-        return
+        # A worker rank has nothing left to do or report: its shard is trained, the process group is closed
+        # and rank 0 logs the run. Leave without the interpreter's teardown, where gloo's threads can abort
+        # the process ("terminate called without an active exception"), which torchrun reports as a failure.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     table = Table("metric", "value", title=f"run {result.run_id}")
     for key in sorted(result.metrics):
         if key.startswith(("eval/", "ope/")) and not key.endswith(("/ess", "_low", "_high")):
