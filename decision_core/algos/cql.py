@@ -24,16 +24,13 @@ from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from decision_core.algos.base import Agent, AgentConfig
 from decision_core.algos.nets import (
     MASKED_LOGIT,
-    ActionScaler,
     Critic,
     PolicyNet,
     PolicyOutput,
-    gaussian_log_prob,
     polyak_update,
 )
 from decision_core.data.dataset import Batch
@@ -89,21 +86,6 @@ class LogTemperature(nn.Module):
 
     def forward(self) -> Tensor:
         return self.log_value.exp()
-
-
-def squashed_sample(scaler: ActionScaler, out: PolicyOutput, noise: Tensor) -> tuple[Tensor, Tensor]:
-    """A reparameterised tanh-Gaussian sample in the Box and its log-density, stable when the mean saturates.
-
-    ``log(1 - tanh(u)^2)`` is computed as ``2 * (log 2 - u - softplus(-2u))``: the SAC actor drives means far past
-    the point where ``1 - tanh(u)^2`` underflows in float32 (boundary actions are often the best ones), and an
-    infinite log-density there would turn the entropy terms into NaN.
-    """
-    assert out.mean is not None and out.log_std is not None
-    pre = out.mean + out.log_std.exp() * noise
-    half_range = cast(Tensor, scaler.half_range)
-    log_jacobian = 2.0 * (math.log(2.0) - pre - F.softplus(-2.0 * pre)) + torch.log(half_range)
-    log_prob = gaussian_log_prob(out.mean, out.log_std, pre) - log_jacobian.sum(-1)
-    return scaler.from_unit(torch.tanh(pre)), log_prob
 
 
 class CQLAgent(Agent):
@@ -205,7 +187,7 @@ class CQLAgent(Agent):
         out = actor(x)
 
         def sample(o: PolicyOutput, rows: int) -> tuple[Tensor, Tensor]:
-            return squashed_sample(self.dist.scaler, o, torch.randn(rows, a_dim, generator=self.generator))
+            return self.dist.rsample(o, torch.randn(rows, a_dim, generator=self.generator))
 
         def repeat(o: PolicyOutput) -> PolicyOutput:
             assert o.mean is not None and o.log_std is not None

@@ -202,12 +202,13 @@ class PolicyDistribution(nn.Module):
             return self.log_probs_all(out, action_mask).gather(-1, actions.view(-1, 1)).squeeze(-1)
         assert out.mean is not None and out.log_std is not None
         unit = self.scaler.to_unit(actions).clamp(-1 + _SQUASH_EPS, 1 - _SQUASH_EPS)
-        return self._squashed_log_prob(out.mean, out.log_std, torch.atanh(unit), unit)
+        return self._squashed_log_prob(out.mean, out.log_std, torch.atanh(unit))
 
-    def _squashed_log_prob(self, mean: Tensor, log_std: Tensor, pre: Tensor, unit: Tensor) -> Tensor:
-        gauss = -0.5 * ((pre - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
-        jacobian = torch.log(self.scaler.half_range) + torch.log1p(-unit.pow(2) + 1e-12)
-        return (gauss - jacobian).sum(-1)
+    def _squashed_log_prob(self, mean: Tensor, log_std: Tensor, pre: Tensor) -> Tensor:
+        # log(1 - tanh(u)^2) as 2 * (log 2 - u - softplus(-2u)): exact, and finite where 1 - tanh(u)^2 underflows
+        # in float32 (|u| > ~9), which actors that favour boundary actions reach; -inf there turns losses NaN.
+        log_jacobian = 2.0 * (math.log(2.0) - pre - F.softplus(-2.0 * pre)) + torch.log(self.scaler.half_range)
+        return gaussian_log_prob(mean, log_std, pre) - log_jacobian.sum(-1)
 
     def greedy(self, out: PolicyOutput, action_mask: Tensor | None = None) -> Tensor:
         """The mode: argmax over available actions, or the squashed Gaussian mean."""
@@ -222,8 +223,7 @@ class PolicyDistribution(nn.Module):
         assert out.mean is not None and out.log_std is not None
         log_std = out.log_std + math.log(temperature)
         pre = out.mean + log_std.exp() * noise
-        unit = torch.tanh(pre)
-        return self.scaler.from_unit(unit), self._squashed_log_prob(out.mean, log_std, pre, unit)
+        return self.scaler.from_unit(torch.tanh(pre)), self._squashed_log_prob(out.mean, log_std, pre)
 
     def log_prob_tempered(self, out: PolicyOutput, actions: Tensor, temperature: float) -> Tensor:
         """Continuous only: log-density of ``actions`` with the standard deviation scaled by ``temperature``."""
