@@ -7,6 +7,9 @@ Discrete actions: stay, +x, -x, +y, -y (optionally masked at the walls); continu
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from decision_core.schema import BoxActions, DiscreteActions, DomainSpec, Feature, OutcomeFeature
@@ -139,3 +142,45 @@ def grid_goal_success(
         pos = grid_step(pos, a, size, discrete=discrete)
         reached |= np.all((np.abs(pos - goals) <= 0.5) | ~mask, axis=1)
     return float(reached.mean())
+
+
+def far_corner_reward(size: int) -> str:
+    """Reward expression of the far-corner task: minus the next position's normalised distance to it."""
+    return f"-(abs(next.x - {size - 1}) + abs(next.y - {size - 1})) / {2 * (size - 1)}"
+
+
+def far_corner_score(agent: Any, *, size: int, discrete: bool, n: int = 200, steps: int = 12, seed: int = 5) -> float:
+    """Normalised return of ``agent``'s greedy policy on the far-corner task over ``n`` random starts:
+    0 = uniformly random actions (the logs' behaviour), 100 = heading straight for the corner."""
+    from decision_core.reward import parse_reward
+
+    expression = parse_reward(far_corner_reward(size), agent.spec)
+
+    def run(policy: Callable[[np.ndarray, np.ndarray | None, np.random.Generator], np.ndarray]) -> float:
+        rng = np.random.default_rng(seed)
+        pos = rng.integers(0, size, (n, 2)).astype(np.float32)
+        total = 0.0
+        for _ in range(steps):
+            states = np.concatenate([pos, rng.normal(size=(n, 1)).astype(np.float32)], axis=1)
+            avail = grid_available(pos, size) if discrete else None
+            pos = grid_step(pos, policy(states, avail, rng), size, discrete=discrete)
+            next_states = np.concatenate([pos, np.zeros((n, 1), np.float32)], axis=1)
+            total += float(expression.evaluate(states, next_states).mean())
+        return total
+
+    def uniform(states: np.ndarray, avail: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+        if avail is not None:
+            return np.where(avail, rng.random(avail.shape), -1.0).argmax(1)
+        return rng.uniform(-1.0, 1.0, (len(states), 2)).astype(np.float32)
+
+    def straight(states: np.ndarray, avail: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+        d = (size - 1) - states[:, :2]
+        if discrete:  # right until the column, then up
+            return np.where(d[:, 0] > 0.5, 1, np.where(d[:, 1] > 0.5, 3, 0))
+        return np.clip(d, -1.0, 1.0)
+
+    def greedy(states: np.ndarray, avail: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+        return agent.act(states, None, None, avail, rng=rng).actions
+
+    low, high = run(uniform), run(straight)
+    return 100 * (run(greedy) - low) / (high - low)

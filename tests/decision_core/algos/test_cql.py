@@ -6,7 +6,6 @@ reward is an expression over the features, resolved once into the dataset's rewa
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,13 +15,13 @@ import torch
 from decision_core.algos import create_agent, load_agent
 from decision_core.algos.cql import CQLAgent, CQLConfig
 from decision_core.data import OfflineDataset
-from decision_core.data.synthetic import grid_arrays, grid_available, grid_step
+from decision_core.data.synthetic import far_corner_reward, far_corner_score, grid_arrays, grid_available
 from decision_core.errors import SpecError
-from decision_core.reward import RewardExpressionError, parse_reward, rewards_for
+from decision_core.reward import RewardExpressionError, rewards_for
 from decision_core.store import DomainArrays
 
 SIZE = 5
-TO_FAR_CORNER = "-(abs(next.x - 4) + abs(next.y - 4)) / 8"
+TO_FAR_CORNER = far_corner_reward(SIZE)
 FAST: dict[str, Any] = {"batch_size": 128, "hidden_dims": [64, 64], "discount": 0.9, "lr": 1e-3}
 #: Continuous: a cooler start and faster actor/temperature so a few hundred steps suffice.
 FAST_CONTINUOUS: dict[str, Any] = {
@@ -55,52 +54,15 @@ def _train(arrays: DomainArrays, config: dict[str, Any], updates: int, seed: int
     return agent
 
 
-def _grid_return(policy: Callable, spec, *, discrete: bool, n: int = 200, steps: int = 12) -> float:
-    """Mean return of ``policy(states, action_mask, rng)`` over ``n`` random starts."""
-    rng = np.random.default_rng(5)
-    expression = parse_reward(TO_FAR_CORNER, spec)
-    pos = rng.integers(0, SIZE, (n, 2)).astype(np.float32)
-    total = 0.0
-    for _ in range(steps):
-        states = np.concatenate([pos, rng.normal(size=(n, 1)).astype(np.float32)], axis=1)
-        avail = grid_available(pos, SIZE) if discrete else None
-        pos = grid_step(pos, policy(states, avail, rng), SIZE, discrete=discrete)
-        next_states = np.concatenate([pos, np.zeros((n, 1), np.float32)], axis=1)
-        total += float(expression.evaluate(states, next_states).mean())
-    return total
-
-
-def _score(agent: CQLAgent, discrete: bool) -> float:
-    """Normalised return of the agent's greedy policy: 0 = the random behaviour, 100 = heading straight there."""
-
-    def behaviour(states: np.ndarray, avail: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-        if discrete:
-            return np.where(avail, rng.random(avail.shape), -1.0).argmax(1)
-        return rng.uniform(-1.0, 1.0, (len(states), 2)).astype(np.float32)
-
-    def oracle(states: np.ndarray, avail: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-        d = (SIZE - 1) - states[:, :2]
-        if discrete:
-            return np.where(d[:, 0] > 0.5, 1, np.where(d[:, 1] > 0.5, 3, 0))
-        return np.clip(d, -1.0, 1.0)
-
-    def greedy(states: np.ndarray, avail: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-        return agent.act(states, None, None, avail, rng=rng).actions
-
-    low = _grid_return(behaviour, agent.spec, discrete=discrete)
-    high = _grid_return(oracle, agent.spec, discrete=discrete)
-    return 100 * (_grid_return(greedy, agent.spec, discrete=discrete) - low) / (high - low)
-
-
 def test_discrete_learns_a_policy_better_than_the_behaviour() -> None:
     agent = _train(grid_arrays(64, 16, discrete=True, masked=True, seed=0), FAST, updates=700)
-    score = _score(agent, discrete=True)
+    score = far_corner_score(agent, size=SIZE, discrete=True)
     assert score >= 50, f"normalised score {score:.0f} (behaviour 0, oracle 100)"
 
 
 def test_continuous_learns_a_policy_better_than_the_behaviour() -> None:
     agent = _train(grid_arrays(64, 16, discrete=False, seed=0), FAST_CONTINUOUS, updates=700)
-    score = _score(agent, discrete=False)
+    score = far_corner_score(agent, size=SIZE, discrete=False)
     assert score >= 50, f"normalised score {score:.0f} (behaviour 0, oracle 100)"
 
 

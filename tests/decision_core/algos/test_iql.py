@@ -6,8 +6,6 @@ reward is stated as an expression over the features, resolved once into the data
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pytest
 import torch
@@ -15,12 +13,12 @@ import torch
 from decision_core.algos import create_agent, load_agent
 from decision_core.algos.iql import IQLAgent, IQLConfig
 from decision_core.data import OfflineDataset
-from decision_core.data.synthetic import grid_arrays, grid_available, grid_step
+from decision_core.data.synthetic import far_corner_reward, far_corner_score, grid_arrays, grid_available
 from decision_core.errors import SpecError
-from decision_core.reward import RewardExpressionError, parse_reward, rewards_for
+from decision_core.reward import RewardExpressionError, rewards_for
 
 SIZE = 5
-TO_FAR_CORNER = "-(abs(next.x - 4) + abs(next.y - 4)) / 8"
+TO_FAR_CORNER = far_corner_reward(SIZE)
 TO_ORIGIN = "-(abs(next.x) + abs(next.y)) / 8"
 FAST = {"batch_size": 128, "hidden_dims": [64, 64], "discount": 0.9, "lr": 1e-3}
 
@@ -46,52 +44,10 @@ def _train(discrete: bool, reward: str, updates: int, seed: int = 0) -> tuple[IQ
     return agent, dataset  # type: ignore[return-value]
 
 
-def _grid_return(policy: Callable, reward: str, spec, *, discrete: bool, n: int = 200, steps: int = 12) -> float:
-    """Mean return of ``policy(states, action_mask, rng)`` over ``n`` random starts, under ``reward``."""
-    rng = np.random.default_rng(5)
-    expression = parse_reward(reward, spec)
-    pos = rng.integers(0, SIZE, (n, 2)).astype(np.float32)
-    total = 0.0
-    for _ in range(steps):
-        states = np.concatenate([pos, rng.normal(size=(n, 1)).astype(np.float32)], axis=1)
-        avail = grid_available(pos, SIZE) if discrete else None
-        pos = grid_step(pos, policy(states, avail, rng), SIZE, discrete=discrete)
-        next_states = np.concatenate([pos, np.zeros((n, 1), np.float32)], axis=1)
-        total += float(expression.evaluate(states, next_states).mean())
-    return total
-
-
-def _behaviour(discrete: bool) -> Callable:
-    def act(states: np.ndarray, avail: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-        if discrete:
-            return np.where(avail, rng.random(avail.shape), -1.0).argmax(1)
-        return rng.uniform(-1.0, 1.0, (len(states), 2)).astype(np.float32)
-
-    return act
-
-
-def _oracle_far_corner(discrete: bool) -> Callable:
-    def act(states: np.ndarray, avail: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-        d = (SIZE - 1) - states[:, :2]
-        if discrete:  # right until the column, then up
-            return np.where(d[:, 0] > 0.5, 1, np.where(d[:, 1] > 0.5, 3, 0))
-        return np.clip(d, -1.0, 1.0)
-
-    return act
-
-
 @pytest.mark.parametrize("discrete", [True, False], ids=["discrete", "continuous"])
 def test_learns_a_policy_better_than_the_behaviour(discrete: bool) -> None:
-    agent, dataset = _train(discrete, TO_FAR_CORNER, updates=900)
-    spec = dataset.spec
-
-    def greedy(states: np.ndarray, avail: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-        return agent.act(states, None, None, avail, rng=rng).actions
-
-    random_return = _grid_return(_behaviour(discrete), TO_FAR_CORNER, spec, discrete=discrete)
-    oracle_return = _grid_return(_oracle_far_corner(discrete), TO_FAR_CORNER, spec, discrete=discrete)
-    learned = _grid_return(greedy, TO_FAR_CORNER, spec, discrete=discrete)
-    score = 100 * (learned - random_return) / (oracle_return - random_return)
+    agent, _ = _train(discrete, TO_FAR_CORNER, updates=900)
+    score = far_corner_score(agent, size=SIZE, discrete=discrete)
     assert score >= 50, f"normalised score {score:.0f} (behaviour 0, oracle 100)"
 
 
