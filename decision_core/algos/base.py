@@ -408,9 +408,13 @@ class Agent(ABC):
         goal_mask: np.ndarray | None,
         actions: np.ndarray,
         action_mask: np.ndarray | None = None,
+        *,
+        temperature: float = 1.0,
     ) -> np.ndarray:
         """(B,) log-probability (discrete) or log-density (continuous) of ``actions`` under the stochastic
-        policy at temperature 1."""
+        policy at ``temperature`` (as :class:`Exploration` applies it: logits or standard deviation scaled)."""
+        if not temperature > 0.0:
+            raise SpecError(f"temperature must be > 0, got {temperature}")
         s, g, m, am = self._as_tensors(states, goals, goal_mask, action_mask)
         out = self.policy(s, g, m)
         if self.spec.discrete:
@@ -421,7 +425,9 @@ class Agent(ABC):
             a = torch.as_tensor(np.asarray(actions, dtype=np.float32))
             if a.shape != (s.shape[0], self.spec.action_dim):
                 raise SpecError(f"actions must be (batch, {self.spec.action_dim}), got {tuple(a.shape)}")
-        return self.dist.log_prob(out, a, am).numpy().astype(np.float32)
+            return self.dist.log_prob_tempered(out, a, temperature).numpy().astype(np.float32)
+        logp = self.dist.log_probs_all(out, am, temperature).gather(-1, a.view(-1, 1)).squeeze(-1)
+        return logp.numpy().astype(np.float32)
 
     @torch.no_grad()
     def action_probs(

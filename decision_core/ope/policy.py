@@ -177,17 +177,9 @@ class AgentPolicy(TargetPolicy):
         states = np.asarray(states, np.float32)
         actions = np.asarray(actions, np.float32)
         goals, gmask = self._goals(len(states))
-        temp = self.temperature or 1.0
-        if temp == 1.0:
-            logp = np.asarray(self.agent.log_prob(states, goals, gmask, actions, action_mask), np.float64)
-        else:
-            # The served density at temperature T (the agent scales its policy's std by T when it explores).
-            import torch
-
-            with torch.no_grad():
-                s, g, m, _ = self.agent._as_tensors(states, goals, gmask, None)
-                out = self.agent.policy(s, g, m)
-                logp = self.agent.dist.log_prob_tempered(out, torch.from_numpy(actions), temp).double().numpy()
+        # The served density: the agent scales its policy's standard deviation by the temperature when exploring.
+        logp = self.agent.log_prob(states, goals, gmask, actions, action_mask, temperature=self.temperature or 1.0)
+        logp = np.asarray(logp, np.float64)
         if self.epsilon > 0:
             box = self.spec.actions
             assert isinstance(box, BoxActions)

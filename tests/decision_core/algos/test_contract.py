@@ -118,6 +118,12 @@ def test_propensity_of_a_sampled_action_is_its_policy_probability(name: str, dat
         assert np.all(probs[~action_mask] == 0.0), "masked actions must have probability 0"
         np.testing.assert_allclose(np.exp(log_p), probs[np.arange(16), res.actions], rtol=1e-4)
     assert np.all(np.isfinite(agent.log_prob(states, goals, goal_mask, actions)))
+    # A cooler served policy: its propensities are the tempered policy's probabilities, which log_prob reports.
+    cool = agent.act(
+        states, goals, goal_mask, action_mask, exploration=Exploration(temperature=0.5), rng=np.random.default_rng(3)
+    )
+    log_cool = agent.log_prob(states, goals, goal_mask, cool.actions, action_mask, temperature=0.5)
+    np.testing.assert_allclose(np.exp(log_cool), cool.propensities, rtol=2e-3, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ALGORITHMS.names())
