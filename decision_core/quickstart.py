@@ -35,7 +35,9 @@ def sample_files(domain: str, settings: CoreSettings, console: Console) -> list[
     from decision_core.envs.simulate import simulate_logs
 
     console.print(f"no sample logs for {domain} under {SAMPLE_DATA}; simulating 300 behaviour episodes")
-    return [p for p in simulate_logs(domain, 300, "behaviour", 0, settings.home / "logs" / domain) if p.suffix == ".csv"]
+    return [
+        p for p in simulate_logs(domain, 300, "behaviour", 0, settings.home / "logs" / domain) if p.suffix == ".csv"
+    ]
 
 
 def ingest_samples(settings: CoreSettings, console: Console) -> None:
@@ -53,7 +55,9 @@ def ingest_samples(settings: CoreSettings, console: Console) -> None:
         table = Table("domain", "steps", "episodes", "with propensity", "spec", title=f"store {settings.db_path}")
         for name in store.domains():
             s = store.summary(name)
-            table.add_row(name, str(s["steps"]), str(s["episodes"]), str(s["with_propensity"]), store.spec(name).summary())
+            table.add_row(
+                name, str(s["steps"]), str(s["episodes"]), str(s["with_propensity"]), store.spec(name).summary()
+            )
     console.print(table)
 
 
@@ -115,7 +119,9 @@ def play_episodes(base: str, key: str, domain: str, episodes: int, console: Cons
             decided = http.post("/v1/act:batch", json={"items": items})
             decided.raise_for_status()
             decisions = decided.json()["decisions"]
-            actions = np.zeros(episodes, np.int64) if spec.discrete else np.zeros((episodes, spec.action_dim), np.float32)
+            actions = (
+                np.zeros(episodes, np.int64) if spec.discrete else np.zeros((episodes, spec.action_dim), np.float32)
+            )
             for i, d in zip(live, decisions, strict=True):
                 act = d["action"]
                 actions[i] = act["index"] if spec.discrete else [act["values"][n] for n in spec.actions.names]

@@ -216,6 +216,11 @@ class Agent(ABC):
         self.outcome_mean = torch.tensor(self.stats.outcome_mean, dtype=torch.float32)
         self.outcome_std = torch.tensor(self.stats.outcome_std, dtype=torch.float32)
         self.n_outcomes = len(spec.outcomes)
+        #: Where the networks live and compute (:meth:`to`); the arguments and results of :meth:`act` stay numpy.
+        self.device = torch.device("cpu")
+        #: Per optimiser key, the ``DistributedDataParallel`` module that averages its parameters' gradients
+        #: across processes (set by :func:`decision_core.training.distributed.data_parallel`; empty otherwise).
+        self.data_parallel: dict[str, nn.Module] = {}
         # Initialise from the seed without touching torch's global generator.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
@@ -243,6 +248,20 @@ class Agent(ABC):
         """One gradient step on ``batch``; returns namespaced metrics ("critic/loss", "actor/loss", ...)."""
 
     # -- shared training helpers -----------------------------------------------------------------------------
+    def to(self, device: str | torch.device) -> Self:
+        """Move the networks and normalisation statistics to ``device`` (e.g. ``"cuda:0"``), in place.
+
+        Parameters keep their identity, so optimisers built before the move step the moved tensors. The training
+        generator stays on the CPU (its draws are moved), so saved training state loads on any device.
+        """
+        device = torch.device(device)
+        self.nets.to(device)
+        self.dist.to(device)
+        for name in ("state_mean", "state_std", "outcome_mean", "outcome_std"):
+            setattr(self, name, getattr(self, name).to(device))
+        self.device = device
+        return self
+
     @property
     def input_dim(self) -> int:
         """Width of :meth:`inputs`: normalised state, plus goal values and mask for goal-conditioned agents."""
@@ -266,16 +285,28 @@ class Agent(ABC):
         if not self.goal_conditioned:
             return s
         if goals is None or goal_masks is None:
-            goals = torch.zeros(states.shape[0], self.n_outcomes)
-            goal_masks = torch.zeros(states.shape[0], self.n_outcomes, dtype=torch.bool)
+            goals = torch.zeros(states.shape[0], self.n_outcomes, device=states.device)
+            goal_masks = torch.zeros(states.shape[0], self.n_outcomes, dtype=torch.bool, device=states.device)
         return torch.cat([s, self.encode_goals(goals, goal_masks)], dim=-1)
 
-    @staticmethod
-    def step(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
-        """Back-propagate ``loss`` into this optimiser's parameters only, then step it."""
+    def step(self, key: str, loss: Tensor) -> None:
+        """Back-propagate ``loss`` into the parameters of optimiser ``key`` only, then step it.
+
+        Under data-parallel training the loss first passes through that optimiser's ``DistributedDataParallel``
+        module, whose reducer then all-reduces and averages the gradients bucket by bucket while backward runs.
+        """
+        optimizer = self.optimizers[key]
         optimizer.zero_grad(set_to_none=True)
+        parallel = self.data_parallel.get(key)
+        if parallel is not None:
+            loss = parallel(loss)
         loss.backward(inputs=[p for group in optimizer.param_groups for p in group["params"]])
         optimizer.step()
+
+    def noise(self, *shape: int, uniform: bool = False) -> Tensor:
+        """Training-time standard normal (or uniform [0, 1)) draws from the agent's generator, on its device."""
+        draw = torch.rand if uniform else torch.randn
+        return draw(*shape, generator=self.generator).to(self.device, non_blocking=True)
 
     def finish_update(self, info: dict[str, Tensor]) -> dict[str, float]:
         """Count the update and turn scalar tensors into floats with one synchronising call."""
@@ -342,7 +373,9 @@ class Agent(ABC):
             if len(empty):
                 raise SpecError(f"action_mask row {int(empty[0])} allows no action; allow at least one")
             a_t = torch.from_numpy(am)
-        return torch.from_numpy(s), g_t, m_t, a_t
+        if self.device.type != "cpu":
+            g_t, m_t, a_t = (None if t is None else t.to(self.device) for t in (g_t, m_t, a_t))
+        return torch.from_numpy(s).to(self.device), g_t, m_t, a_t
 
     @torch.no_grad()
     def act(
@@ -365,16 +398,16 @@ class Agent(ABC):
         if self.spec.discrete:
             greedy = self.dist.greedy(out, am)
             if exploration is None:
-                return ActResult(greedy.numpy().astype(np.int64), np.ones(b, np.float32))
+                return ActResult(greedy.cpu().numpy().astype(np.int64), np.ones(b, np.float32))
             k = self.spec.n_actions
-            allowed = am.double() if am is not None else torch.ones(b, k, dtype=torch.float64)
+            allowed = am.double() if am is not None else torch.ones(b, k, dtype=torch.float64, device=self.device)
             if exploration.temperature is None:
                 base = F.one_hot(greedy, k).double()
             else:
                 assert out.logits is not None
                 base = torch.softmax(masked_logits(out.logits.double() / exploration.temperature, am), -1)
             eps = exploration.epsilon
-            probs = ((1.0 - eps) * base + eps * allowed / allowed.sum(-1, keepdim=True)).numpy()
+            probs = ((1.0 - eps) * base + eps * allowed / allowed.sum(-1, keepdim=True)).cpu().numpy()
             cdf = np.cumsum(probs, axis=1)
             u = rng.random((b, 1)) * cdf[:, -1:]
             actions = np.minimum((u >= cdf).sum(axis=1), k - 1).astype(np.int64)
@@ -383,22 +416,22 @@ class Agent(ABC):
         acts = self.spec.actions
         assert isinstance(acts, BoxActions)
         if exploration is None:
-            return ActResult(self.dist.greedy(out).numpy().astype(np.float32), np.ones(b, np.float32))
+            return ActResult(self.dist.greedy(out).cpu().numpy().astype(np.float32), np.ones(b, np.float32))
         temp = exploration.temperature or 1.0
-        noise = torch.from_numpy(rng.standard_normal((b, self.spec.action_dim)).astype(np.float32))
+        noise = torch.from_numpy(rng.standard_normal((b, self.spec.action_dim)).astype(np.float32)).to(self.device)
         sampled, _ = self.dist.rsample(out, noise, temp)
         eps = exploration.epsilon
         if eps > 0.0:
             low, high = np.asarray(acts.low, np.float32), np.asarray(acts.high, np.float32)
             uniform = rng.uniform(low, high, size=(b, len(low))).astype(np.float32)
-            pick = torch.from_numpy(rng.random(b) < eps).unsqueeze(-1)
-            sampled = torch.where(pick, torch.from_numpy(uniform), sampled)
+            pick = torch.from_numpy(rng.random(b) < eps).unsqueeze(-1).to(self.device)
+            sampled = torch.where(pick, torch.from_numpy(uniform).to(self.device), sampled)
         # The density of the mixture at the returned action (either component may have produced it).
         density = torch.exp(self.dist.log_prob_tempered(out, sampled, temp)).double()
         if eps > 0.0:
             volume = float(np.prod(np.asarray(acts.high) - np.asarray(acts.low)))
             density = (1.0 - eps) * density + eps / volume
-        return ActResult(sampled.numpy().astype(np.float32), density.numpy().astype(np.float32))
+        return ActResult(sampled.cpu().numpy().astype(np.float32), density.cpu().numpy().astype(np.float32))
 
     @torch.no_grad()
     def log_prob(
@@ -418,16 +451,16 @@ class Agent(ABC):
         s, g, m, am = self._as_tensors(states, goals, goal_mask, action_mask)
         out = self.policy(s, g, m)
         if self.spec.discrete:
-            a = torch.as_tensor(np.asarray(actions).reshape(-1).astype(np.int64))
+            a = torch.as_tensor(np.asarray(actions).reshape(-1).astype(np.int64), device=self.device)
             if a.shape[0] != s.shape[0] or bool(((a < 0) | (a >= self.spec.n_actions)).any()):
                 raise SpecError(f"actions must be (batch,) indices in [0, {self.spec.n_actions})")
         else:
-            a = torch.as_tensor(np.asarray(actions, dtype=np.float32))
+            a = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device)
             if a.shape != (s.shape[0], self.spec.action_dim):
                 raise SpecError(f"actions must be (batch, {self.spec.action_dim}), got {tuple(a.shape)}")
-            return self.dist.log_prob_tempered(out, a, temperature).numpy().astype(np.float32)
+            return self.dist.log_prob_tempered(out, a, temperature).cpu().numpy().astype(np.float32)
         logp = self.dist.log_probs_all(out, am, temperature).gather(-1, a.view(-1, 1)).squeeze(-1)
-        return logp.numpy().astype(np.float32)
+        return logp.cpu().numpy().astype(np.float32)
 
     @torch.no_grad()
     def action_probs(
@@ -441,7 +474,7 @@ class Agent(ABC):
         if not self.spec.discrete:
             raise SpecError(f"action_probs() needs discrete actions; domain '{self.spec.name}' is continuous")
         s, g, m, am = self._as_tensors(states, goals, goal_mask, action_mask)
-        return self.dist.log_probs_all(self.policy(s, g, m), am).exp().numpy().astype(np.float32)
+        return self.dist.log_probs_all(self.policy(s, g, m), am).exp().cpu().numpy().astype(np.float32)
 
     # -- persistence -----------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:

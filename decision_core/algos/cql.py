@@ -163,7 +163,7 @@ class CQLAgent(Agent):
         conservative_loss = gap.mean(1).sum()
         loss = td_loss + self.conservative_weight * conservative_loss
 
-        self.step(self.optimizers["critic"], loss)
+        self.step("critic", loss)
         polyak_update(self.nets["target_critic"], self.nets["critic"], c.tau)
         return self.finish_update(
             {
@@ -187,7 +187,7 @@ class CQLAgent(Agent):
         out = actor(x)
 
         def sample(o: PolicyOutput, rows: int) -> tuple[Tensor, Tensor]:
-            return self.dist.rsample(o, torch.randn(rows, a_dim, generator=self.generator))
+            return self.dist.rsample(o, self.noise(rows, a_dim))
 
         def repeat(o: PolicyOutput) -> PolicyOutput:
             assert o.mean is not None and o.log_std is not None
@@ -201,7 +201,7 @@ class CQLAgent(Agent):
             q_next = self.nets["target_critic"](x_next, a_next).min(0).values
             target = batch.rewards + c.discount * (1.0 - batch.terminals) * (q_next - temperature * logp_next)
             # Importance-sampled logsumexp: uniform actions over the Box and policy actions at s and at s'.
-            a_uniform = self.dist.scaler.from_unit(torch.rand(b * n, a_dim, generator=self.generator) * 2.0 - 1.0)
+            a_uniform = self.dist.scaler.from_unit(self.noise(b * n, a_dim, uniform=True) * 2.0 - 1.0)
             logp_uniform = -torch.log(2.0 * cast(Tensor, self.dist.scaler.half_range)).sum().expand(b * n)
             a_pi, logp_pi = sample(repeat(out), b * n)
             a_pi_next, logp_pi_next = sample(repeat(out_next), b * n)
@@ -216,16 +216,16 @@ class CQLAgent(Agent):
         lse = torch.logsumexp(q_samples.permute(0, 2, 1, 3).reshape(-1, b, 3 * n), dim=-1)
         conservative_loss = (lse - q_data).mean(1).sum()
         critic_loss = td_loss + self.conservative_weight * conservative_loss
-        self.step(self.optimizers["critic"], critic_loss)
+        self.step("critic", critic_loss)
 
         a_new, logp = sample(out, b)
         q_pi = critic(x, a_new).min(0).values
         actor_loss = (temperature * logp - q_pi).mean()
-        self.step(self.optimizers["actor"], actor_loss)
+        self.step("actor", actor_loss)
 
         log_temperature = cast(LogTemperature, self.nets["temperature"]).log_value
         temperature_loss = -(log_temperature * (logp.detach() + self.target_entropy)).mean()
-        self.step(self.optimizers["temperature"], temperature_loss)
+        self.step("temperature", temperature_loss)
         polyak_update(self.nets["target_critic"], critic, c.tau)
         return self.finish_update(
             {

@@ -113,13 +113,13 @@ class CRLAgent(Agent):
         logits = torch.bmm(phi, psi.transpose(1, 2)) / math.sqrt(self.config.rep_dim)  # (n, B, B)
         b = logits.shape[-1]
         if self.config.contrastive_loss == "infonce":
-            target = torch.arange(b).expand(logits.shape[0], b)
+            target = torch.arange(b, device=logits.device).expand(logits.shape[0], b)
             loss = F.cross_entropy(logits.transpose(1, 2), target, reduction="none").mean(-1).sum()
         else:
-            labels = torch.eye(b).expand_as(logits)
+            labels = torch.eye(b, device=logits.device).expand_as(logits)
             loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean((1, 2)).sum()
         diag = torch.diagonal(logits, dim1=1, dim2=2)
-        correct = (logits.argmax(-1) == torch.arange(logits.shape[-1])).float().mean()
+        correct = (logits.argmax(-1) == torch.arange(logits.shape[-1], device=logits.device)).float().mean()
         return loss, {
             "critic/loss": loss,
             "critic/logits_pos": diag.mean(),
@@ -165,10 +165,10 @@ class CRLAgent(Agent):
     def update(self, batch: Batch) -> dict[str, float]:
         self.require_goals(batch)
         critic_loss, critic_info = self.critic_loss(batch)
-        self.step(self.optimizers["critic"], critic_loss)
+        self.step("critic", critic_loss)
         # The actor climbs the updated critic; its loss reaches only the actor's parameters.
         actor_loss, actor_info = self.actor_loss(batch)
-        self.step(self.optimizers["actor"], actor_loss)
+        self.step("actor", actor_loss)
         return self.finish_update({**critic_info, **actor_info})
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:

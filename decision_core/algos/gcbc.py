@@ -60,5 +60,5 @@ class GCBCAgent(Agent):
         if self.goal_conditioned:
             self.require_goals(batch)
         loss, info = self.actor_loss(batch)
-        self.step(self.optimizers["all"], loss)
+        self.step("all", loss)
         return self.finish_update(info)

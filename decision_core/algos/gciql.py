@@ -113,6 +113,6 @@ class GCIQLAgent(Agent):
         actor_loss, actor_info = self.actor_loss(batch)
         # The three losses touch disjoint parameters (targets are detached), so one step on their sum is three
         # separate steps in one optimiser call.
-        self.step(self.optimizers["all"], value_loss + critic_loss + actor_loss)
+        self.step("all", value_loss + critic_loss + actor_loss)
         polyak_update(self.nets["target_critic"], self.nets["critic"], self.config.tau)
         return self.finish_update({**value_info, **critic_info, **actor_info})

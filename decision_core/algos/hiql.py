@@ -135,8 +135,8 @@ class HIQLAgent(Agent):
 
     def policy(self, states: Tensor, goals: Tensor | None, goal_masks: Tensor | None) -> PolicyOutput:
         if goals is None or goal_masks is None:
-            goals = torch.zeros(states.shape[0], self.n_outcomes)
-            goal_masks = torch.zeros(states.shape[0], self.n_outcomes, dtype=torch.bool)
+            goals = torch.zeros(states.shape[0], self.n_outcomes, device=states.device)
+            goal_masks = torch.zeros(states.shape[0], self.n_outcomes, dtype=torch.bool, device=states.device)
         mean, _ = self.high(states, goals, goal_masks)
         return self.low(states, normalize_rep(mean))
 
@@ -199,6 +199,6 @@ class HIQLAgent(Agent):
         high_loss, high_info = self.high_actor_loss(batch)
         # Advantages and representation targets are computed without gradient, so the three losses touch
         # disjoint parameters and one optimiser step on their sum equals three separate steps.
-        self.step(self.optimizers["all"], value_loss + low_loss + high_loss)
+        self.step("all", value_loss + low_loss + high_loss)
         polyak_update(self.nets["target_value"], self.nets["value"], self.config.tau)
         return self.finish_update({**value_info, **low_info, **high_info})

@@ -124,7 +124,7 @@ class IQLAgent(Agent):
         log_prob = self.dist.log_prob(self.nets["actor"](x), batch.actions, batch.action_masks)
         actor_loss = -(weights * log_prob).mean()
 
-        self.step(self.optimizers["all"], value_loss + critic_loss + actor_loss)
+        self.step("all", value_loss + critic_loss + actor_loss)
         polyak_update(self.nets["target_critic"], self.nets["critic"], c.tau)
         return self.finish_update(
             {

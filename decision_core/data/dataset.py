@@ -126,6 +126,13 @@ class Batch:
     def size(self) -> int:
         return int(self.states.shape[0])
 
+    def to(self, device: torch.device) -> Batch:
+        """This batch on ``device`` (itself when it is already there)."""
+        if self.states.device == device:
+            return self
+        tensors = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Batch(**{k: None if v is None else v.to(device, non_blocking=True) for k, v in tensors.items()})
+
 
 class OfflineDataset:
     """A domain's steps as preloaded tensors with per-step episode boundaries."""

@@ -38,6 +38,9 @@ class TrainConfig:
     seed: int = 0
     #: Overrides of the algorithm's config (validated by its config class).
     agent: dict[str, Any] = field(default_factory=dict)
+    #: Where the networks train: "auto" (this process's GPU when torch sees one, else the CPU), "cpu", "cuda"
+    #: (the GPU of this process's local rank) or "cuda:N". Evaluation, OPE and the saved model are unaffected.
+    device: str = "auto"
     #: Goals evaluation reports on: a named goal of the domain spec, or None for all of them (and the
     #: simulator's goal set when the domain has one).
     goal_set: str | None = None
@@ -80,6 +83,11 @@ class TrainConfig:
             (isinstance(self.steps, int) and self.steps >= 1, "steps", "must be an integer >= 1"),
             (isinstance(self.seed, int) and self.seed >= 0, "seed", "must be an integer >= 0"),
             (isinstance(self.agent, dict), "agent", "must be a table of the algorithm's config fields"),
+            (
+                isinstance(self.device, str) and self.device.split(":")[0] in ("auto", "cpu", "cuda"),
+                "device",
+                "must be 'auto', 'cpu', 'cuda' or 'cuda:N'",
+            ),
             (self.log_every >= 1, "log_every", "must be >= 1"),
             (self.eval_every >= 0, "eval_every", "must be >= 0 (0: only at the end)"),
             (self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0"),

@@ -1,15 +1,12 @@
-"""Data-parallel training under ``torchrun``: process group, episode sharding, gradient averaging.
+"""Data-parallel training under ``torchrun``: process group, episode sharding, DistributedDataParallel.
 
 ``torchrun --nproc_per_node N decision-core train ...`` starts N copies of the same entry point; each reads the
 torchrun environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``), joins a process group
-(gloo on CPU, nccl when the process has a GPU), trains on its own shard of the episodes and averages gradients
-with the others, so every process holds the same weights after every step. Only rank 0 talks to MLflow.
+(gloo on CPU, nccl when training on a GPU), trains on its own shard of the episodes, and ``DistributedDataParallel``
+averages the gradients, so every process holds the same weights after every step. Only rank 0 talks to MLflow.
 
-Agents own several networks and optimisers and run their own backward passes inside ``update``, so instead of
-wrapping one module in ``DistributedDataParallel`` the same mechanism is attached to every trainable parameter:
-rank 0's initial weights are broadcast, each gradient is all-reduced (asynchronously, while backward goes on) as
-soon as it is accumulated, and every optimiser waits for the reductions and divides by the world size before
-it steps. This is what DDP does, for any number of networks and optimisers per agent.
+Agents own several networks and optimisers and run their own backward passes inside ``update``, so the unit DDP
+wraps is an optimiser's parameter set rather than one network (see :func:`data_parallel`).
 """
 
 from __future__ import annotations
@@ -22,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from decision_core.errors import DecisionCoreError
 
@@ -38,6 +37,8 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    #: Where this process trains (see :func:`resolve_device`).
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def enabled(self) -> bool:
@@ -48,11 +49,31 @@ class DistContext:
         return self.rank == 0
 
 
-def from_env(timeout_s: float = 1800.0) -> DistContext:
-    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (else a single-process context)."""
+def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
+    """The training device for a config's ``device``: "auto" takes this process's GPU when torch sees one."""
+    kind = requested.split(":")[0]
+    if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DistributedError(
+            f"device '{requested}' asked for, but torch sees no CUDA GPU here "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use device=cpu or auto"
+        )
+    index = int(requested.split(":")[1]) if ":" in requested else local_rank
+    if index >= torch.cuda.device_count():
+        raise DistributedError(f"device '{requested}': this machine has {torch.cuda.device_count()} GPU(s)")
+    return torch.device("cuda", index)
+
+
+def from_env(device: str = "auto", timeout_s: float = 1800.0) -> DistContext:
+    """This process's context: joins the torchrun process group when ``WORLD_SIZE`` > 1.
+
+    The backend follows the device: nccl when training on a GPU, gloo on the CPU (``DECISION_CORE_DIST_BACKEND``
+    overrides it).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return DistContext()
+        return DistContext(device=resolve_device(device))
     for var in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         if var not in os.environ:
             raise DistributedError(
@@ -60,16 +81,16 @@ def from_env(timeout_s: float = 1800.0) -> DistContext:
                 f"(torchrun --nproc_per_node N decision-core train ...)"
             )
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    use_cuda = torch.cuda.is_available() and os.environ.get("DECISION_CORE_DIST_BACKEND", "") != "gloo"
-    backend = "nccl" if use_cuda else "gloo"
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
+    where = resolve_device(device, local_rank)
+    backend = os.environ.get("DECISION_CORE_DIST_BACKEND") or ("nccl" if where.type == "cuda" else "gloo")
+    if where.type == "cuda":
+        torch.cuda.set_device(where)
     if not dist.is_initialized():
         try:
             dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
         except (RuntimeError, ValueError) as exc:
             raise DistributedError(f"cannot join the {backend} process group as rank {rank}: {exc}") from exc
-    return DistContext(rank=rank, world_size=world, local_rank=local_rank, backend=backend)
+    return DistContext(rank=rank, world_size=world, local_rank=local_rank, backend=backend, device=where)
 
 
 def shard_episodes(n_episodes: int, ctx: DistContext, seed: int) -> np.ndarray:
@@ -105,44 +126,50 @@ def all_agree(flag: bool, ctx: DistContext) -> bool:
     return bool(t.item() > 0.5)
 
 
-@dataclass
-class GradientAverager:
-    """Averages every trainable parameter's gradient across ranks before each optimiser step (see module doc)."""
+class _OptimizerParameters(nn.Module):
+    """The parameters one optimiser steps (the agent's own ``Parameter`` objects), as one module for DDP to wrap.
 
-    ctx: DistContext
-    _pending: list[Any] = field(default_factory=list)
-    _handles: list[Any] = field(default_factory=list)
+    Its forward is the identity on the loss: the loss is computed by the agent, across whatever networks it needs,
+    and passing it through ``DistributedDataParallel.forward`` arms DDP's reducer for the backward that follows.
+    """
 
-    def attach(self, agent: Any) -> GradientAverager:
-        params = [p for k, m in agent.nets.items() if not k.startswith("target") for p in m.parameters()]
-        with torch.no_grad():
-            for tensor in agent.nets.state_dict().values():  # weights and buffers, targets included
-                dist.broadcast(tensor, src=0)
-        for p in params:
-            if p.requires_grad:
-                self._handles.append(p.register_post_accumulate_grad_hook(self._reduce))
-        for opt in agent.optimizers.values():
-            self._handles.append(opt.register_step_pre_hook(self._wait))
-        return self
+    def __init__(self, params: list[nn.Parameter]) -> None:
+        super().__init__()
+        self.params = nn.ParameterList(params)
 
-    def _reduce(self, p: torch.Tensor) -> None:
-        if p.grad is not None:
-            self._pending.append((p.grad, dist.all_reduce(p.grad, async_op=True)))
+    def forward(self, loss: Tensor) -> Tensor:
+        return loss
 
-    def _wait(self, *_: Any) -> None:
-        for grad, work in self._pending:
-            work.wait()
-            grad.div_(self.ctx.world_size)
-        self._pending.clear()
 
-    def detach(self) -> None:
-        # Outstanding reductions must finish before the process group goes away, or gloo aborts the process.
-        for _grad, work in self._pending:
-            work.wait()
-        self._pending.clear()
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+def data_parallel(agent: Any) -> None:
+    """Make ``agent`` train data-parallel: same start on every rank, gradients averaged by DDP at every step.
+
+    Rank 0's networks (weights and buffers, target copies included) are broadcast first. Then each optimiser's
+    parameters are wrapped in their own :class:`~torch.nn.parallel.DistributedDataParallel` (agents step several
+    optimisers, each on its own loss), which :meth:`Agent.step` passes the loss through before backward: DDP's
+    reducer all-reduces gradient buckets while backward runs and divides by the world size, so every rank steps
+    the same averaged gradients and the weights stay identical. Needs the process group (:func:`from_env`);
+    :func:`release` undoes it.
+    """
+    if not dist.is_initialized():
+        raise DistributedError("data-parallel training needs the process group: join it with from_env() first")
+    with torch.no_grad():
+        for tensor in agent.nets.state_dict().values():
+            dist.broadcast(tensor, src=0)
+    device_ids = [agent.device.index] if agent.device.type == "cuda" and agent.device.index is not None else None
+    wrapped: dict[str, nn.Module] = {}
+    for key, optimizer in agent.optimizers.items():
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        if params:
+            # Every parameter of an optimiser gets a gradient from its loss at every step (checked by the
+            # algorithm contract tests under DDP), so DDP need not search the graph for unused ones.
+            wrapped[key] = DistributedDataParallel(_OptimizerParameters(params), device_ids=device_ids)
+    agent.data_parallel = wrapped
+
+
+def release(agent: Any) -> None:
+    """Back to single-process updates (the weights are kept)."""
+    agent.data_parallel = {}
 
 
 def shutdown(ctx: DistContext) -> None:

@@ -312,7 +312,7 @@ def train(
     settings = settings or CoreSettings()
     agent_cls = ALGORITHMS.get(config.algo)  # unknown names list the known ones
     agent_cls.config_class.from_dict(config.agent)  # a config error surfaces before any data is read
-    ctx = dist_utils.from_env()
+    ctx = dist_utils.from_env(config.device)
     configure_torch_threads()
     try:
         if arrays is None:
@@ -344,12 +344,14 @@ def train(
         else:
             agent = create_agent(config.algo, arrays.spec, stats, config.agent, seed=config.seed)
             sampler = make_sampler(agent)
-        averager = dist_utils.GradientAverager(ctx).attach(agent) if ctx.enabled else None
+        agent.to(ctx.device)
+        if ctx.enabled:
+            dist_utils.data_parallel(agent)
         tracker = _Tracker(config, settings, arrays, ctx, resume) if ctx.is_main else None
         run_id = dist_utils.broadcast_object(tracker.run_id if tracker else None, ctx)
         try:
             return _loop(
-                config, settings, ctx, agent, sampler, arrays, tracker, run_id, start, history, progress, averager
+                config, settings, ctx, agent, sampler, arrays, tracker, run_id, start, history, progress
             )
         except BaseException as exc:
             if tracker is not None:
@@ -371,7 +373,6 @@ def _loop(
     start: int,
     history: dict[str, list],
     show_progress: bool,
-    averager: dist_utils.GradientAverager | None,
 ) -> TrainResult:
     batch_size = int(agent.config.batch_size)
     ckpt_dir = (settings.home / "checkpoints" / str(run_id) / "latest").resolve()
@@ -387,7 +388,7 @@ def _loop(
     started = time.perf_counter()
     with _progress(show_progress and ctx.is_main, config.steps, start) as (progress, task):
         for step in range(start + 1, config.steps + 1):
-            metrics = agent.update(sampler.sample(batch_size))
+            metrics = agent.update(sampler.sample(batch_size).to(ctx.device))
             finite = all(math.isfinite(v) for v in metrics.values())
             if not dist_utils.all_agree(finite, ctx):
                 bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
@@ -420,8 +421,7 @@ def _loop(
                 save_checkpoint(ckpt_dir, agent, sampler, step, history)
                 tracker.log_checkpoint(ckpt_dir)
                 last_good = step
-        if averager is not None:
-            averager.detach()
+        dist_utils.release(agent)
     if tracker is None:  # other ranks: rank 0 logs and registers
         dist_utils.barrier(ctx)
         return TrainResult(run_id, None, None, None, [], {}, config.steps, None, rank=ctx.rank)

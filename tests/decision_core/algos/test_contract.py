@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 
 from decision_core.algos import ALGORITHMS, Agent, Exploration, create_agent, load_agent
 from decision_core.algos.nets import PolicyDistribution, PolicyOutput
@@ -16,6 +17,7 @@ from decision_core.data import OfflineDataset
 from decision_core.data.synthetic import grid_arrays, grid_available
 from decision_core.errors import SpecError
 from decision_core.registry import import_dotted
+from decision_core.training.distributed import data_parallel, release
 
 TINY = {"batch_size": 32, "hidden_dims": [32, 32]}
 
@@ -160,6 +162,35 @@ def test_seeded_training_repeats_exactly(name: str, data) -> None:
     assert ma == mb
     _, mc = _trained(name, ds, seed=6)
     assert ma != mc
+
+
+@pytest.fixture(scope="module")
+def process_group():
+    """A one-process gloo group: DDP's reducer runs exactly as on many ranks, averaging over one."""
+    if dist.is_initialized():
+        pytest.skip("a process group is already open in this process")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", ALGORITHMS.names())
+def test_updates_under_ddp_equal_plain_updates(name: str, data, process_group) -> None:
+    # Every optimiser's parameters get a gradient at every step (else DDP's reducer fails on the next one),
+    # and the averaged update over one rank is the plain update.
+    ds, _ = data
+    plain, metrics = _trained(name, ds, seed=2, updates=3)
+    _algorithm(name)
+    wrapped = create_agent(name, ds.spec, ds.stats, config=TINY, seed=2)
+    sampler = wrapped.sampler(ds, seed=2)
+    data_parallel(wrapped)
+    assert set(wrapped.data_parallel) == set(wrapped.optimizers)
+    wrapped_metrics = [wrapped.update(sampler.sample(32)) for _ in range(3)]
+    release(wrapped)
+    for got, expected in zip(wrapped_metrics, metrics, strict=True):
+        assert got == pytest.approx(expected, rel=1e-5)
+    for (key, a), b in zip(plain.nets.state_dict().items(), wrapped.nets.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), key
 
 
 @pytest.mark.parametrize("name", ALGORITHMS.names())
