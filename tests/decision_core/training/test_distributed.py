@@ -9,10 +9,13 @@ import sys
 import mlflow
 import numpy as np
 import pytest
+import torch
 
+from decision_core.errors import SpecError
 from decision_core.settings import CoreSettings
 from decision_core.training import load_agent_from_uri
-from decision_core.training.distributed import DistContext, shard_episodes
+from decision_core.training.config import TrainConfig
+from decision_core.training.distributed import DistContext, DistributedError, resolve_device, shard_episodes
 from decision_core.training.models import configure_tracking
 
 
@@ -21,6 +24,21 @@ def test_shards_cover_every_episode_once() -> None:
     together = np.concatenate(shards)
     assert sorted(together.tolist()) == list(range(11))
     assert {len(s) for s in shards} <= {3, 4}
+
+
+def test_device_auto_is_the_cpu_without_a_gpu_and_a_missing_gpu_is_named() -> None:
+    if torch.cuda.is_available():
+        assert resolve_device("auto", 0) == torch.device("cuda", 0)
+        assert resolve_device("cpu") == torch.device("cpu")
+        return
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(DistributedError, match="no CUDA GPU"):
+        resolve_device("cuda:0")
+
+
+def test_a_bad_device_in_the_config_names_the_choices() -> None:
+    with pytest.raises(SpecError, match="'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+        TrainConfig(domain="chain", algo="bc", device="tpu")
 
 
 @pytest.mark.slow
@@ -57,7 +75,7 @@ def test_torchrun_two_processes_trains_one_loadable_model(settings: CoreSettings
     assert acts.shape == (2,) and set(acts.tolist()) <= {0, 1}
 
 
-_EQUIVALENCE = r'''
+_EQUIVALENCE = r"""
 # Under DDP two ranks training on their own shards must hold identical weights after every step; where an update
 # is deterministic given its batch, they must equal one process training on both ranks' batches joined.
 import copy, dataclasses
@@ -105,7 +123,7 @@ for name, discrete, deterministic in [
             assert torch.allclose(weights, expected, atol=1e-5), f"{name}: {gap}"
         print("EQUIVALENT", name, "discrete" if discrete else "continuous", flush=True)
 shutdown(ctx)
-'''
+"""
 
 
 def test_averaged_gradients_equal_one_process_on_the_joined_batch(tmp_path) -> None:
