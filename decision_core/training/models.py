@@ -15,18 +15,17 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from decision_core.errors import DecisionCoreError
 from decision_core.settings import CoreSettings
 
 if TYPE_CHECKING:
-    import pandas as pd
     from mlflow import MlflowClient
 
     from decision_core.algos.base import Agent
@@ -121,26 +120,21 @@ def _pyfunc_base() -> type:
     return PythonModel
 
 
-with warnings.catch_warnings():
-    # MLflow asks for type hints on predict to infer a schema; the input is a frame of domain-specific columns.
-    warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+class AgentModel(_pyfunc_base()):  # type: ignore[misc]
+    """MLflow pyfunc model around a saved agent: predict on a frame of named state features (+ goals)."""
 
-    class AgentModel(_pyfunc_base()):  # type: ignore[misc]
-        """MLflow pyfunc model around a saved agent: predict on a frame of named state features (+ goals)."""
+    def load_context(self, context: Any) -> None:
+        from decision_core.algos import load_agent
 
-        def load_context(self, context: Any) -> None:
-            from decision_core.algos import load_agent
+        self.agent = load_agent(context.artifacts[AGENT_ARTIFACT])
 
-            self.agent = load_agent(context.artifacts[AGENT_ARTIFACT])
-
-        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-            return predict_frame(self.agent, model_input)
+    # A frame hint: MLflow takes the input as a frame and infers no schema from it (the columns are the domain's).
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        return predict_frame(self.agent, model_input)
 
 
 def predict_frame(agent: Agent, frame: pd.DataFrame) -> pd.DataFrame:
     """Greedy actions (and their propensity) for each row of ``frame``; see the module docstring for columns."""
-    import pandas as pd
-
     spec = agent.spec
     missing = [n for n in spec.state_names if n not in frame.columns]
     if missing:
@@ -196,9 +190,7 @@ def log_agent_model(agent: Agent, *, registered_name: str | None) -> LoggedModel
             optim.unlink()
         code = Path(tmp) / "agent_model.py"
         code.write_text(_MODEL_CODE)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
-            info = _log_model(mlflow, code, agent_dir, registered_name)
+        info = _log_model(mlflow, code, agent_dir, registered_name)
     version = info.registered_model_version
     return LoggedModel(
         model_uri=info.model_uri,
