@@ -339,7 +339,7 @@ class Agent(ABC):
         goal_mask: np.ndarray | None,
         action_mask: np.ndarray | None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
-        s = np.asarray(states, dtype=np.float32)
+        s = np.require(states, np.float32, "W")  # torch wraps arrays it may write; read-only input is copied
         if s.ndim != 2 or s.shape[1] != self.spec.state_dim:
             raise SpecError(
                 f"states must be (batch, {self.spec.state_dim}) for domain '{self.spec.name}' "
