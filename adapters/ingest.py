@@ -336,16 +336,22 @@ def validate_rows(steps: pl.DataFrame, spec: DomainSpec, file: str) -> None:
                 value=float(actions[r, d]),
             )
     p = steps["propensity"]
-    bad = p.is_not_null() & (p.is_nan() | (p <= 0) | (p > 1))
+    # A discrete action's propensity is a probability; a Box action's is a density, which may exceed 1.
+    if spec.discrete:
+        bad = p.is_not_null() & (p.is_nan() | (p <= 0) | (p > 1))
+        rule, meaning = "propensity outside (0, 1]", "probability"
+    else:
+        bad = p.is_not_null() & (~p.is_finite() | (p <= 0))
+        rule, meaning = "propensity must be a positive, finite density", "probability density"
     if bad.any():
         i = int(bad.arg_true()[0])
         raise IngestError(
             file=file,
             row=int(steps["source_row"][i]),
             column="propensity",
-            rule="propensity outside (0, 1]",
+            rule=rule,
             value=p[i],
-            hint="a propensity is the probability the logging policy gave the action; leave it empty if unknown",
+            hint=f"a propensity is the {meaning} the logging policy gave the action; leave it empty if unknown",
         )
     r_ = steps["reward"]
     bad = r_.is_not_null() & ~r_.is_finite()

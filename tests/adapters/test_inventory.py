@@ -191,3 +191,18 @@ def test_a_failed_ingest_of_several_files_writes_nothing(tmp_path: Path, store) 
     assert "inventory" not in store.domains() or store.count_steps("inventory") == 0
     report = ingest(InventoryAdapter(), [good, also_good], store)
     assert store.count_steps("inventory") == report.steps_inserted == 2 * 3 * SIM.max_steps
+
+
+def test_continuous_propensities_are_densities_and_may_exceed_one(tmp_path: Path, store) -> None:
+    # An order quantity's logged propensity is a density over units: 2.5 is valid there, never in a discrete log.
+    dense = write_raw(tmp_path, "dense.csv", set_value(60, "propensity", "2.5"))
+    ingest(InventoryContinuousAdapter(), [dense], store)
+    arrays = store.load_arrays("inventory_continuous")
+    assert 2.5 in arrays.propensities
+    for value in ("0", "-0.1", "inf"):
+        bad = write_raw(tmp_path, f"bad_{value}.csv", set_value(61, "propensity", value))
+        with pytest.raises(IngestError, match="propensity must be a positive, finite density") as info:
+            ingest(InventoryContinuousAdapter(), [bad], store)
+        assert (info.value.row, info.value.column) == (61, "propensity")
+    with pytest.raises(IngestError, match=r"propensity outside \(0, 1\]"):
+        ingest(InventoryAdapter(), [dense], store)
