@@ -16,9 +16,9 @@ truth across policies (target >= 0.8 for the best), the median relative error an
 baseline in the same run is the naive estimate every policy would get without OPE (the logged average return):
 the ratio column is naive median relative error / estimator median relative error.
 
-    python -m benchmarks.bench_ope [--domains inventory,recommender,dialogue] [--episodes 2000] [--seed 0]
+    python -m benchmarks.bench_ope [--domains inventory,recommender,dialogue] [--episodes 2000] [--seed 0] [--out F]
 
-Results are written to benchmarks/results/ope.json.
+Results are written to benchmarks/results/ope.json (or ``--out``).
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=3000)
     parser.add_argument("--fqe-steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON results go")
     args = parser.parse_args()
 
     from decision_core.algos import configure_torch_threads
@@ -133,9 +134,10 @@ def main() -> None:
             f"{elapsed:.0f} s"
         )
         results[domain] = {**report.to_dict(), "naive_median_relative_error": naive, "seconds": elapsed}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"args": vars(args), "domains": results}, indent=2, default=float))
-    console.print(f"results written to {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {**vars(args), "out": str(args.out)}
+    args.out.write_text(json.dumps({"args": meta, "domains": results}, indent=2, default=float))
+    console.print(f"results written to {args.out}")
 
 
 if __name__ == "__main__":
