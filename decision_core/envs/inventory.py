@@ -137,25 +137,53 @@ class InventoryDynamics(BatchDynamics):
     # -- contract -------------------------------------------------------------------------------------------
     def reset(self, rng: np.random.Generator, batch: int) -> np.ndarray:
         self.batch = b = batch
-        self.mu = np.exp(rng.uniform(np.log(4.0), np.log(16.0), b))
-        self.weekday_amp = rng.uniform(0.6, 1.4, b)
-        self.season_amp = rng.uniform(0.0, 0.4, b)
-        self.season_phase = rng.uniform(0.0, 365.0, b)
-        self.dispersion = rng.uniform(3.0, 12.0, b)
-        self.lead_time = rng.integers(2, MAX_LEAD + 1, b)
-        self.capacity = np.round(np.maximum(self.mu * rng.uniform(6.0, 10.0, b), CAPACITY_FLOOR) / LOT) * LOT
-        self.start_day = rng.integers(0, 365, b)
-        self.t = np.zeros(b, np.int64)
-        self.base_forecast = np.round(self.mu * rng.lognormal(0.0, 0.2, b), 1)
-        self.on_hand = np.floor(self.capacity * rng.uniform(0.0, 0.7, b))
+        ints, floats = ("lead_time", "start_day", "t"), ("mu", "weekday_amp", "season_amp", "season_phase")
+        for name in ints:
+            setattr(self, name, np.zeros(b, np.int64))
+        for name in (*floats, "dispersion", "capacity", "base_forecast", "on_hand", "demand_last"):
+            setattr(self, name, np.zeros(b))
+        for name in ("stockout", "streak", "receipts", "refused"):
+            setattr(self, name, np.zeros(b))
         self.pipeline = np.zeros((b, MAX_LEAD))  # [:, k] = due in k+1 days
         self.demand_hist = np.zeros((b, DEMAND_WINDOW))  # ring buffer, slot t % 7
-        self.demand_last = self.base_forecast.copy()
-        self.stockout = np.zeros(b)
-        self.streak = np.zeros(b)
-        self.receipts = np.zeros(b)
-        self.refused = np.zeros(b)
         self._info = self._period_info(*(np.zeros(b),) * 9)
+        return self.reset_worlds(np.ones(b, np.bool_), rng)
+
+    def reset_worlds(self, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Start new SKUs in the worlds where ``mask`` is True (per-world autoreset); the others go on.
+
+        Over every world this draws exactly what a full :meth:`reset` draws. Arrays are replaced, not written in
+        place, so observations and infos handed out before stay as they were.
+        """
+        keep = ~np.asarray(mask, np.bool_)
+        n = int((~keep).sum())
+
+        def fresh(name: str, values: np.ndarray | float) -> None:
+            old = getattr(self, name)
+            new = old.copy()
+            new[~keep] = values
+            setattr(self, name, new)
+
+        mu = np.exp(rng.uniform(np.log(4.0), np.log(16.0), n))
+        fresh("mu", mu)
+        fresh("weekday_amp", rng.uniform(0.6, 1.4, n))
+        fresh("season_amp", rng.uniform(0.0, 0.4, n))
+        fresh("season_phase", rng.uniform(0.0, 365.0, n))
+        fresh("dispersion", rng.uniform(3.0, 12.0, n))
+        fresh("lead_time", rng.integers(2, MAX_LEAD + 1, n))
+        capacity = np.round(np.maximum(mu * rng.uniform(6.0, 10.0, n), CAPACITY_FLOOR) / LOT) * LOT
+        fresh("capacity", capacity)
+        fresh("start_day", rng.integers(0, 365, n))
+        fresh("t", 0)
+        forecast = np.round(mu * rng.lognormal(0.0, 0.2, n), 1)
+        fresh("base_forecast", forecast)
+        fresh("on_hand", np.floor(capacity * rng.uniform(0.0, 0.7, n)))
+        fresh("pipeline", 0.0)
+        fresh("demand_hist", 0.0)
+        fresh("demand_last", forecast)
+        for name in ("stockout", "streak", "receipts", "refused"):
+            fresh(name, 0.0)
+        self._info = {k: np.where(keep, v, 0.0) for k, v in self._info.items()}
         return self.observe()
 
     def observe(self) -> np.ndarray:

@@ -173,3 +173,21 @@ def test_continuous_inventory_variant_has_a_box_action_space() -> None:
     a = _run(gymnasium.make(gym_id("inventory", "Continuous")), seed=2, steps=30)
     b = _run(gymnasium.make(gym_id("inventory", "Continuous")), seed=2, steps=30)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_builtin_simulators_restart_single_worlds_so_vector_envs_autoreset(builtin_sim) -> None:
+    dyn = builtin_sim.dynamics()
+    rng = np.random.default_rng(3)
+    dyn.reset(rng, 6)
+    policy = builtin_sim.policies()["random"]
+    for _ in range(3):
+        obs = dyn.observe()
+        actions, _ = policy.act(dyn, obs, None, None, rng)
+        dyn.step(actions, rng)
+    before = dyn.observe()
+    mask = np.array([True, False, True, False, False, False])
+    after = dyn.reset_worlds(mask, rng)
+    assert np.array_equal(after[~mask], before[~mask])  # the other worlds go on untouched
+    assert not np.array_equal(after[mask], before[mask])
+    venv = gymnasium.make_vec(gym_id(builtin_sim.domain), num_envs=4, vectorization_mode="vector_entry_point")
+    assert venv.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
