@@ -15,6 +15,7 @@ disagrees, is served through torch as before.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,8 @@ log = logging.getLogger("decision_core.serving")
 _ACTOR_ON_INPUTS = frozenset({"gcbc", "bc", "gciql", "crl", "iql"})
 #: Largest disagreement with torch tolerated by the check made at export (logits, means, propensities).
 TOLERANCE = 1e-5
+#: The masked logit as the float32 array path sees it (``np.where(mask, logits, np.float32(MASKED_LOGIT))``).
+_MASKED = float(np.float32(MASKED_LOGIT))
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,13 @@ class NumpyPolicy:
             low = np.asarray(spec.actions.low, np.float32)
             high = np.asarray(spec.actions.high, np.float32)
             self.center, self.half_range = (high + low) / 2, (high - low) / 2
+        # One decision (act_one) encodes its inputs as ``(raw - shift) / scale`` over [state, goal, goal mask]:
+        # an unspecified goal value is sent as its own mean (-> 0) and the mask passes through as (m - 0) / 1,
+        # the same float32 values as :meth:`inputs` in two operations instead of eight.
+        g = self.outcome_mean.shape[0] if self.goal_conditioned else 0
+        self._shift = np.concatenate([self.state_mean, self.outcome_mean[:g], np.zeros(g, np.float32)])[None]
+        self._scale = np.concatenate([self.state_std, self.outcome_std[:g], np.ones(g, np.float32)])[None]
+        self._unset_goal = self.outcome_mean[:g].tolist()
 
     # -- the network ------------------------------------------------------------------------------------------
     def inputs(self, states: np.ndarray, goals: np.ndarray | None, goal_mask: np.ndarray | None) -> np.ndarray:
@@ -138,7 +148,63 @@ class NumpyPolicy:
             g = np.asarray(goals, np.float32)
             m = ~np.isnan(g) if goal_mask is None else np.asarray(goal_mask, np.bool_)
         main, _ = self.head(s, g, m)
-        b = s.shape[0]
+        return self._act_on(main, action_mask, exploration, rng)
+
+    def act_one(
+        self,
+        state: Sequence[float],
+        goal: Sequence[float] | None,
+        action_mask: Sequence[bool] | None,
+        *,
+        exploration: Exploration | None,
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, float]:
+        """One decision from Python lists (goal: NaN = unspecified), as :meth:`act` on one row: the same action
+        and propensity from the same draw, with fewer numpy calls. Returns the (A,) float32 action row (discrete:
+        the index) and the propensity as :meth:`act` reports it (float32)."""
+        raw = list(state)
+        if self.goal_conditioned:
+            unset = self._unset_goal
+            if goal is None:
+                raw += unset
+                raw += [0.0] * len(unset)
+            else:
+                raw += [v if v == v else u for v, u in zip(goal, unset, strict=True)]  # v == v: not NaN
+                raw += [1.0 if v == v else 0.0 for v in goal]
+        x = np.array([raw], np.float32)
+        x -= self._shift
+        x /= self._scale
+        main = self.forward(x)
+        if self.discrete and (exploration is None or exploration.temperature is None):
+            logits = main[0].tolist()
+            if action_mask is None:
+                greedy = max(range(self.n_actions), key=logits.__getitem__)  # first maximum, as argmax
+            else:
+                masked = [v if ok else _MASKED for v, ok in zip(logits, action_mask, strict=True)]
+                greedy = max(range(self.n_actions), key=masked.__getitem__)
+            if exploration is None:
+                return np.array([greedy], np.float32), 1.0
+            if action_mask is None:
+                # The epsilon-greedy mixture of _act_on on Python floats (same values, same draw).
+                k, eps = self.n_actions, exploration.epsilon
+                row = [eps / k] * k
+                row[greedy] = (1.0 - eps) + eps / k
+                a, p = _draw(row, rng)
+                return np.array([a], np.float32), float(np.float32(p))
+        am = None if action_mask is None else np.array([action_mask], np.bool_)
+        result = self._act_on(main if self.discrete else main[:, : self.action_dim], am, exploration, rng)
+        action = np.asarray(result.actions, np.float32).reshape(self.action_dim)
+        return action, float(result.propensities[0])
+
+    def _act_on(
+        self,
+        main: np.ndarray,
+        action_mask: np.ndarray | None,
+        exploration: Exploration | None,
+        rng: np.random.Generator,
+    ) -> ActResult:
+        """Actions and propensities from the head's output (discrete logits, or continuous means)."""
+        b = main.shape[0]
         if self.discrete:
             am = None if action_mask is None else np.asarray(action_mask, np.bool_)
             masked = main if am is None else np.where(am, main, np.float32(MASKED_LOGIT))
@@ -176,17 +242,24 @@ def _sample(probs: np.ndarray, rng: np.random.Generator) -> ActResult:
     b, k = probs.shape
     if b == 1:  # one decision: the same arithmetic on Python floats is several times cheaper than numpy calls
         row = probs[0].tolist()
-        total, cdf_row = 0.0, []
-        for p in row:
-            total += p  # sequential, as np.cumsum
-            cdf_row.append(total)
-        u = rng.random() * total  # the same draw as rng.random((1, 1))
-        a = min(sum(u >= c for c in cdf_row), k - 1)
-        return ActResult(np.array([a], np.int64), np.array([row[a]], np.float32))
+        a, p = _draw(row, rng)
+        return ActResult(np.array([a], np.int64), np.array([p], np.float32))
     cdf = np.cumsum(probs, axis=1)
     u = rng.random((b, 1)) * cdf[:, -1:]
     actions = np.minimum((u >= cdf).sum(axis=1), k - 1).astype(np.int64)
     return ActResult(actions, probs[np.arange(b), actions].astype(np.float32))
+
+
+def _draw(row: list[float], rng: np.random.Generator) -> tuple[int, float]:
+    """One action from one row of probabilities by inverse CDF on Python floats: the same draw and the same
+    arithmetic as the array path of :func:`_sample` (``rng.random((1, 1))``, a sequential cumulative sum)."""
+    total, cdf_row = 0.0, []
+    for p in row:
+        total += p
+        cdf_row.append(total)
+    u = rng.random() * total
+    a = min(sum(u >= c for c in cdf_row), len(row) - 1)
+    return a, row[a]
 
 
 def _actor(agent: Agent) -> PolicyNet | None:

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -216,8 +216,9 @@ class Prepared:
     step: int | None
 
 
-@dataclass(frozen=True)
-class Decided:
+class Decided(NamedTuple):
+    """One decision as served (a named tuple: made once per decision on the request path)."""
+
     decision_id: str
     episode_id: str
     action: np.ndarray  # (A,) float32 row; discrete: the index as float
@@ -433,7 +434,11 @@ class DecisionBatcher:
                 self._iteration_busy = True
                 loop.call_soon(self._end_iteration)
                 try:
+                    if len(items) == 1:
+                        return [self._infer_one(items[0], model, self.rng)]
                     [result] = self._infer([_Submission(items, None)], model, self.rng)
+                except Unavailable:  # the writer cannot log it: not served
+                    raise
                 except Exception as exc:
                     log.error("inference failed", exc_info=exc)
                     raise Unavailable(f"inference failed: {type(exc).__name__}") from None
@@ -505,6 +510,102 @@ class DecisionBatcher:
                 sub.future.set_exception(failure)
 
     # -- one pass (event loop or inference thread) --------------------------------------------------------------
+    def _infer_one(self, item: Prepared, model: ServedModel, rng: np.random.Generator) -> Decided:
+        """One decision through the numpy policy (on the event loop): what :meth:`_infer` does for a batch of
+        one, without building batch arrays for the forward pass (:meth:`NumpyPolicy.act_one`)."""
+        agent = model.agent
+        spec = agent.spec
+        fast: NumpyPolicy = model.fast  # type: ignore[assignment]
+        exploration = item.exploration
+        action, propensity = fast.act_one(
+            item.state,
+            item.goal if agent.goal_conditioned else None,
+            item.action_mask,
+            exploration=exploration,
+            rng=rng,
+        )
+        masks = None
+        if spec.masked:
+            masks = (
+                np.ones((1, spec.n_actions), np.bool_)
+                if item.action_mask is None
+                else np.array([item.action_mask], np.bool_)
+            )
+        [(did, episode)] = self._log_pass(
+            model,
+            [item],
+            np.array([item.state], np.float32),
+            np.array([item.goal], np.float32),
+            masks,
+            action[None],
+            np.array([propensity]),
+            [propensity],
+            exploration,
+        )
+        return Decided(did, episode, action, propensity, model)
+
+    def _log_pass(
+        self,
+        model: ServedModel,
+        items: list[Prepared],
+        states: np.ndarray,
+        goals: np.ndarray,
+        masks: np.ndarray | None,
+        actions: np.ndarray,
+        props: np.ndarray,
+        prop_list: list[float],
+        exploration: Exploration | None,
+    ) -> list[tuple[str, str]]:
+        """Name the decisions of one pass, hand them to the writer, count them and tell the ``on_decision`` hooks;
+        returns (decision id, episode id) per item. Raises :class:`Unavailable` when they cannot be logged (then
+        they are not served)."""
+        spec = model.agent.spec
+        n = len(items)
+        prefix = self._prefix
+        ids = [f"{prefix}-{c:x}" for c in itertools.islice(self._counter, n)]
+        episodes = [it.episode_id or did for it, did in zip(items, ids, strict=True)]
+        self.writer.add_decisions(
+            DecisionBlock(
+                ids=ids,
+                episode_ids=episodes,
+                steps=[it.step for it in items],
+                request_ids=[it.request_id for it in items],
+                tasks=[it.task for it in items],
+                states=states,
+                goals=goals,
+                actions=actions,
+                action_masks=masks if spec.masked else None,
+                propensities=props,
+                epsilon=0.0 if exploration is None else exploration.epsilon,
+                temperature=None if exploration is None else exploration.temperature,
+                model_name=model.name,
+                model_version=model.version,
+            )
+        )
+        counter = self._decisions_counters.get(model.version)
+        if counter is None:
+            counter = self._decisions_counters[model.version] = self.metrics.decisions.labels(model.version)
+        counter.inc(n)
+        self.metrics.inference_batch.observe(n)
+        if self.hooks.has("on_decision"):
+            self.hooks.dispatch(
+                "on_decision",
+                domain=spec.name,
+                model=model.info,
+                decisions=[
+                    {
+                        "decision_id": ids[j],
+                        "episode_id": episodes[j],
+                        "step": items[j].step,
+                        "request_id": items[j].request_id,
+                        "action": int(actions[j, 0]) if spec.discrete else actions[j].tolist(),
+                        "propensity": prop_list[j],
+                    }
+                    for j in range(n)
+                ],
+            )
+        return list(zip(ids, episodes, strict=True))
+
     def _infer(
         self, batch: list[_Submission], model: ServedModel, rng: np.random.Generator
     ) -> list[list[Decided] | BaseException]:
@@ -521,9 +622,6 @@ class DecisionBatcher:
             groups.setdefault(None if e is None else (e.epsilon, e.temperature), []).append(r)
         out: list[list[Decided | None]] = [[None] * len(sub.items) for sub in batch]
         errors: dict[int, BaseException] = {}
-        counter = self._decisions_counters.get(model.version)
-        if counter is None:
-            counter = self._decisions_counters[model.version] = self.metrics.decisions.labels(model.version)
         for group in groups.values():
             items = [r[2] for r in group]
             n = len(items)
@@ -548,54 +646,16 @@ class DecisionBatcher:
             )
             actions = np.asarray(result.actions, np.float32).reshape(n, spec.action_dim)
             props = np.asarray(result.propensities, np.float64)
-            prefix = self._prefix
-            ids = [f"{prefix}-{c:x}" for c in itertools.islice(self._counter, n)]
-            episodes = [it.episode_id or did for it, did in zip(items, ids, strict=True)]
             if spec.masked and masks is None:
                 masks = np.ones((n, spec.n_actions), np.bool_)
-            block = DecisionBlock(
-                ids=ids,
-                episode_ids=episodes,
-                steps=[it.step for it in items],
-                request_ids=[it.request_id for it in items],
-                tasks=[it.task for it in items],
-                states=states,
-                goals=goals,
-                actions=actions,
-                action_masks=masks if spec.masked else None,
-                propensities=props,
-                epsilon=0.0 if exploration is None else exploration.epsilon,
-                temperature=None if exploration is None else exploration.temperature,
-                model_name=model.name,
-                model_version=model.version,
-            )
+            prop_list = props.tolist()
             try:
-                self.writer.add_decisions(block)
+                named = self._log_pass(model, items, states, goals, masks, actions, props, prop_list, exploration)
             except Unavailable as exc:
                 # A decision that cannot be logged is not served: it could never become training data.
                 for si, _, _ in group:
                     errors[si] = exc
                 continue
-            counter.inc(n)
-            self.metrics.inference_batch.observe(n)
-            prop_list = props.tolist()
             for j, (si, ii, _) in enumerate(group):
-                out[si][ii] = Decided(ids[j], episodes[j], actions[j], prop_list[j], model)
-            if self.hooks.has("on_decision"):
-                self.hooks.dispatch(
-                    "on_decision",
-                    domain=spec.name,
-                    model=model.info,
-                    decisions=[
-                        {
-                            "decision_id": ids[j],
-                            "episode_id": episodes[j],
-                            "step": items[j].step,
-                            "request_id": items[j].request_id,
-                            "action": int(actions[j, 0]) if spec.discrete else actions[j].tolist(),
-                            "propensity": prop_list[j],
-                        }
-                        for j in range(n)
-                    ],
-                )
+                out[si][ii] = Decided(named[j][0], named[j][1], actions[j], prop_list[j], model)
         return [errors[si] if si in errors else list(out[si]) for si in range(len(batch))]  # type: ignore[misc, arg-type]

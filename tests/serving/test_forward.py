@@ -87,3 +87,40 @@ def test_numpy_policy_decides_exactly_like_the_agent(algo: str, spec: DomainSpec
 def test_hierarchical_policies_are_served_through_torch() -> None:
     agent, _ = _agent("hiql", DISCRETE)
     assert export_policy(agent) is None
+
+
+@pytest.mark.parametrize("algo", ["gcbc", "iql"])
+@pytest.mark.parametrize("spec", [DISCRETE, CONTINUOUS], ids=["discrete", "continuous"])
+def test_one_decision_path_matches_the_batch_path(algo: str, spec: DomainSpec) -> None:
+    """act_one (the service's single-request path) returns what act returns for that row, bit for bit, from the
+    same random draws: partial goals, no goal, action masks and every exploration setting."""
+    agent, data = _agent(algo, spec)
+    policy = export_policy(agent)
+    assert policy is not None
+    rng = np.random.default_rng(13)
+    for exploration in EXPLORATIONS:
+        if not policy.handles(exploration):
+            continue
+        states, goals, mask = _inputs(spec, data, rng, 40)
+        goals[0] = np.nan  # a goal that names no feature
+        for i in range(len(states)):
+            g = goals[i] if agent.goal_conditioned else None
+            for row_mask in (None, mask[i] if mask is not None else None):
+                want = policy.act(
+                    states[i : i + 1],
+                    None if g is None else g[None],
+                    None,
+                    None if row_mask is None else row_mask[None],
+                    exploration=exploration,
+                    rng=np.random.default_rng(i),
+                )
+                action, propensity = policy.act_one(
+                    states[i].tolist(),
+                    None if g is None else g.tolist(),
+                    None if row_mask is None else row_mask.tolist(),
+                    exploration=exploration,
+                    rng=np.random.default_rng(i),
+                )
+                assert action.dtype == np.float32 and action.shape == (spec.action_dim,)
+                assert np.array_equal(action, np.asarray(want.actions, np.float32).reshape(-1))
+                assert propensity == float(want.propensities[0])
