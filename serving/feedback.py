@@ -149,6 +149,53 @@ class _Served:
 _STOP = object()
 
 
+@dataclass
+class _DecisionRows:
+    """The decisions of several blocks as single arrays, made once per group commit (one forward pass of one
+    request makes a block of one decision: a commit at one client joins hundreds of them)."""
+
+    blocks: list[DecisionBlock]
+    lengths: list[int]
+    ids: list[str]
+    episode_ids: list[str]
+    states: np.ndarray  # (N, S) float32
+    goals: np.ndarray  # (N, G) float32
+    actions: np.ndarray  # (N, A) float32
+    masks: np.ndarray | None  # (N, K) bool for masked domains (all True where a block has none)
+    propensities: np.ndarray  # (N,) float64
+
+    @classmethod
+    def of(cls, blocks: list[DecisionBlock], mask_width: int | None) -> _DecisionRows:
+        """``mask_width``: the number of actions of a masked domain, else None (no masks kept)."""
+        chain = itertools.chain.from_iterable
+        lengths = [len(bl) for bl in blocks]
+        masks = None
+        if mask_width is not None:
+            masks = np.concatenate(
+                [
+                    bl.action_masks if bl.action_masks is not None else np.ones((len(bl), mask_width), np.bool_)
+                    for bl in blocks
+                ]
+            )
+        return cls(
+            blocks=blocks,
+            lengths=lengths,
+            ids=list(chain(bl.ids for bl in blocks)),
+            episode_ids=list(chain(bl.episode_ids for bl in blocks)),
+            states=np.concatenate([bl.states for bl in blocks]).astype(np.float32, copy=False),
+            goals=np.concatenate([bl.goals for bl in blocks]).astype(np.float32, copy=False),
+            actions=np.concatenate([bl.actions for bl in blocks]).astype(np.float32, copy=False),
+            masks=masks,
+            propensities=np.concatenate([bl.propensities for bl in blocks]).astype(np.float64, copy=False),
+        )
+
+    def per_row(self, values: list[Any]) -> list[Any]:
+        """A value per block repeated for each of its rows."""
+        if len(self.blocks) == len(self.ids):  # blocks of one decision each
+            return values
+        return [v for v, n in zip(values, self.lengths, strict=True) for _ in range(n)]
+
+
 class _DecisionCache:
     """The most recent ``capacity`` decisions as a ring of arrays, for joining feedback without a query.
 
@@ -169,14 +216,19 @@ class _DecisionCache:
         self.model_names: list[tuple[str, str]] = []
         self.next = 0
 
-    def add(self, block: DecisionBlock) -> list[str]:
-        """Store ``block`` over the oldest slots; returns the ids it evicted."""
-        evicted: list[str] = []
-        key = (block.model_name, block.model_version)
+    def model_index(self, name: str, version: str) -> int:
+        key = (name, version)
         if key not in self.model_names:
             self.model_names.append(key)
-        model = self.model_names.index(key)
-        n, start = len(block), 0
+        return self.model_names.index(key)
+
+    def add_rows(self, rows: _DecisionRows) -> list[str]:
+        """Store ``rows`` (of any number of blocks) over the oldest slots; returns the ids it evicted."""
+        evicted: list[str] = []
+        models = np.repeat(
+            [self.model_index(bl.model_name, bl.model_version) for bl in rows.blocks], rows.lengths
+        ).astype(np.int32)
+        n, start = len(rows.ids), 0
         if n > self.capacity:
             start = n - self.capacity
         while start < n:
@@ -186,16 +238,16 @@ class _DecisionCache:
                 if old is not None and self.slots.get(old) is not None:
                     del self.slots[old]
                     evicted.append(old)
-            ids = block.ids[start : start + m]
+            ids = rows.ids[start : start + m]
             self.ids[at : at + m] = ids
-            self.episodes[at : at + m] = block.episode_ids[start : start + m]
+            self.episodes[at : at + m] = rows.episode_ids[start : start + m]
             self.slots.update(zip(ids, range(at, at + m), strict=True))
-            self.states[at : at + m] = block.states[start : start + m]
-            self.actions[at : at + m] = block.actions[start : start + m]
+            self.states[at : at + m] = rows.states[start : start + m]
+            self.actions[at : at + m] = rows.actions[start : start + m]
             if self.masks is not None:
-                self.masks[at : at + m] = True if block.action_masks is None else block.action_masks[start : start + m]
-            self.propensities[at : at + m] = block.propensities[start : start + m]
-            self.models[at : at + m] = model
+                self.masks[at : at + m] = rows.masks[start : start + m]  # type: ignore[index]
+            self.propensities[at : at + m] = rows.propensities[start : start + m]
+            self.models[at : at + m] = models[start : start + m]
             self.next += m
             start += m
         return evicted
@@ -438,10 +490,9 @@ class FeedbackWriter:
             call.future.set_exception(exc)
 
     # -- one group commit -------------------------------------------------------------------------------------------
-    def _remember(self, blocks: list[DecisionBlock]) -> None:
-        for block in blocks:
-            for did in self._cache.add(block):  # evicted ones are looked up in the store when needed
-                self._fed.pop(did, None)
+    def _remember(self, rows: _DecisionRows) -> None:
+        for did in self._cache.add_rows(rows):  # evicted ones are looked up in the store when needed
+            self._fed.pop(did, None)
 
     def _lookup(self, ids: list[str]) -> tuple[dict[str, _Served], dict[str, FeedbackResult]]:
         """Decisions (and any feedback already stored for them) that are not in memory."""
@@ -490,7 +541,9 @@ class FeedbackWriter:
 
     def _commit(self, blocks: list[DecisionBlock], events: list[FeedbackEvent]) -> None:
         start = time.perf_counter()
-        self._remember(blocks)
+        rows = _DecisionRows.of(blocks, _mask_width(self.spec) if self.spec.masked else None) if blocks else None
+        if rows is not None:
+            self._remember(rows)
         # Resolve every event against its decision: in memory first, then one query for the rest.
         served: dict[str, _Served] = {}
         answered: list[tuple[FeedbackEvent, FeedbackResult | BaseException]] = []
@@ -542,8 +595,8 @@ class FeedbackWriter:
         try:
             # Stage frames stay registered until the next group replaces them (one statement fewer per frame).
             with self.store.transaction() as con:
-                if blocks:
-                    con.register("served_decisions_stage", self._decisions_frame(blocks))
+                if rows is not None:
+                    con.register("served_decisions_stage", self._decisions_frame(rows))
                     con.execute(f"INSERT INTO {decisions_table(self.spec)} SELECT * FROM served_decisions_stage")
                 if accepted:
                     steps, fb = self._feedback_frames(accepted, results, served, seq0)
@@ -595,43 +648,30 @@ class FeedbackWriter:
             self.metrics.write_groups.observe(sum(map(len, blocks)) + len(events))
             self.metrics.commit_seconds.observe(time.perf_counter() - start)
 
-    def _decisions_frame(self, blocks: list[DecisionBlock]) -> pa.Table:
+    def _decisions_frame(self, rows: _DecisionRows) -> pa.Table:
         spec = self.spec
         s, g, a, k = spec.state_dim, len(spec.outcomes), spec.action_dim, _mask_width(spec)
-        n = sum(map(len, blocks))
+        blocks, n = rows.blocks, len(rows.ids)
+        chain = itertools.chain.from_iterable
         f32, b = pa.float32(), pa.bool_()
-        masks: pa.Array
-        if spec.masked:
-            masks = _fixed(
-                np.concatenate(
-                    [
-                        bl.action_masks if bl.action_masks is not None else np.ones((len(bl), k), np.bool_)
-                        for bl in blocks
-                    ]
-                ),
-                k,
-                b,
-            )
-        else:
-            masks = pa.nulls(n, pa.list_(b, k))
-        temps = [bl.temperature for bl in blocks for _ in range(len(bl))]
+        masks: pa.Array = pa.nulls(n, pa.list_(b, k)) if rows.masks is None else _fixed(rows.masks, k, b)
         return pa.table(
             {
-                "decision_id": pa.array([i for bl in blocks for i in bl.ids], pa.string()),
-                "episode_id": pa.array([e for bl in blocks for e in bl.episode_ids], pa.string()),
-                "step": pa.array([x for bl in blocks for x in bl.steps], pa.int32()),
-                "request_id": pa.array([x for bl in blocks for x in bl.request_ids], pa.string()),
-                "state": _fixed(np.concatenate([bl.states for bl in blocks]).astype(np.float32), s, f32),
-                "goal": _fixed(np.concatenate([bl.goals for bl in blocks]).astype(np.float32), g, f32),
-                "task": pa.array([x for bl in blocks for x in bl.tasks], pa.string()),
-                "action": _fixed(np.concatenate([bl.actions for bl in blocks]).astype(np.float32), a, f32),
+                "decision_id": pa.array(rows.ids, pa.string()),
+                "episode_id": pa.array(rows.episode_ids, pa.string()),
+                "step": pa.array(list(chain(bl.steps for bl in blocks)), pa.int32()),
+                "request_id": pa.array(list(chain(bl.request_ids for bl in blocks)), pa.string()),
+                "state": _fixed(rows.states, s, f32),
+                "goal": _fixed(rows.goals, g, f32),
+                "task": pa.array(list(chain(bl.tasks for bl in blocks)), pa.string()),
+                "action": _fixed(rows.actions, a, f32),
                 "action_mask": masks,
-                "propensity": pa.array(np.concatenate([bl.propensities for bl in blocks]).astype(np.float64)),
-                "epsilon": pa.array(np.repeat([bl.epsilon for bl in blocks], [len(bl) for bl in blocks]), pa.float64()),
-                "temperature": pa.array(temps, pa.float64()),
-                "model_name": pa.array([bl.model_name for bl in blocks for _ in range(len(bl))], pa.string()),
-                "model_version": pa.array([bl.model_version for bl in blocks for _ in range(len(bl))], pa.string()),
-                "created_at": pa.array([bl.created_at for bl in blocks for _ in range(len(bl))], pa.timestamp("us")),
+                "propensity": pa.array(rows.propensities),
+                "epsilon": pa.array(rows.per_row([bl.epsilon for bl in blocks]), pa.float64()),
+                "temperature": pa.array(rows.per_row([bl.temperature for bl in blocks]), pa.float64()),
+                "model_name": pa.array(rows.per_row([bl.model_name for bl in blocks]), pa.string()),
+                "model_version": pa.array(rows.per_row([bl.model_version for bl in blocks]), pa.string()),
+                "created_at": pa.array(rows.per_row([bl.created_at for bl in blocks]), pa.timestamp("us")),
             }
         )
 
