@@ -303,6 +303,21 @@ def validate_rows(steps: pl.DataFrame, spec: DomainSpec, file: str) -> None:
                 rule=f"action outside the space: expected an index in 0..{acts.n - 1}",
                 value=float(a[r]),
             )
+        if acts.once_per_episode:
+            repeated = ~steps.select(
+                pl.struct(pl.col("episode_id"), pl.col("action").arr.first()).is_first_distinct()
+            ).to_series()
+            if repeated.any():
+                r = int(repeated.arg_true()[0])
+                raise IngestError(
+                    file=file,
+                    row=int(steps["source_row"][r]),
+                    column="action",
+                    rule=f"action {int(a[r])} repeats within episode '{steps['episode_id'][r]}', but domain "
+                    f"'{spec.name}' allows each action once per episode",
+                    value=int(a[r]),
+                    hint="drop the repeated decision, or declare the domain without once_per_episode",
+                )
         if acts.masked:
             masks = steps["action_mask"]
             if masks.null_count():

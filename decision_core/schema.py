@@ -53,12 +53,16 @@ class OutcomeFeature:
 class DiscreteActions:
     """``len(labels)`` actions; stored as the index in a length-1 action vector.
 
-    ``masked`` says the logs carry a per-step mask of the actions that were available.
+    ``masked`` says the logs carry a per-step mask of the actions that were available. ``once_per_episode`` is a
+    rule of the domain instead of a logged column: an action taken in an episode is unavailable for the rest of
+    it (an item already shown in a session, a question already asked). Loading derives the masks from the
+    episode's own actions (:func:`decision_core.store.once_per_episode_masks`); both together combine.
     """
 
     labels: tuple[str, ...]
     masked: bool = False
     kind: Literal["discrete"] = "discrete"
+    once_per_episode: bool = False
 
     @property
     def n(self) -> int:
@@ -117,20 +121,14 @@ class DomainSpec:
         names = [f.name for f in self.state]
         for f in self.state:
             if not _FEATURE_NAME.match(f.name):
-                raise SpecError(
-                    f"domain '{self.name}': state feature name '{f.name}' is not a valid identifier"
-                )
+                raise SpecError(f"domain '{self.name}': state feature name '{f.name}' is not a valid identifier")
             if f.dtype not in ("float", "int", "bool"):
-                raise SpecError(
-                    f"domain '{self.name}': state feature '{f.name}' has unknown dtype '{f.dtype}'"
-                )
+                raise SpecError(f"domain '{self.name}': state feature '{f.name}' has unknown dtype '{f.dtype}'")
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise SpecError(f"domain '{self.name}': duplicate state feature names {dupes}")
         if not self.outcomes:
-            raise SpecError(
-                f"domain '{self.name}': declare at least one outcome feature (goals are stated over them)"
-            )
+            raise SpecError(f"domain '{self.name}': declare at least one outcome feature (goals are stated over them)")
         for o in self.outcomes:
             if o.name not in names:
                 raise SpecError(
@@ -150,9 +148,7 @@ class DomainSpec:
                 raise SpecError(f"domain '{self.name}': box actions need names, low and high of equal length")
             for n, lo, hi in zip(acts.names, acts.low, acts.high, strict=True):
                 if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-                    raise SpecError(
-                        f"domain '{self.name}': action '{n}' bounds must be finite with low < high"
-                    )
+                    raise SpecError(f"domain '{self.name}': action '{n}' bounds must be finite with low < high")
         else:
             raise SpecError(f"domain '{self.name}': actions must be DiscreteActions or BoxActions")
         outcome_names = {o.name for o in self.outcomes}
@@ -192,7 +188,17 @@ class DomainSpec:
 
     @property
     def masked(self) -> bool:
+        """Whether the logs carry a per-step action mask (a column of the steps table)."""
         return isinstance(self.actions, DiscreteActions) and self.actions.masked
+
+    @property
+    def once_per_episode(self) -> bool:
+        return isinstance(self.actions, DiscreteActions) and self.actions.once_per_episode
+
+    @property
+    def has_action_masks(self) -> bool:
+        """Whether decisions are made under an availability mask: logged, derived from the episode, or both."""
+        return self.masked or self.once_per_episode
 
     @property
     def outcome_index(self) -> np.ndarray:
@@ -225,7 +231,9 @@ class DomainSpec:
             kind = acts.pop("kind", "discrete")
             if kind == "discrete":
                 actions: ActionSpace = DiscreteActions(
-                    labels=tuple(acts["labels"]), masked=bool(acts.get("masked"))
+                    labels=tuple(acts["labels"]),
+                    masked=bool(acts.get("masked")),
+                    once_per_episode=bool(acts.get("once_per_episode")),
                 )
             elif kind == "continuous":
                 actions = BoxActions(
@@ -256,6 +264,7 @@ class DomainSpec:
         acts = self.actions
         if isinstance(acts, DiscreteActions):
             a = f"discrete[{acts.n}]" + (" masked" if acts.masked else "")
+            a += " once per episode" if acts.once_per_episode else ""
         else:
             a = f"box[{acts.dim}]"
         return (

@@ -14,6 +14,7 @@ into preallocated contiguous numpy arrays: one query per domain, no per-row Pyth
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,12 +49,30 @@ def fetch_one(con: duckdb.DuckDBPyConnection, query: str, params: list[object] |
 READ_BUFFER_MIB = 64
 
 
+def once_per_episode_masks(arrays: DomainArrays) -> np.ndarray:
+    """(N, K) availability under "each action at most once per episode": actions taken at earlier steps of a
+    step's episode are False, everything else True. One vectorised pass per step offset (longest episode)."""
+    n, k = arrays.n_steps, arrays.spec.n_actions
+    masks = np.ones((n, k), np.bool_)
+    if n == 0:
+        return masks
+    taken = arrays.actions[:, 0].astype(np.int64)
+    position = np.arange(n, dtype=np.int64) - np.repeat(
+        arrays.episode_starts, arrays.episode_ends - arrays.episode_starts
+    )
+    for offset in range(1, int(position.max()) + 1):
+        rows = np.flatnonzero(position >= offset)
+        masks[rows, taken[rows - offset]] = False
+    return masks
+
+
 @dataclass
 class DomainArrays:
     """A whole domain as contiguous arrays, episodes stored back to back.
 
     Episode ``e`` spans rows ``episode_starts[e]:episode_ends[e]``; ``rewards`` and ``propensities`` hold NaN
-    where the logs had none; ``action_masks`` is ``None`` unless the spec declares masked actions.
+    where the logs had none; ``action_masks`` is ``None`` unless the spec declares masked actions (logged, or
+    derived under ``once_per_episode``).
     """
 
     spec: DomainSpec
@@ -106,6 +125,14 @@ class DomainArrays:
     @property
     def has_rewards(self) -> bool:
         return bool(self.n_steps) and not bool(np.isnan(self.rewards).any())
+
+    def with_derived_masks(self) -> DomainArrays:
+        """These arrays with the spec's ``once_per_episode`` rule applied to ``action_masks`` (itself otherwise)."""
+        if not self.spec.once_per_episode:
+            return self
+        derived = once_per_episode_masks(self)
+        masks = derived if self.action_masks is None else derived & self.action_masks
+        return dataclasses.replace(self, action_masks=masks)
 
     def select_episodes(self, episodes: np.ndarray) -> DomainArrays:
         """A copy holding only the given episode numbers (used to shard data by episode)."""
@@ -316,7 +343,7 @@ class DecisionStore:
         if arrays is None:  # stored out of episode order (e.g. appended served traffic): sort in DuckDB
             arrays = self._read(spec, n, batch_rows, ordered=True)
             assert arrays is not None
-        return arrays
+        return arrays.with_derived_masks()
 
     def _read(self, spec: DomainSpec, n: int, batch_rows: int, *, ordered: bool) -> DomainArrays | None:
         s, a = spec.state_dim, spec.action_dim

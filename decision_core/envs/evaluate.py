@@ -165,7 +165,7 @@ class LearnedPolicy(SimPolicy):
         self.reward_goal = reward_goal
 
     def _action_mask(self, dynamics: BatchDynamics, batch: int) -> np.ndarray | None:
-        if not self.agent.spec.masked:
+        if not self.agent.spec.has_action_masks:
             return None
         method = getattr(dynamics, "action_mask", None)
         mask = method() if callable(method) else dynamics.info().get("action_mask")

@@ -188,14 +188,15 @@ def recommender_spec() -> DomainSpec:
     """The Recommender domain spec (shared by the simulator and the adapter)."""
     return DomainSpec(
         name="recommender",
-        version="1",
+        version="2",
         state=STATE_FEATURES,
         outcomes=(
             OutcomeFeature("converted", 0.5, "bought a recommended item in the session"),
             OutcomeFeature("satisfaction", 0.1, "recent engagement level"),
             *(OutcomeFeature(f"engaged_{c}", 0.5, f"clicks on {c} items (capped at 3)") for c in CATEGORIES),
         ),
-        actions=DiscreteActions(labels=tuple(f"item_{i:03d}" for i in range(N_ITEMS))),
+        # The widget never shows an item twice in a session: a rule of the domain, derived from the log.
+        actions=DiscreteActions(labels=tuple(f"item_{i:03d}" for i in range(N_ITEMS)), once_per_episode=True),
         reward=REWARD,
         description="One user session of a shop's recommendation widget; the action is the item to show.",
         goals={g.name: dict(g.targets) for g in GOALS},
@@ -271,6 +272,10 @@ class RecommenderDynamics(BatchDynamics):
         """Start new sessions in the worlds where ``mask`` is True (per-world autoreset)."""
         self._new_users(np.flatnonzero(np.asarray(mask, np.bool_)), rng)
         return self.observe()
+
+    def action_mask(self) -> np.ndarray:
+        """(B, N) items not shown yet in each session (the domain's once-per-session rule, from the log)."""
+        return self.seen == 0
 
     def observe(self) -> np.ndarray:
         """(B, S) float32 state vectors, computed from the observable log only."""
@@ -432,20 +437,19 @@ def _sample(probs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np
 
 class BehaviourPolicy(SimPolicy):
     """How such widgets run today: popular items, a boost for the category of the last click ("because you
-    viewed ..."), items already shown in the session pushed down; a softmax over these scores explores."""
+    viewed ..."), never an item already shown in the session; a softmax over these scores explores."""
 
     name = "behaviour"
     temperature = 0.5
     recency_boost = 1.0
-    repeat_penalty = 4.0
 
     def probabilities(self, dynamics: RecommenderDynamics) -> np.ndarray:
         """(B, N) probability of showing each item."""
         b = len(dynamics.sat)
         scores = np.tile(np.log(dynamics.cat.popularity), (b, 1))
         scores += self.recency_boost * (dynamics.cat.category == dynamics.last_click_cat[:, None])
-        scores -= self.repeat_penalty * (dynamics.seen > 0)  # the system knows what it has shown
         scores /= self.temperature
+        scores[dynamics.seen > 0] = -np.inf  # the domain's rule: the system knows what it has shown
         scores -= scores.max(1, keepdims=True)
         p = np.exp(scores)
         return p / p.sum(1, keepdims=True)
@@ -471,7 +475,7 @@ class OraclePolicy(SimPolicy):
             pursue = progress.max(1) > 0
             goal_score = progress - self.goal_keep_value * ahead["leave"]
             score = np.where(pursue[:, None], goal_score, score)
-        items = score.argmax(1)
+        items = np.where(dynamics.seen > 0, -np.inf, score).argmax(1)
         return items.astype(np.int64), np.ones(len(items), np.float32)
 
     @staticmethod
@@ -499,13 +503,14 @@ class OraclePolicy(SimPolicy):
 
 
 class RandomPolicy(SimPolicy):
-    """Any item, uniformly."""
+    """Any item not shown yet in the session, uniformly."""
 
     name = "random"
 
     def act(self, dynamics, observations, goals, goal_mask, rng):  # type: ignore[override]
-        b = len(observations)
-        return rng.integers(0, N_ITEMS, b).astype(np.int64), np.full(b, 1.0 / N_ITEMS, np.float32)
+        available = dynamics.action_mask()
+        draws = np.where(available, rng.random(available.shape), -1.0)
+        return draws.argmax(1).astype(np.int64), (1.0 / available.sum(1)).astype(np.float32)
 
 
 # -- the simulator --------------------------------------------------------------------------------------------

@@ -207,3 +207,25 @@ def test_sortedness_check_agrees_with_sorting_nulls_last() -> None:
         )
         expected = frame.equals(frame.sort(["a", "b"], nulls_last=True, maintain_order=True))
         assert _sorted_by(frame, ["a", "b"]) == expected, frame
+
+
+def test_an_item_shown_twice_in_a_session_is_refused_and_loading_masks_shown_items(simulated, tmp_path: Path) -> None:
+    _, path = simulated
+    frame = pl.read_csv(path, infer_schema=False)
+    # Row 4 shows the item of row 3 again in the same session: the domain shows each item once per session.
+    assert frame["session_id"][3] == frame["session_id"][4]
+    bad = _bad_copy(path, tmp_path / "repeat.csv", 4, "item_id", frame["item_id"][3])
+    with DecisionStore(tmp_path / "store.duckdb") as store:
+        with pytest.raises(IngestError, match="repeats within episode") as info:
+            ingest(RecommenderAdapter(), [bad], store)
+        assert (info.value.row, info.value.column) == (4, "action")
+        ingest(RecommenderAdapter(), [path], store)
+        arrays = store.load_arrays("recommender")
+    masks = arrays.action_masks
+    assert masks is not None and masks.shape == (arrays.n_steps, 240)
+    taken = arrays.actions[:, 0].astype(int)
+    for e in range(arrays.n_episodes):
+        a, b = arrays.episode_starts[e], arrays.episode_ends[e]
+        for t in range(a, b):
+            assert set(np.flatnonzero(~masks[t])) == set(taken[a:t].tolist())
+            assert masks[t, taken[t]]  # the logged item was available

@@ -38,6 +38,9 @@ def test_spec_round_trips_through_json():
     box = make(actions=BoxActions(names=("qty",), low=(0.0,), high=(100.0,)))
     assert DomainSpec.from_json(box.to_json()) == box
     assert spec.outcome_index.tolist() == [0] and spec.n_actions == 3 and box.action_dim == 1
+    once = make(actions=DiscreteActions(labels=("a", "b"), once_per_episode=True))
+    assert DomainSpec.from_json(once.to_json()) == once
+    assert once.has_action_masks and not once.masked and "once per episode" in once.summary()
 
 
 @pytest.mark.parametrize(

@@ -57,3 +57,35 @@ def test_a_foreign_duckdb_file_is_not_mistaken_for_a_store(tmp_path: Path):
     con.close()
     with pytest.raises(StoreError, match="not a decision store"):
         DecisionStore(path)
+
+
+def test_once_per_episode_masks_come_from_the_episode_and_combine_with_logged_masks() -> None:
+    import numpy as np
+
+    from decision_core.store import DomainArrays
+
+    once = DomainSpec(
+        name="quiz",
+        version="1",
+        state=(Feature("x"),),
+        outcomes=(OutcomeFeature("x", 0.5),),
+        actions=DiscreteActions(labels=("a", "b", "c", "d"), masked=True, once_per_episode=True),
+    )
+    n = 5  # episode one takes b, d, a; episode two takes d, b
+    logged = np.ones((n, 4), np.bool_)
+    logged[4, 2] = False  # "c" was not offered at the last step
+    arrays = DomainArrays(
+        spec=once,
+        states=np.zeros((n, 1), np.float32),
+        actions=np.array([[1], [3], [0], [3], [1]], np.float32),
+        next_states=np.zeros((n, 1), np.float32),
+        rewards=np.zeros(n, np.float32),
+        propensities=np.full(n, np.nan, np.float32),
+        terminated=np.zeros(n, np.bool_),
+        truncated=np.array([False, False, True, False, True]),
+        action_masks=logged,
+        episode_starts=np.array([0, 3]),
+        episode_ends=np.array([3, 5]),
+    ).with_derived_masks()
+    expected = [[1, 1, 1, 1], [1, 0, 1, 1], [1, 0, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]]
+    assert arrays.action_masks.astype(int).tolist() == expected
