@@ -29,14 +29,15 @@ def count_rows(files: list[Path]) -> int:
 
 
 def raw_logs(domain: str, rows: int) -> list[Path]:
-    """Simulated behaviour logs of ``domain`` with at least ``rows`` raw rows (cached)."""
+    """Simulated behaviour logs of ``domain`` with at least ``rows`` raw rows (cached per domain version)."""
+    from decision_core.envs import get_simulator
     from decision_core.envs.simulate import simulate_logs
 
-    out = CACHE / f"{domain}-{rows}"
+    out = CACHE / f"{domain}-v{get_simulator(domain).spec().version}-{rows}"
     manifest = out / "files.json"
     if manifest.exists():
         return [Path(p) for p in json.loads(manifest.read_text())]
-    probe_dir = CACHE / f"{domain}-probe"
+    probe_dir = out.with_name(out.name + "-probe")
     probe = simulate_logs(domain, 200, "behaviour", 0, probe_dir)
     per_episode = count_rows([p for p in probe if p.suffix == ".csv"]) / 200
     episodes = int(rows / per_episode * 1.02) + 1
