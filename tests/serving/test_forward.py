@@ -89,7 +89,7 @@ def test_hierarchical_policies_are_served_through_torch() -> None:
     assert export_policy(agent) is None
 
 
-@pytest.mark.parametrize("algo", ["gcbc", "iql"])
+@pytest.mark.parametrize("algo", ["gcbc", "bc"])
 @pytest.mark.parametrize("spec", [DISCRETE, CONTINUOUS], ids=["discrete", "continuous"])
 def test_one_decision_path_matches_the_batch_path(algo: str, spec: DomainSpec) -> None:
     """act_one (the service's single-request path) returns what act returns for that row, bit for bit, from the
