@@ -2,9 +2,13 @@
 
 Critic ``Q(s, a, g)`` (twin ensemble, Polyak target) regresses ``r + discount * mask * V(s', g)``; the value
 ``V(s, g)`` is an expectile of the target critic's ``min Q``, so it estimates the best in-distribution action
-without querying unseen actions. The policy maximises ``exp(temperature * (Q - V)) * log pi(a | s, g)`` on the
-logged actions (AWR), which works the same for discrete and continuous actions. Rewards are ``success - 1``
-with success decided by the domain's outcome tolerances (see ``decision_core.data.goals``).
+without querying unseen actions. The policy is the behaviour's, improved by the critic:
+``pi(a | s, g) ∝ pi_b(a | s, g) * exp(temperature * A(s, a, g))``. For discrete actions it is computed exactly
+(``extraction="closed_form"``): the actor clones the logged actions for the actor goals and the policy's logits are
+``log pi_b + temperature * Q`` (:func:`~decision_core.algos.nets.tilted_logits`). For Box actions (or with
+``extraction="awr"``) the actor maximises ``exp(temperature * (Q - V)) * log pi(a | s, g)`` on the logged actions
+(AWR). Rewards are ``success - 1`` with success decided by the domain's outcome tolerances (see
+``decision_core.data.goals``), so advantages count steps to the goal.
 """
 
 from __future__ import annotations
@@ -16,7 +20,17 @@ import torch
 from torch import Tensor, nn
 
 from decision_core.algos.base import Agent, GoalConditionedConfig
-from decision_core.algos.nets import MLP, Critic, PolicyNet, PolicyOutput, awr_weights, expectile_loss, polyak_update
+from decision_core.algos.nets import (
+    EXTRACTIONS,
+    MLP,
+    Critic,
+    PolicyNet,
+    PolicyOutput,
+    awr_weights,
+    expectile_loss,
+    polyak_update,
+    tilted_logits,
+)
 from decision_core.data.dataset import Batch
 from decision_core.data.goals import GoalSamplerConfig
 
@@ -25,8 +39,17 @@ from decision_core.data.goals import GoalSamplerConfig
 class GCIQLConfig(GoalConditionedConfig):
     #: Expectile of the value regression (0.5 = mean, towards 1 = max over in-distribution actions).
     expectile: float = 0.9
-    #: Inverse temperature of the advantage weights exp(temperature * A) of the policy.
-    awr_temperature: float = 3.0
+    #: Inverse temperature of the improved policy ``pi_b * exp(temperature * A)``, A in steps to the goal.
+    #: None = 20.0 for the closed form, 3.0 for AWR (whose weights saturate at ``max_weight``).
+    awr_temperature: float | None = None
+    #: Discrete actions: "closed_form" (exact ``log pi_b + temperature * Q`` logits over the actions) or "awr"
+    #: (an advantage-weighted actor, as for Box actions, which always use AWR).
+    extraction: str = "closed_form"
+    #: Closed form: actions the behaviour takes at ``s`` with less than this fraction of the probability of its
+    #: most likely action are never chosen (the critic never saw them there; 0 = keep every action). Goal
+    #: critics extrapolate to actions never taken in a state (a dialogue's ``bye`` at the first turn) far more
+    #: than ``log pi_b`` can offset at temperature 20.
+    support: float = 0.1
     #: Cap on the advantage weights (keeps the actor loss bounded).
     max_weight: float = 100.0
     #: Polyak rate of the target critic.
@@ -36,7 +59,9 @@ class GCIQLConfig(GoalConditionedConfig):
     #: Critic ensemble size (2 = twin critics, min taken for the value target).
     n_critics: int = 2
     #: Value goals: 20% the transition's own outcome, 50% later in the episode (geometric), 30% random;
-    #: actor goals: later in the episode, uniform (OGBench's GCIQL mixture).
+    #: actor goals: later in the episode, uniform (OGBench's GCIQL mixture). An episode that ends without the
+    #: goal counts as never reaching it: the closed-form policy follows the critic closely, and would otherwise
+    #: end episodes early (a dialogue's ``bye`` looks one step from every goal).
     goals: GoalSamplerConfig = field(
         default_factory=lambda: GoalSamplerConfig(
             value_p_curgoal=0.2,
@@ -47,13 +72,20 @@ class GCIQLConfig(GoalConditionedConfig):
             actor_p_trajgoal=1.0,
             actor_p_randomgoal=0.0,
             actor_geom_sample=False,
+            terminal_failure=True,
         )
     )
 
     def validate(self) -> None:
         super().validate()
         self.require(0.0 < self.expectile < 1.0, "expectile", "must be in (0, 1)")
-        self.require(self.awr_temperature >= 0.0, "awr_temperature", "must be >= 0")
+        self.require(
+            self.awr_temperature is None or self.awr_temperature >= 0.0,
+            "awr_temperature",
+            "must be >= 0 (or None for the default)",
+        )
+        self.require(self.extraction in EXTRACTIONS, "extraction", f"must be one of {EXTRACTIONS}")
+        self.require(0.0 <= self.support < 1.0, "support", "must be in [0, 1)")
         self.require(self.max_weight > 0.0, "max_weight", "must be > 0")
         self.require(0.0 < self.tau <= 1.0, "tau", "must be in (0, 1]")
         self.require(self.n_critics >= 1, "n_critics", "must be >= 1")
@@ -75,8 +107,24 @@ class GCIQLAgent(Agent):
             "actor": PolicyNet(self.spec, self.input_dim, c.hidden_dims),
         }
 
+    @property
+    def closed_form(self) -> bool:
+        """Whether the policy is computed exactly from a behaviour-cloned actor and the critic (discrete only)."""
+        return self.spec.discrete and self.config.extraction == "closed_form"
+
+    @property
+    def temperature(self) -> float:
+        t = self.config.awr_temperature
+        return t if t is not None else (20.0 if self.closed_form else 3.0)
+
     def policy(self, states: Tensor, goals: Tensor | None, goal_masks: Tensor | None) -> PolicyOutput:
-        return self.nets["actor"](self.inputs(states, goals, goal_masks))
+        x = self.inputs(states, goals, goal_masks)
+        out = self.nets["actor"](x)
+        if not self.closed_form:
+            return out
+        assert out.logits is not None
+        q = self.nets["critic"].all_actions(x).mean(0)
+        return PolicyOutput(logits=tilted_logits(out.logits, q, self.temperature, self.config.support))
 
     def value_loss(self, x: Tensor, actions: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         q = self.nets["target_critic"](x, actions).min(0).values
@@ -96,11 +144,17 @@ class GCIQLAgent(Agent):
 
     def actor_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         x = self.inputs(batch.states, batch.actor_goals, batch.actor_goal_masks)
-        with torch.no_grad():
-            q = self.nets["target_critic"](x, batch.actions).min(0).values
-            v = self.nets["value"](x).squeeze(-1)
-        weights = awr_weights(q - v, self.config.awr_temperature, self.config.max_weight)
-        log_prob = self.dist.log_prob(self.nets["actor"](x), batch.actions, batch.action_masks)
+        if self.closed_form:  # the actor is the behaviour prior pi_b; the critic tilts it in policy()
+            weights = torch.ones(x.shape[0], device=x.device)
+        else:
+            with torch.no_grad():
+                q = self.nets["target_critic"](x, batch.actions).min(0).values
+                v = self.nets["value"](x).squeeze(-1)
+            weights = awr_weights(q - v, self.temperature, self.config.max_weight)
+        # The behaviour prior is a distribution over every action (unavailable ones cloned towards 0), so its
+        # support threshold compares available actions only; the AWR actor is fitted over the available ones.
+        masks = None if self.closed_form else batch.action_masks
+        log_prob = self.dist.log_prob(self.nets["actor"](x), batch.actions, masks)
         loss = -(weights * log_prob).mean()
         return loss, {"actor/loss": loss, "actor/log_prob": log_prob.mean(), "actor/adv_weight": weights.mean()}
 

@@ -3,8 +3,13 @@
 - **value**: V(s) regressed to an upper expectile of the target twin critics' min Q(s, a) over logged actions,
   so the maximum over actions is approximated without querying actions the logs never took;
 - **critic**: a twin Q ensemble (one batched network) regressed to ``r + discount * (1 - terminal) * V(s')``;
-- **actor**: advantage-weighted regression, ``exp(beta * (Q - V))``-weighted log-likelihood of the logged
-  actions (a categorical over masked logits for discrete actions, a tanh-squashed Gaussian for Box actions).
+- **actor**: the policy is the behaviour's, improved by the critic: ``pi(a | s) ∝ pi_b(a | s) * exp(beta * A(s, a))``
+  (the maximiser of ``E_pi[A] - KL(pi || pi_b) / beta``). For discrete actions it is computed exactly
+  (``extraction="closed_form"``): the actor clones the logged actions and the policy's logits are
+  ``log pi_b + beta * Q`` (:func:`~decision_core.algos.nets.tilted_logits`), so a high ``beta`` picks the best
+  action the data supports without the variance and the weight cap of a regression. For Box actions (or with
+  ``extraction="awr"``) the actor fits it by advantage-weighted regression, the ``exp(beta * (Q - V))``-weighted
+  log-likelihood of the logged actions (a tanh-squashed Gaussian).
 
 The three losses touch disjoint parameters (the value target is the frozen target critic, the critic target is a
 detached V(s'), the actor's weights are detached), so one backward pass and one Adam step train all three, with the
@@ -24,6 +29,7 @@ from torch import Tensor, nn
 
 from decision_core.algos.base import Agent, AgentConfig
 from decision_core.algos.nets import (
+    EXTRACTIONS,
     MLP,
     Critic,
     PolicyNet,
@@ -32,6 +38,7 @@ from decision_core.algos.nets import (
     awr_weights,
     expectile_loss,
     polyak_update,
+    tilted_logits,
 )
 from decision_core.data.dataset import Batch, OfflineDataset, TransitionSampler
 from decision_core.data.goals import GoalSampler
@@ -49,9 +56,18 @@ class IQLConfig(AgentConfig):
     reward_scale: float | None = None
     #: Expectile of the value regression (0.5 = mean, -> 1 = max over logged actions).
     expectile: float = 0.7
-    #: Inverse temperature of the advantage weights ``exp(beta * A)`` (higher = greedier actor).
-    beta: float = 3.0
-    #: Cap of the advantage weights (keeps a few large advantages from dominating the actor loss).
+    #: Inverse temperature of the improved policy ``pi_b * exp(beta * A)`` (higher = greedier); A is in standard
+    #: deviations of the reward (see ``reward_scale``). None = 20.0 for the closed form, 3.0 for AWR, whose
+    #: weights saturate at ``max_weight`` (exp(3 * 1.5) ~ 100) and whose regression grows noisy as beta grows.
+    beta: float | None = None
+    #: Discrete actions: "closed_form" (exact ``log pi_b + beta * Q`` logits over the actions) or "awr"
+    #: (an advantage-weighted actor, as for Box actions, which always use AWR).
+    extraction: str = "closed_form"
+    #: Closed form: actions the behaviour takes at ``s`` with less than this fraction of the probability of its
+    #: most likely action are never chosen (the critic never saw them there). 0 = keep every action, their
+    #: low ``log pi_b`` alone holding the policy near the data (best measured on inventory and dialogue).
+    support: float = 0.0
+    #: Cap of the AWR advantage weights (keeps a few large advantages from dominating the actor loss).
     max_weight: float = 100.0
     #: Polyak rate of the target critics.
     tau: float = 0.005
@@ -63,7 +79,9 @@ class IQLConfig(AgentConfig):
     def validate(self) -> None:
         super().validate()
         self.require(0.0 < self.expectile < 1.0, "expectile", "must be in (0, 1)")
-        self.require(self.beta >= 0.0, "beta", "must be >= 0")
+        self.require(self.beta is None or self.beta >= 0.0, "beta", "must be >= 0 (or None for the default)")
+        self.require(self.extraction in EXTRACTIONS, "extraction", f"must be one of {EXTRACTIONS}")
+        self.require(0.0 <= self.support < 1.0, "support", "must be in [0, 1)")
         self.require(self.max_weight > 0.0, "max_weight", "must be > 0")
         self.require(0.0 < self.tau <= 1.0, "tau", "must be in (0, 1]")
         self.require(self.n_critics >= 1, "n_critics", "must be >= 1")
@@ -101,8 +119,24 @@ class IQLAgent(Agent):
             self.nets["reward_scale"].fit(dataset.rewards)
         return sampler
 
+    @property
+    def closed_form(self) -> bool:
+        """Whether the policy is computed exactly from a behaviour-cloned actor and the critic (discrete only)."""
+        return self.spec.discrete and self.config.extraction == "closed_form"
+
+    @property
+    def beta(self) -> float:
+        b = self.config.beta
+        return b if b is not None else (20.0 if self.closed_form else 3.0)
+
     def policy(self, states: Tensor, goals: Tensor | None, goal_masks: Tensor | None) -> PolicyOutput:
-        return self.nets["actor"](self.norm_states(states))
+        x = self.norm_states(states)
+        out = self.nets["actor"](x)
+        if not self.closed_form:
+            return out
+        assert out.logits is not None
+        q = self.nets["critic"].all_actions(x).mean(0)
+        return PolicyOutput(logits=tilted_logits(out.logits, q, self.beta, self.config.support))
 
     def update(self, batch: Batch) -> dict[str, float]:
         c = self.config
@@ -120,8 +154,12 @@ class IQLAgent(Agent):
         q = self.nets["critic"](x, batch.actions)  # (n_critics, B)
         critic_loss = (q - td_target).pow(2).mean(1).sum()
 
-        weights = awr_weights(adv, c.beta, c.max_weight)
-        log_prob = self.dist.log_prob(self.nets["actor"](x), batch.actions, batch.action_masks)
+        # Closed form: the actor is the behaviour prior pi_b (unweighted likelihood); the critic tilts it in policy().
+        weights = torch.ones_like(adv) if self.closed_form else awr_weights(adv, self.beta, c.max_weight)
+        # The behaviour prior is a distribution over every action (unavailable ones cloned towards 0), so its
+        # support threshold compares available actions only; the AWR actor is fitted over the available ones.
+        masks = None if self.closed_form else batch.action_masks
+        log_prob = self.dist.log_prob(self.nets["actor"](x), batch.actions, masks)
         actor_loss = -(weights * log_prob).mean()
 
         self.step("all", value_loss + critic_loss + actor_loss)

@@ -5,7 +5,8 @@
 - :class:`PolicyNet` and :class:`PolicyDistribution`: a categorical policy over masked logits for discrete actions,
   a tanh-squashed Gaussian mapped into the Box bounds (with the change-of-variables density) for continuous ones;
 - :class:`Critic`: Q(s, a) ensembles for both action kinds (discrete: one output per action);
-- :func:`expectile_loss`, :func:`polyak_update`, :func:`masked_logits`.
+- :func:`expectile_loss`, :func:`polyak_update`, :func:`masked_logits`, :func:`awr_weights` and its exact discrete
+  counterpart :func:`tilted_logits`.
 """
 
 from __future__ import annotations
@@ -249,6 +250,28 @@ def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
 def awr_weights(adv: Tensor, temperature: float, max_weight: float = 100.0) -> Tensor:
     """Advantage-weighted regression weights ``min(exp(temperature * adv), max_weight)``, no gradient."""
     return torch.exp(adv.detach() * temperature).clamp(max=max_weight)
+
+
+#: How a discrete policy is extracted from a critic: exactly (:func:`tilted_logits`) or by AWR (:func:`awr_weights`).
+EXTRACTIONS = ("closed_form", "awr")
+
+
+def tilted_logits(behaviour_logits: Tensor, q: Tensor, beta: float, support: float = 0.0) -> Tensor:
+    """(B, K) logits of ``pi(a | s) ∝ pi_b(a | s) * exp(beta * Q(s, a))``, computed exactly over discrete actions.
+
+    This is the policy AWR regresses towards (the maximiser of ``E_pi[A] - KL(pi || pi_b) / beta``; Peng et al.,
+    2019; Nair et al., 2020): ``pi_b`` is a behaviour-cloned policy and ``Q - V`` equals ``Q`` up to a per-row
+    constant, which softmax ignores. Actions the logs rarely take at ``s`` keep a low ``log pi_b``; those below
+    ``support`` times the most likely action's probability are excluded outright (discrete BCQ's threshold,
+    Fujimoto et al., 2019), since the critic's values there are extrapolation: the greedy action is the best one
+    the data supports, not the critic's argmax over actions it never saw at ``s``.
+    """
+    log_pb = F.log_softmax(behaviour_logits, dim=-1)
+    logits = log_pb + beta * q
+    if support > 0.0:
+        unsupported = log_pb < log_pb.max(-1, keepdim=True).values + math.log(support)
+        logits = logits.masked_fill(unsupported, MASKED_LOGIT)
+    return logits
 
 
 def normalize_rep(x: Tensor) -> Tensor:

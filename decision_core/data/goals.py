@@ -11,7 +11,11 @@ step ``j`` of the logs: ``outcome(s'_j)``. The row ``j`` is drawn from a mixture
 Value and actor goals are drawn from separate mixtures. The goal is *reached* by the transition when
 ``|outcome(s'_i) - goal| <= tolerance`` on every specified feature (the domain's tolerances); that sets the
 success, the reward (``success - 1`` with ``gc_negative``, else ``success``) and the bootstrap mask (0 once the goal
-is reached or the episode truly ended). **Partial goals**: with probability ``p_partial`` only a random subset of
+is reached or the episode truly ended). With ``terminal_failure`` an episode that truly ends without reaching the
+goal never reaches it: under ``gc_negative`` that transition's reward is the return of never arriving,
+``-1 / (1 - discount)`` (without ``gc_negative`` the zero bootstrap already says so); otherwise ending an episode
+looks one step from every goal, and a policy that follows the critic greedily ends episodes (says bye, hangs up)
+instead of pursuing goals. **Partial goals**: with probability ``p_partial`` only a random subset of
 the outcome features is specified (its size uniform in ``[1, G]``, then the features uniformly); masked goal values
 are zeroed and the mask travels with the goal, so a caller may state only the outcomes they care about.
 """
@@ -52,6 +56,9 @@ class GoalSamplerConfig:
     actor_p_empty_goal: float = 0.05
     #: Reward ``success - 1`` (True: -1 per step until reached) instead of ``success``.
     gc_negative: bool = True
+    #: An episode that truly ends without reaching the goal counts as never reaching it (reward
+    #: ``-1 / (1 - discount)`` under ``gc_negative``) rather than as one more step of ``-1``.
+    terminal_failure: bool = False
     #: Steps ahead of the low-level subgoal for hierarchical policies (0: no subgoal fields).
     subgoal_steps: int = 0
 
@@ -145,7 +152,14 @@ class GoalSampler:
         batch.value_goals = v_goals
         batch.value_goal_masks = v_masks
         batch.value_successes = success
-        batch.value_rewards = success - 1.0 if c.gc_negative else success
+        if c.gc_negative:
+            batch.value_rewards = success - 1.0
+            if c.terminal_failure:
+                failed_end = (batch.terminals > 0) & (success < 1)
+                never = torch.full_like(success, -1.0 / (1.0 - self.discount))
+                batch.value_rewards = torch.where(failed_end, never, batch.value_rewards)
+        else:
+            batch.value_rewards = success
         batch.value_masks = (1.0 - success) * (1.0 - batch.terminals)
 
         a_rows = self.goal_rows(idx, ends, c.actor_p_curgoal, c.actor_p_trajgoal, c.actor_geom_sample)
