@@ -1,0 +1,86 @@
+"""Closed-form policy extraction of IQL/GCIQL over discrete actions, and episodes that end without the goal.
+
+The discrete policy is ``pi_b * exp(beta * Q)`` computed exactly from a behaviour-cloned actor and the critic,
+restricted to the actions the behaviour supports; a goal critic must not mistake an episode's end for a goal.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from decision_core.algos import create_agent
+from decision_core.algos.gciql import GCIQLConfig
+from decision_core.algos.nets import tilted_logits
+from decision_core.data import GoalSampler, OfflineDataset
+from decision_core.data.synthetic import grid_arrays
+from decision_core.errors import SpecError
+from decision_core.reward import rewards_for
+
+
+def test_tilted_policy_is_the_behaviour_reweighted_by_exp_beta_q() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits, q = torch.randn(4, 6, generator=gen), torch.randn(4, 6, generator=gen)
+    pb = torch.softmax(logits, -1)
+    expected = pb * torch.exp(2.5 * q)
+    expected /= expected.sum(-1, keepdim=True)
+    torch.testing.assert_close(torch.softmax(tilted_logits(logits, q, 2.5), -1), expected)
+
+
+def test_actions_below_the_support_threshold_are_never_chosen_whatever_their_value() -> None:
+    pb = torch.tensor([[0.60, 0.30, 0.05, 0.05]])
+    q = torch.tensor([[0.0, 0.1, 0.2, 100.0]])  # the critic's favourite is an action the logs (almost) never took
+    assert tilted_logits(pb.log(), q, 20.0).argmax().item() == 3
+    kept = tilted_logits(pb.log(), q, 20.0, support=0.1)
+    assert kept.argmax().item() == 1  # 0.05 < 0.1 * 0.6: both rare actions excluded
+    assert torch.softmax(kept, -1)[0, 2:].sum().item() == 0.0
+
+
+def test_discrete_iql_acts_greedily_on_the_critic_within_the_behaviour_support() -> None:
+    arrays = grid_arrays(16, 8, size=5, discrete=True, masked=True, seed=0)
+    dataset = OfflineDataset(arrays, rewards=rewards_for(arrays, "next.x"))
+    agent = create_agent("iql", arrays.spec, dataset.stats, config={"hidden_dims": [32, 32], "support": 0.2})
+    sampler = agent.sampler(dataset, seed=0)
+    for _ in range(5):
+        agent.update(sampler.sample(64))
+    states = dataset.states[:32]
+    with torch.no_grad():
+        x = agent.norm_states(states)
+        pb = torch.softmax(agent.nets["actor"](x).logits, -1)
+        q = agent.nets["critic"].all_actions(x).mean(0)
+    probs = agent.action_probs(states.numpy(), None, None, None)
+    supported = (pb >= 0.2 * pb.max(-1, keepdim=True).values).numpy()
+    assert np.all(probs[~supported] == 0.0)
+    expected = pb.numpy() * np.exp(20.0 * (q - q.max(-1, keepdim=True).values).numpy()) * supported
+    np.testing.assert_allclose(probs, expected / expected.sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
+
+
+def test_awr_extraction_and_the_defaults_per_action_space() -> None:
+    discrete = grid_arrays(2, 2, discrete=True).spec
+    continuous = grid_arrays(2, 2, discrete=False).spec
+    assert create_agent("iql", discrete).beta == 20.0 and create_agent("iql", continuous).beta == 3.0
+    assert create_agent("iql", discrete, config={"extraction": "awr"}).beta == 3.0
+    assert create_agent("gciql", discrete).temperature == 20.0
+    assert create_agent("gciql", continuous).temperature == 3.0
+    with pytest.raises(SpecError, match=r"GCIQLConfig\.extraction must be one of"):
+        GCIQLConfig(extraction="argmax")
+    with pytest.raises(SpecError, match=r"GCIQLConfig\.support must be in \[0, 1\)"):
+        GCIQLConfig(support=1.0)
+
+
+def test_an_episode_that_ends_without_the_goal_never_reaches_it() -> None:
+    arrays = grid_arrays(60, 20, discrete=True, seed=0)
+    arrays.terminated[arrays.episode_ends[::3] - 1] = True  # some episodes end by the task itself
+    dataset = OfflineDataset(arrays)
+    config = GCIQLConfig().goals
+    assert config.terminal_failure
+    plain = GoalSampler(dataset, config.__class__(**{**config.to_dict(), "terminal_failure": False}), discount=0.9)
+    batch = GoalSampler(dataset, config, discount=0.9).sample(4096)
+    ref = plain.sample(4096)
+    torch.testing.assert_close(batch.value_goals, ref.value_goals)  # same draws, only the reward differs
+    failed_end = (batch.terminals == 1.0) & (batch.value_successes == 0.0)
+    assert failed_end.any() and (~failed_end).any()
+    np.testing.assert_allclose(batch.value_rewards[failed_end].numpy(), -1.0 / (1.0 - 0.9), rtol=1e-6)
+    torch.testing.assert_close(batch.value_rewards[~failed_end], ref.value_rewards[~failed_end])
+    torch.testing.assert_close(batch.value_masks, ref.value_masks)
