@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from decision_core.algos import Agent, Exploration
+from decision_core.schema import DomainSpec
 from serving.errors import Conflict, InvalidInput, Unavailable, UnknownModel
 from serving.feedback import DecisionBlock, FeedbackWriter
 from serving.forward import NumpyPolicy, export_policy
@@ -236,6 +237,17 @@ def _safe(name: str) -> str:
     return re.sub(r"[^\x20-\x7e]", "?", name[:64])
 
 
+class _SpecNames:
+    """Names of one domain spec as the encoder looks them up on every request (the spec's properties build new
+    lists on each call)."""
+
+    def __init__(self, spec: DomainSpec) -> None:
+        self.spec = spec
+        self.state_names = spec.state_names
+        self.outcome_names = spec.outcome_names
+        self.outcome_index = {n: i for i, n in enumerate(self.outcome_names)}
+
+
 class RequestEncoder:
     """Checks decision requests against the domain spec and encodes them (messages name the field)."""
 
@@ -243,10 +255,17 @@ class RequestEncoder:
         self.default_epsilon = default_epsilon
         self.default_temperature = default_temperature
         self._default = self._exploration(default_epsilon, default_temperature)
+        self._names: _SpecNames | None = None
+
+    def _names_of(self, spec: DomainSpec) -> _SpecNames:
+        names = self._names
+        if names is None or names.spec is not spec:  # a model swap may bring an equal spec in a new object
+            names = self._names = _SpecNames(spec)
+        return names
 
     def state_vector(self, agent: Agent, values: dict[str, float], where: str) -> list[float]:
         spec = agent.spec
-        names = spec.state_names
+        names = self._names_of(spec).state_names
         try:
             vec = [values[n] for n in names]
         except KeyError:
@@ -270,8 +289,8 @@ class RequestEncoder:
         spec = agent.spec
         p = where
         state = self.state_vector(agent, req.state, f"{p}state")
-        g = len(spec.outcomes)
-        goal = [math.nan] * g
+        spec_names = self._names_of(spec)
+        goal = [math.nan] * len(spec_names.outcome_names)
         task = req.task
         if req.goal is not None and task is not None:
             raise InvalidInput(f"{p}goal and {p}task: give one of them, not both", field=f"{p}task")
@@ -295,7 +314,7 @@ class RequestEncoder:
                     field=f"{p}task",
                 )
             if goal_values:
-                index = {n: i for i, n in enumerate(spec.outcome_names)}
+                index = spec_names.outcome_index
                 for k, v in goal_values.items():
                     i = index.get(k)
                     if i is None:
