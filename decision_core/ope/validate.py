@@ -38,7 +38,7 @@ class SimulatedTarget(SimPolicy):
         rng: np.random.Generator,
     ) -> tuple[np.ndarray, np.ndarray]:
         mask = None
-        if self.policy.spec.masked:
+        if self.policy.spec.has_action_masks:
             method = getattr(dynamics, "action_mask", None)
             mask = np.asarray(method() if callable(method) else dynamics.info()["action_mask"], np.bool_)
         return self.policy.sample(np.asarray(observations, np.float32), mask, rng)
@@ -61,7 +61,7 @@ def episodes_to_arrays(sim: DomainSimulator, batch: EpisodeBatch) -> DomainArray
     if spec.masked:
         masks = np.asarray(batch.extras["action_mask"][:, :-1][valid], np.bool_)
     ends = np.cumsum(lengths)
-    return DomainArrays(
+    arrays = DomainArrays(
         spec=spec,
         states=np.ascontiguousarray(states, np.float32),
         actions=actions,
@@ -74,6 +74,7 @@ def episodes_to_arrays(sim: DomainSimulator, batch: EpisodeBatch) -> DomainArray
         episode_starts=ends - lengths,
         episode_ends=ends,
     )
+    return arrays.with_derived_masks()  # a once-per-episode rule masks as it does when the store loads
 
 
 def log_behaviour(sim: DomainSimulator, episodes: int, seed: int) -> DomainArrays:
