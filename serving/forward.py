@@ -263,6 +263,8 @@ def _draw(row: list[float], rng: np.random.Generator) -> tuple[int, float]:
 
 
 def _actor(agent: Agent) -> PolicyNet | None:
+    if getattr(agent, "closed_form", False):  # discrete IQL/GCIQL: the actor's logits tilted by the critic
+        return None
     if agent.name in _ACTOR_ON_INPUTS or (agent.name == "cql" and not agent.spec.discrete):
         actor = dict(agent.nets.items()).get("actor")
         return actor if isinstance(actor, PolicyNet) else None
