@@ -120,7 +120,8 @@ def select_champion(
     if arrays is None:
         arrays = load_domain(TrainConfig(domain=domain, algo=loaded[0][1].name), settings)
     if estimator is None:
-        # SNIPS ranked policies most reliably across the simulators (docs/ope.md); rankings are what selection needs.
+        # SNIPS ranks well where actions are few (inventory, dialogue); with hundreds of actions importance weights
+        # explode and FQE ranks better (docs/ope.md), so callers pick with --estimator there.
         estimator = "snips" if arrays.has_propensities else "fqe"
     sim = _simulator(domain)
     scores: list[CandidateScore] = []
