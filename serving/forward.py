@@ -5,7 +5,8 @@ operations; the same arithmetic in numpy costs a fraction of that, which lets th
 on the event loop instead of paying a thread hop per batch (see :class:`serving.policy.DecisionBatcher`).
 
 :func:`export_policy` copies the weights of agents whose policy is one MLP head over the normalised inputs
-(GCBC, BC, GCIQL, CRL, IQL, and CQL with continuous actions) and re-implements :meth:`Agent.act` exactly: the same
+(GCBC, BC, GCIQL, CRL, IQL, and CQL with continuous actions; for closed-form discrete IQL/GCIQL also the critic
+ensemble that tilts the actor's logits) and re-implements :meth:`Agent.act` exactly: the same
 input encoding, masked logits, exploration mixture, random draws in the same order from the same generator, and
 the same propensities (continuous actions: the greedy policy only, see :meth:`NumpyPolicy.handles`). The copy is
 checked against the agent on probe inputs when it is made; an agent it does not recognise, or one whose copy
@@ -15,6 +16,7 @@ disagrees, is served through torch as before.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,7 +25,15 @@ from torch import nn
 
 from decision_core.algos import Agent, Exploration
 from decision_core.algos.base import ActResult
-from decision_core.algos.nets import LOG_STD_MAX, LOG_STD_MIN, MASKED_LOGIT, PolicyNet
+from decision_core.algos.nets import (
+    LOG_STD_MAX,
+    LOG_STD_MIN,
+    MASKED_LOGIT,
+    Critic,
+    EnsembleLinear,
+    EnsembleMLP,
+    PolicyNet,
+)
 from decision_core.schema import BoxActions
 
 log = logging.getLogger("decision_core.serving")
@@ -62,10 +72,63 @@ def _layers(mlp: nn.Sequential) -> list[_Layer] | None:
     return out
 
 
+@dataclass(frozen=True)
+class _Tilt:
+    """Closed-form discrete IQL/GCIQL: logits ``log_softmax(actor) + beta * mean_i Q_i``, with the actions below the
+    support threshold masked (:func:`decision_core.algos.nets.tilted_logits`). ``layers`` is the critic ensemble:
+    (weight (n, in, out), bias (n, 1, out)) pairs, ``"relu"``, or a float (LayerNorm without affine, its eps)."""
+
+    layers: list[tuple[np.ndarray, np.ndarray] | str | float]
+    beta: float
+    log_support: float | None
+
+    def logits(self, actor_logits: np.ndarray, x: np.ndarray) -> np.ndarray:
+        h = x
+        for layer in self.layers:
+            if isinstance(layer, tuple):
+                h = np.matmul(h, layer[0]) + layer[1]  # (B, in) or (n, B, in) -> (n, B, out)
+            elif layer == "relu":
+                h = np.maximum(h, 0.0)
+            else:
+                mu = h.mean(-1, keepdims=True)
+                h = (h - mu) / np.sqrt(((h - mu) ** 2).mean(-1, keepdims=True) + np.float32(layer))
+        q = h.mean(0)
+        z = actor_logits - actor_logits.max(-1, keepdims=True)
+        log_pb = z - np.log(np.exp(z).sum(-1, keepdims=True))
+        out = log_pb + np.float32(self.beta) * q
+        if self.log_support is not None:
+            unsupported = log_pb < log_pb.max(-1, keepdims=True) + np.float32(self.log_support)
+            out = np.where(unsupported, np.float32(MASKED_LOGIT), out)
+        return out.astype(np.float32)
+
+
+def _tilt(agent: Agent) -> _Tilt | None:
+    """The critic term of a closed-form discrete IQL/GCIQL agent (None: the agent's policy is its actor alone)."""
+    if not getattr(agent, "closed_form", False):
+        return None
+    critic = dict(agent.nets.items()).get("critic")
+    if not isinstance(critic, Critic) or not isinstance(critic.net, EnsembleMLP):
+        return None
+    layers: list[tuple[np.ndarray, np.ndarray] | str | float] = []
+    for m in critic.net.net:
+        if isinstance(m, EnsembleLinear):
+            layers.append((m.weight.detach().numpy().astype(np.float32), m.bias.detach().numpy().astype(np.float32)))
+        elif isinstance(m, nn.ReLU):
+            layers.append("relu")
+        elif isinstance(m, nn.LayerNorm) and m.weight is None:
+            layers.append(float(m.eps))
+        else:
+            return None
+    beta = getattr(agent, "beta", None)
+    beta = float(beta if beta is not None else agent.temperature)  # type: ignore[attr-defined]
+    support = float(agent.config.support)  # type: ignore[attr-defined]
+    return _Tilt(layers, beta, math.log(support) if support > 0.0 else None)
+
+
 class NumpyPolicy:
     """``Agent.act`` for one MLP policy head, in numpy (see the module docstring)."""
 
-    def __init__(self, agent: Agent, layers: list[_Layer]) -> None:
+    def __init__(self, agent: Agent, layers: list[_Layer], tilt: _Tilt | None = None) -> None:
         spec = agent.spec
         self.spec = spec
         self.discrete = spec.discrete
@@ -73,6 +136,7 @@ class NumpyPolicy:
         self.n_actions = spec.n_actions
         self.action_dim = spec.action_dim
         self.layers = layers
+        self.tilt = tilt
         st = agent.stats
         self.state_mean = np.asarray(st.state_mean, np.float32)
         self.state_std = np.asarray(st.state_std, np.float32)
@@ -103,6 +167,7 @@ class NumpyPolicy:
         return np.concatenate([x, (gv - self.outcome_mean) / self.outcome_std * m, m], axis=1)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        inputs = x
         for layer in self.layers:
             if layer.weight_t is not None:
                 x = x @ layer.weight_t
@@ -114,7 +179,7 @@ class NumpyPolicy:
                 mu = x.mean(-1, keepdims=True)
                 var = ((x - mu) ** 2).mean(-1, keepdims=True)
                 x = (x - mu) / np.sqrt(var + eps) * w + b
-        return x
+        return x if self.tilt is None else self.tilt.logits(x, inputs)
 
     def head(
         self, states: np.ndarray, goals: np.ndarray | None, goal_mask: np.ndarray | None
@@ -263,8 +328,6 @@ def _draw(row: list[float], rng: np.random.Generator) -> tuple[int, float]:
 
 
 def _actor(agent: Agent) -> PolicyNet | None:
-    if getattr(agent, "closed_form", False):  # discrete IQL/GCIQL: the actor's logits tilted by the critic
-        return None
     if agent.name in _ACTOR_ON_INPUTS or (agent.name == "cql" and not agent.spec.discrete):
         actor = dict(agent.nets.items()).get("actor")
         return actor if isinstance(actor, PolicyNet) else None
@@ -278,7 +341,10 @@ def export_policy(agent: Agent, *, probes: int = 64, seed: int = 0) -> NumpyPoli
     layers = _layers(actor.net.net) if actor is not None else None
     if layers is None:
         return None
-    policy = NumpyPolicy(agent, layers)
+    tilt = _tilt(agent)
+    if getattr(agent, "closed_form", False) and tilt is None:
+        return None
+    policy = NumpyPolicy(agent, layers, tilt)
     rng = np.random.default_rng(seed)
     spec = agent.spec
     states = (policy.state_mean + policy.state_std * rng.standard_normal((probes, spec.state_dim))).astype(np.float32)

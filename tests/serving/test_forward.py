@@ -58,9 +58,8 @@ def _inputs(spec: DomainSpec, data: np.ndarray, rng: np.random.Generator, b: int
 def test_numpy_policy_decides_exactly_like_the_agent(algo: str, spec: DomainSpec) -> None:
     agent, data = _agent(algo, spec)
     policy = export_policy(agent)
-    if spec.discrete and (algo == "cql" or getattr(agent, "closed_form", False)):
-        # Discrete CQL's policy is a critic ensemble, closed-form IQL/GCIQL tilt the actor by the critic: both
-        # are served through torch.
+    if spec.discrete and algo == "cql":
+        # Discrete CQL's policy is the critic ensemble alone: it is served through torch.
         assert policy is None
         return
     assert policy is not None
@@ -91,7 +90,7 @@ def test_hierarchical_policies_are_served_through_torch() -> None:
     assert export_policy(agent) is None
 
 
-@pytest.mark.parametrize("algo", ["gcbc", "bc"])
+@pytest.mark.parametrize("algo", ["gcbc", "bc", "iql", "gciql"])
 @pytest.mark.parametrize("spec", [DISCRETE, CONTINUOUS], ids=["discrete", "continuous"])
 def test_one_decision_path_matches_the_batch_path(algo: str, spec: DomainSpec) -> None:
     """act_one (the service's single-request path) returns what act returns for that row, bit for bit, from the
@@ -126,3 +125,22 @@ def test_one_decision_path_matches_the_batch_path(algo: str, spec: DomainSpec) -
                 assert action.dtype == np.float32 and action.shape == (spec.action_dim,)
                 assert np.array_equal(action, np.asarray(want.actions, np.float32).reshape(-1))
                 assert propensity == float(want.propensities[0])
+
+
+@pytest.mark.parametrize("algo", ["iql", "gciql"])
+def test_the_support_threshold_of_closed_form_policies_is_mirrored(algo: str) -> None:
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=(500, DISCRETE.state_dim)).astype(np.float32)
+    config = {"hidden_dims": [32, 32], "batch_size": 8, "support": 0.97}
+    agent = create_agent(algo, DISCRETE, FeatureStats.compute(data, DISCRETE), config, seed=4)
+    policy = export_policy(agent)
+    assert policy is not None and policy.tilt is not None and policy.tilt.log_support is not None
+    states, goals, mask = _inputs(DISCRETE, data, rng, 300)
+    g = goals if agent.goal_conditioned else None
+    main, _ = policy.head(states, g, None)
+    assert (main <= -1e8).any(axis=1).mean() > 0.5  # most rows drop some action below the threshold
+    for exploration in EXPLORATIONS:
+        want = agent.act(states, g, None, mask, exploration=exploration, rng=np.random.default_rng(5))
+        got = policy.act(states, g, None, mask, exploration=exploration, rng=np.random.default_rng(5))
+        assert np.array_equal(got.actions, want.actions)
+        np.testing.assert_allclose(got.propensities, want.propensities, rtol=TOLERANCE, atol=TOLERANCE)
