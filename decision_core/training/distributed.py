@@ -121,7 +121,8 @@ def all_agree(flag: bool, ctx: DistContext) -> bool:
     """Whether ``flag`` holds on every rank (e.g. "my loss is finite"), so all ranks stop together."""
     if not ctx.enabled:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0])
+    # nccl reduces only GPU tensors; gloo takes either.
+    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device if ctx.backend == "nccl" else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item() > 0.5)
 
