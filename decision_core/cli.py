@@ -76,9 +76,7 @@ def ingest_cmd(
         ad = get_adapter(adapter)
         cmap = ColumnMapping.load(mapping) if mapping else None
         with DecisionStore(db_path(db)) as store, console.status("ingesting") as status:
-            report = ingest(
-                ad, paths, store, mapping=cmap, progress=lambda p: status.update(f"ingesting {p}")
-            )
+            report = ingest(ad, paths, store, mapping=cmap, progress=lambda p: status.update(f"ingesting {p}"))
     except DecisionCoreError as exc:
         raise fail(exc) from None
     out.print(
@@ -99,9 +97,7 @@ def show_cmd(
         with DecisionStore(db_path(db), read_only=True) as store:
             if domain:
                 out.print_json(store.spec(domain).to_json())
-            table = Table(
-                "domain", "steps", "episodes", "with propensity", "with reward", "terminated", "spec"
-            )
+            table = Table("domain", "steps", "episodes", "with propensity", "with reward", "terminated", "spec")
             for name in store.domains():
                 s = store.summary(name)
                 table.add_row(

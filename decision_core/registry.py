@@ -78,9 +78,7 @@ class Registry(Generic[T]):
             return
         self._entry_points_read = True
         for ep in entry_points(group=self.group):
-            self.register(
-                ep.name, ep.value, origin=f"entry point '{ep.name}' of {ep.dist.name if ep.dist else '?'}"
-            )
+            self.register(ep.name, ep.value, origin=f"entry point '{ep.name}' of {ep.dist.name if ep.dist else '?'}")
 
     def names(self) -> list[str]:
         """All registered names, sorted, including entry-point plugins."""

@@ -17,17 +17,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class CoreSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DECISION_CORE_", extra="ignore")
 
-    home: Path = Field(
-        default=Path(".decision_core"), description="Data directory for the embedded defaults."
-    )
+    home: Path = Field(default=Path(".decision_core"), description="Data directory for the embedded defaults.")
     db: Path | None = Field(default=None, description="DuckDB store; default <home>/store.duckdb.")
     tracking_uri: str | None = Field(
         default=None,
         description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite:///<home>/mlflow.db.",
     )
-    artifact_root: Path | None = Field(
-        default=None, description="Artifact folder of the embedded MLflow store."
-    )
+    artifact_root: Path | None = Field(default=None, description="Artifact folder of the embedded MLflow store.")
 
     @property
     def db_path(self) -> Path:

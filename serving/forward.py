@@ -24,7 +24,7 @@ import numpy as np
 from torch import nn
 
 from decision_core.algos import Agent, Exploration
-from decision_core.algos.base import ActResult
+from decision_core.algos.base import ActResult, AdvantageExtractionAgent
 from decision_core.algos.nets import (
     LOG_STD_MAX,
     LOG_STD_MIN,
@@ -104,7 +104,7 @@ class _Tilt:
 
 def _tilt(agent: Agent) -> _Tilt | None:
     """The critic term of a closed-form discrete IQL/GCIQL agent (None: the agent's policy is its actor alone)."""
-    if not getattr(agent, "closed_form", False):
+    if not (isinstance(agent, AdvantageExtractionAgent) and agent.closed_form):
         return None
     critic = dict(agent.nets.items()).get("critic")
     if not isinstance(critic, Critic) or not isinstance(critic.net, EnsembleMLP):
@@ -119,10 +119,8 @@ def _tilt(agent: Agent) -> _Tilt | None:
             layers.append(float(m.eps))
         else:
             return None
-    beta = getattr(agent, "beta", None)
-    beta = float(beta if beta is not None else agent.temperature)  # type: ignore[attr-defined]
-    support = float(agent.config.support)  # type: ignore[attr-defined]
-    return _Tilt(layers, beta, math.log(support) if support > 0.0 else None)
+    support = float(agent.extraction_config.support)
+    return _Tilt(layers, agent.beta, math.log(support) if support > 0.0 else None)
 
 
 class NumpyPolicy:
@@ -342,7 +340,7 @@ def export_policy(agent: Agent, *, probes: int = 64, seed: int = 0) -> NumpyPoli
     if layers is None:
         return None
     tilt = _tilt(agent)
-    if getattr(agent, "closed_form", False) and tilt is None:
+    if isinstance(agent, AdvantageExtractionAgent) and agent.closed_form and tilt is None:
         return None
     policy = NumpyPolicy(agent, layers, tilt)
     rng = np.random.default_rng(seed)

@@ -33,7 +33,7 @@ from decision_core.data.goals import GoalSampler, GoalSamplerConfig
 from decision_core.errors import SpecError
 from decision_core.schema import BoxActions, DomainSpec
 
-from .nets import PolicyDistribution, PolicyOutput, masked_logits
+from .nets import PolicyDistribution, PolicyOutput, masked_logits, tilted_logits
 
 #: Version of the saved agent layout (agent.json + weights.pt).
 AGENT_FORMAT = 1
@@ -531,6 +531,51 @@ class Agent(ABC):
         return f"{type(self).__name__}(domain={self.spec.name!r}, updates={self.n_updates})"
 
 
+class ExtractionConfig(typing.Protocol):
+    """What :class:`AdvantageExtractionAgent` reads from its config (IQLConfig and GCIQLConfig have these)."""
+
+    #: "closed_form" or "awr".
+    extraction: str
+    #: Actions below this share of the behaviour's most likely action's probability are excluded (0: none).
+    support: float
+
+
+class AdvantageExtractionAgent(Agent):
+    """The policy extraction IQL and GCIQL share, over a ``nets["actor"]`` and a ``nets["critic"]``.
+
+    With ``config.extraction == "closed_form"`` and discrete actions the actor clones the logged actions and the
+    policy's logits are ``log pi_b + beta * mean_i Q_i``, restricted to ``config.support``
+    (:func:`~decision_core.algos.nets.tilted_logits`); otherwise the policy is the actor, trained by
+    advantage-weighted regression with inverse temperature ``beta``.
+    """
+
+    #: Name of the config field holding ``beta`` (None there: 20 for the closed form, 3 for AWR).
+    beta_field: ClassVar[str]
+
+    @property
+    def extraction_config(self) -> ExtractionConfig:
+        return typing.cast(ExtractionConfig, self.config)
+
+    @property
+    def closed_form(self) -> bool:
+        """Whether the policy is computed exactly from a behaviour-cloned actor and the critic (discrete only)."""
+        return self.spec.discrete and self.extraction_config.extraction == "closed_form"
+
+    @property
+    def beta(self) -> float:
+        b = getattr(self.config, self.beta_field)
+        return float(b) if b is not None else (20.0 if self.closed_form else 3.0)
+
+    def extracted_policy(self, x: Tensor) -> PolicyOutput:
+        """The policy at network input ``x`` (normalised states, with the goal encoding when goal-conditioned)."""
+        out = self.nets["actor"](x)
+        if not self.closed_form:
+            return out
+        assert out.logits is not None
+        q = self.nets["critic"].all_actions(x).mean(0)
+        return PolicyOutput(logits=tilted_logits(out.logits, q, self.beta, self.extraction_config.support))
+
+
 def read_agent_meta(path: Path) -> dict[str, Any]:
     """The parsed ``agent.json`` of a saved agent directory."""
     file = Path(path) / "agent.json"
@@ -551,6 +596,7 @@ def read_agent_meta(path: Path) -> dict[str, Any]:
 __all__ = [
     "AGENT_FORMAT",
     "ActResult",
+    "AdvantageExtractionAgent",
     "Agent",
     "AgentConfig",
     "Exploration",

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from decision_core.algos.base import Agent, GoalConditionedConfig
+from decision_core.algos.base import AdvantageExtractionAgent, GoalConditionedConfig
 from decision_core.algos.nets import (
     EXTRACTIONS,
     MLP,
@@ -29,7 +29,6 @@ from decision_core.algos.nets import (
     awr_weights,
     expectile_loss,
     polyak_update,
-    tilted_logits,
 )
 from decision_core.data.dataset import Batch
 from decision_core.data.goals import GoalSamplerConfig
@@ -91,10 +90,11 @@ class GCIQLConfig(GoalConditionedConfig):
         self.require(self.n_critics >= 1, "n_critics", "must be >= 1")
 
 
-class GCIQLAgent(Agent):
+class GCIQLAgent(AdvantageExtractionAgent):
     name = "gciql"
     goal_conditioned = True
     config_class = GCIQLConfig
+    beta_field = "awr_temperature"
     config: GCIQLConfig
 
     def build_networks(self) -> dict[str, nn.Module]:
@@ -107,24 +107,8 @@ class GCIQLAgent(Agent):
             "actor": PolicyNet(self.spec, self.input_dim, c.hidden_dims),
         }
 
-    @property
-    def closed_form(self) -> bool:
-        """Whether the policy is computed exactly from a behaviour-cloned actor and the critic (discrete only)."""
-        return self.spec.discrete and self.config.extraction == "closed_form"
-
-    @property
-    def temperature(self) -> float:
-        t = self.config.awr_temperature
-        return t if t is not None else (20.0 if self.closed_form else 3.0)
-
     def policy(self, states: Tensor, goals: Tensor | None, goal_masks: Tensor | None) -> PolicyOutput:
-        x = self.inputs(states, goals, goal_masks)
-        out = self.nets["actor"](x)
-        if not self.closed_form:
-            return out
-        assert out.logits is not None
-        q = self.nets["critic"].all_actions(x).mean(0)
-        return PolicyOutput(logits=tilted_logits(out.logits, q, self.temperature, self.config.support))
+        return self.extracted_policy(self.inputs(states, goals, goal_masks))
 
     def value_loss(self, x: Tensor, actions: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         q = self.nets["target_critic"](x, actions).min(0).values
@@ -150,7 +134,7 @@ class GCIQLAgent(Agent):
             with torch.no_grad():
                 q = self.nets["target_critic"](x, batch.actions).min(0).values
                 v = self.nets["value"](x).squeeze(-1)
-            weights = awr_weights(q - v, self.temperature, self.config.max_weight)
+            weights = awr_weights(q - v, self.beta, self.config.max_weight)
         # The behaviour prior is a distribution over every action (unavailable ones cloned towards 0), so its
         # support threshold compares available actions only; the AWR actor is fitted over the available ones.
         masks = None if self.closed_form else batch.action_masks

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from decision_core.algos.base import Agent, AgentConfig
+from decision_core.algos.base import AdvantageExtractionAgent, AgentConfig
 from decision_core.algos.nets import (
     EXTRACTIONS,
     MLP,
@@ -38,7 +38,6 @@ from decision_core.algos.nets import (
     awr_weights,
     expectile_loss,
     polyak_update,
-    tilted_logits,
 )
 from decision_core.data.dataset import Batch, OfflineDataset, TransitionSampler
 from decision_core.data.goals import GoalSampler
@@ -89,10 +88,11 @@ class IQLConfig(AgentConfig):
         self.require(self.reward_scale is None or self.reward_scale > 0.0, "reward_scale", "must be > 0 (or None)")
 
 
-class IQLAgent(Agent):
+class IQLAgent(AdvantageExtractionAgent):
     name = "iql"
     goal_conditioned = False
     config_class = IQLConfig
+    beta_field = "beta"
     config: IQLConfig
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -119,24 +119,8 @@ class IQLAgent(Agent):
             self.nets["reward_scale"].fit(dataset.rewards)
         return sampler
 
-    @property
-    def closed_form(self) -> bool:
-        """Whether the policy is computed exactly from a behaviour-cloned actor and the critic (discrete only)."""
-        return self.spec.discrete and self.config.extraction == "closed_form"
-
-    @property
-    def beta(self) -> float:
-        b = self.config.beta
-        return b if b is not None else (20.0 if self.closed_form else 3.0)
-
     def policy(self, states: Tensor, goals: Tensor | None, goal_masks: Tensor | None) -> PolicyOutput:
-        x = self.norm_states(states)
-        out = self.nets["actor"](x)
-        if not self.closed_form:
-            return out
-        assert out.logits is not None
-        q = self.nets["critic"].all_actions(x).mean(0)
-        return PolicyOutput(logits=tilted_logits(out.logits, q, self.beta, self.config.support))
+        return self.extracted_policy(self.norm_states(states))
 
     def update(self, batch: Batch) -> dict[str, float]:
         c = self.config

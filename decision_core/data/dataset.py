@@ -12,7 +12,7 @@ of each episode, or logs whose next observation differs from the following row) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -130,8 +130,8 @@ class Batch:
         """This batch on ``device`` (itself when it is already there)."""
         if self.states.device == device:
             return self
-        tensors = {f.name: getattr(self, f.name) for f in fields(self)}
-        return Batch(**{k: None if v is None else v.to(device, non_blocking=True) for k, v in tensors.items()})
+        present = ((f.name, getattr(self, f.name)) for f in fields(self))
+        return replace(self, **{k: v.to(device, non_blocking=True) for k, v in present if v is not None})
 
 
 class OfflineDataset:

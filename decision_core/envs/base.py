@@ -47,9 +47,7 @@ class Goal:
         return values, mask
 
 
-def goal_reached(
-    outcomes: np.ndarray, goals: np.ndarray, mask: np.ndarray, tolerances: np.ndarray
-) -> np.ndarray:
+def goal_reached(outcomes: np.ndarray, goals: np.ndarray, mask: np.ndarray, tolerances: np.ndarray) -> np.ndarray:
     """(B,) whether each row's outcomes are within tolerance of its goal on every masked feature."""
     close = np.abs(outcomes - goals) <= tolerances
     return np.all(close | ~mask, axis=-1)
@@ -87,6 +85,12 @@ class BatchDynamics(ABC):
         index 0 after ``reset``, index t+1 after the t-th ``step``.
         """
         return {}
+
+    def action_mask(self) -> np.ndarray | None:
+        """(B, K) actions available now in each world (None: all of them). Dynamics with a rule override this;
+        by default it is the ``action_mask`` field of :meth:`info`, when the dynamics record one."""
+        mask = self.info().get("action_mask")
+        return None if mask is None else np.asarray(mask, np.bool_)
 
 
 class SimPolicy(ABC):

@@ -164,13 +164,6 @@ class LearnedPolicy(SimPolicy):
         self.exploration = exploration
         self.reward_goal = reward_goal
 
-    def _action_mask(self, dynamics: BatchDynamics, batch: int) -> np.ndarray | None:
-        if not self.agent.spec.has_action_masks:
-            return None
-        method = getattr(dynamics, "action_mask", None)
-        mask = method() if callable(method) else dynamics.info().get("action_mask")
-        return None if mask is None else np.asarray(mask, np.bool_).reshape(batch, -1)
-
     def act(
         self,
         dynamics: BatchDynamics,
@@ -193,7 +186,7 @@ class LearnedPolicy(SimPolicy):
             np.asarray(observations, np.float32),
             goals,
             goal_mask,
-            self._action_mask(dynamics, b),
+            dynamics.action_mask() if spec.has_action_masks else None,
             exploration=self.exploration,
             rng=rng,
         )

@@ -137,13 +137,12 @@ class InventoryDynamics(BatchDynamics):
     # -- contract -------------------------------------------------------------------------------------------
     def reset(self, rng: np.random.Generator, batch: int) -> np.ndarray:
         self.batch = b = batch
-        ints, floats = ("lead_time", "start_day", "t"), ("mu", "weekday_amp", "season_amp", "season_phase")
-        for name in ints:
-            setattr(self, name, np.zeros(b, np.int64))
-        for name in (*floats, "dispersion", "capacity", "base_forecast", "on_hand", "demand_last"):
-            setattr(self, name, np.zeros(b))
-        for name in ("stockout", "streak", "receipts", "refused"):
-            setattr(self, name, np.zeros(b))
+        # Every world is drawn by reset_worlds; these are the arrays it fills.
+        self.mu, self.weekday_amp, self.season_amp, self.season_phase = (np.zeros(b) for _ in range(4))
+        self.dispersion, self.capacity, self.base_forecast = np.zeros(b), np.zeros(b), np.zeros(b)
+        self.lead_time, self.start_day, self.t = (np.zeros(b, np.int64) for _ in range(3))
+        self.on_hand, self.demand_last = np.zeros(b), np.zeros(b)
+        self.stockout, self.streak, self.receipts, self.refused = (np.zeros(b) for _ in range(4))
         self.pipeline = np.zeros((b, MAX_LEAD))  # [:, k] = due in k+1 days
         self.demand_hist = np.zeros((b, DEMAND_WINDOW))  # ring buffer, slot t % 7
         self._info = self._period_info(*(np.zeros(b),) * 9)

@@ -37,10 +37,7 @@ class SimulatedTarget(SimPolicy):
         goal_mask: np.ndarray | None,
         rng: np.random.Generator,
     ) -> tuple[np.ndarray, np.ndarray]:
-        mask = None
-        if self.policy.spec.has_action_masks:
-            method = getattr(dynamics, "action_mask", None)
-            mask = np.asarray(method() if callable(method) else dynamics.info()["action_mask"], np.bool_)
+        mask = dynamics.action_mask() if self.policy.spec.has_action_masks else None
         return self.policy.sample(np.asarray(observations, np.float32), mask, rng)
 
 

@@ -350,9 +350,7 @@ def train(
         tracker = _Tracker(config, settings, arrays, ctx, resume) if ctx.is_main else None
         run_id = dist_utils.broadcast_object(tracker.run_id if tracker else None, ctx)
         try:
-            return _loop(
-                config, settings, ctx, agent, sampler, arrays, tracker, run_id, start, history, progress
-            )
+            return _loop(config, settings, ctx, agent, sampler, arrays, tracker, run_id, start, history, progress)
         except BaseException as exc:
             if tracker is not None:
                 tracker.close(failed=True, reason=str(exc)[:500])

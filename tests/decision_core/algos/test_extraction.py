@@ -61,8 +61,8 @@ def test_awr_extraction_and_the_defaults_per_action_space() -> None:
     continuous = grid_arrays(2, 2, discrete=False).spec
     assert create_agent("iql", discrete).beta == 20.0 and create_agent("iql", continuous).beta == 3.0
     assert create_agent("iql", discrete, config={"extraction": "awr"}).beta == 3.0
-    assert create_agent("gciql", discrete).temperature == 20.0
-    assert create_agent("gciql", continuous).temperature == 3.0
+    assert create_agent("gciql", discrete).beta == 20.0
+    assert create_agent("gciql", continuous).beta == 3.0
     with pytest.raises(SpecError, match=r"GCIQLConfig\.extraction must be one of"):
         GCIQLConfig(extraction="argmax")
     with pytest.raises(SpecError, match=r"GCIQLConfig\.support must be in \[0, 1\)"):

@@ -171,3 +171,16 @@ def test_custom_rewards_replace_the_logged_ones() -> None:
     assert batch.rewards.tolist() == [0.0, 7.0, 49.0]
     with pytest.raises(SpecError, match="rewards must have shape"):
         OfflineDataset(arrays, rewards=np.zeros(3))
+
+
+def test_a_batch_moves_to_a_device_whole_and_stays_put_when_it_is_there() -> None:
+    sampler = TransitionSampler(OfflineDataset(grid_arrays(8, 6, discrete=True, masked=True, seed=1)), seed=0)
+    batch = sampler.sample(16)
+    assert batch.to(torch.device("cpu")) is batch
+    moved = batch.to(torch.device("meta"))  # a device without data: only where tensors live changes
+    for name, value in vars(batch).items():
+        if value is None:
+            assert getattr(moved, name) is None
+        else:
+            assert getattr(moved, name).device.type == "meta" and getattr(moved, name).shape == value.shape
+    assert batch.states.device.type == "cpu"
