@@ -109,12 +109,12 @@ def bare_data(arrays: Any) -> dict[str, Any]:
     }
 
 
-def framework_step(name: str, dataset: Any, batch: int, seed: int = 0) -> Callable[[], None]:
+def framework_step(name: str, dataset: Any, batch: int, precision: str = "fp32", seed: int = 0) -> Callable[[], None]:
     from decision_core.algos import create_agent
 
     agent = create_agent(
         name, dataset.spec, dataset.stats, config={"batch_size": batch, "hidden_dims": [256, 256]}, seed=seed
-    )
+    ).set_precision(precision)
     sampler = agent.sampler(dataset, seed=seed)
 
     def step() -> None:
@@ -222,6 +222,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is steadiest here)")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="training precision of the framework and the bare loops (d3rlpy trains in fp32 either way)",
+    )
     parser.add_argument("--d3rlpy", default="", help="python interpreter with d3rlpy 2.8.1 installed")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -246,13 +252,15 @@ def main() -> None:
         tensors = bare_data(arrays)
         for name in names:
             try:
-                fw = framework_step(name, dataset, args.batch)
+                fw = framework_step(name, dataset, args.batch, args.precision)
             except Exception as exc:  # an algorithm that cannot be built here is reported, not fatal
                 results[f"{name}/{kind}"] = {"error": f"{type(exc).__name__}: {exc}"}
                 continue
             bare = None
             if name in BARE_LOOPS:
-                bare = make_bare_loop(name, tensors, discrete=kind == "discrete", batch=args.batch)
+                bare = make_bare_loop(
+                    name, tensors, discrete=kind == "discrete", batch=args.batch, precision=args.precision
+                )
             steps[f"{name}/{kind}"] = (fw, bare)
 
     # Repeats are the outer loop so that a change in the machine's load hits every algorithm alike; within a
@@ -290,7 +298,10 @@ def main() -> None:
     for k in d3:
         results[k]["d3rlpy"], results[k]["d3rlpy_runs"] = d3[k], runs[k]["d3rlpy"]
 
-    table = Table(title=f"steps/s, batch {args.batch}, 2x256 MLP, {threads} torch thread(s); medians of {args.repeats}")
+    table = Table(
+        title=f"steps/s, batch {args.batch}, 2x256 MLP, {args.precision}, {threads} torch thread(s); "
+        f"medians of {args.repeats}"
+    )
     for col in ("algorithm", "actions", "framework", "bare loop", "ratio (>= 0.8)"):
         table.add_column(col, justify="right" if col not in ("algorithm", "actions") else "left")
     for key, row in results.items():

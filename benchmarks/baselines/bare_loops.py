@@ -33,6 +33,25 @@ Step = Callable[[], None]
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
+#: bfloat16 while :func:`make_bare_loop` builds a ``precision="bf16"`` loop: the networks built then run their
+#: hidden layers under autocast when gradients are taken, the last layer in float32 (the framework's scheme).
+_BUILD_DTYPE: torch.dtype | None = None
+
+
+class _MLP(nn.Sequential):
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__(*layers)
+        self.dtype = _BUILD_DTYPE
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.dtype is None or not torch.is_grad_enabled():
+            return super().forward(x)
+        with torch.autocast("cpu", dtype=self.dtype):
+            for layer in list(self)[:-1]:
+                x = layer(x)
+        return self[-1](x.float())
+
+
 def _mlp(inp: int, out: int, hidden: tuple[int, ...], *, layer_norm: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
     for h in hidden:
@@ -42,7 +61,7 @@ def _mlp(inp: int, out: int, hidden: tuple[int, ...], *, layer_norm: bool = Fals
         layers.append(nn.ReLU())
         inp = h
     layers.append(nn.Linear(inp, out))
-    return nn.Sequential(*layers)
+    return _MLP(*layers)
 
 
 class _Ensemble(nn.Module):
@@ -57,15 +76,16 @@ class _Ensemble(nn.Module):
             bound = 1 / math.sqrt(a)
             self.weights.append(nn.Parameter(torch.empty(n, a, b).uniform_(-bound, bound)))
             self.biases.append(nn.Parameter(torch.empty(n, 1, b).uniform_(-bound, bound)))
+        self.dtype = _BUILD_DTYPE
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.expand(self.weights[0].shape[0], *x.shape)
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            x = torch.baddbmm(b, x, w)
-            if i < last:
+        mixed = self.dtype is not None and torch.is_grad_enabled()
+        with torch.autocast("cpu", dtype=self.dtype or torch.bfloat16, enabled=mixed):
+            for w, b in zip(self.weights[:-1], self.biases[:-1], strict=True):
+                x = torch.baddbmm(b, x, w)
                 x = F.relu(F.layer_norm(x, x.shape[-1:]))
-        return x
+        return torch.baddbmm(self.biases[-1], x.float(), self.weights[-1])
 
 
 def _twin(n: int, inp: int, out: int, hidden: tuple[int, ...]) -> tuple[_Ensemble, _Ensemble]:
@@ -122,7 +142,7 @@ def bare_bc(data: dict[str, Any], *, discrete: bool, batch: int, hidden: tuple[i
     sdim = data["states"].shape[1]
     out = int(data["n_actions"]) if discrete else 2 * data["actions"].shape[1]
     actor = _mlp(sdim, out, hidden)
-    opt = torch.optim.Adam(actor.parameters(), lr=3e-4, foreach=True)
+    opt = torch.optim.Adam(actor.parameters(), lr=3e-4, fused=True)
     sample = _sampler(data, batch, seed)
 
     def step() -> None:
@@ -145,7 +165,7 @@ def bare_iql(data: dict[str, Any], *, discrete: bool, batch: int, hidden: tuple[
     q, q_target = _twin(2, sdim + adim, k if discrete else 1, hidden)
     v = _mlp(sdim, 1, hidden, layer_norm=True)
     actor = _mlp(sdim, k if discrete else 2 * adim, hidden)
-    opt = torch.optim.Adam([*q.parameters(), *v.parameters(), *actor.parameters()], lr=3e-4, foreach=True)
+    opt = torch.optim.Adam([*q.parameters(), *v.parameters(), *actor.parameters()], lr=3e-4, fused=True)
     sample = _sampler(data, batch, seed)
     gamma, expectile, beta, tau = 0.99, 0.7, 3.0, 0.005
 
@@ -185,7 +205,7 @@ def bare_cql(data: dict[str, Any], *, discrete: bool, batch: int, hidden: tuple[
     if discrete:
         k = int(data["n_actions"])
         q, q_target = _twin(2, sdim, k, hidden)
-        opt = torch.optim.Adam(q.parameters(), lr=3e-4, foreach=True)
+        opt = torch.optim.Adam(q.parameters(), lr=3e-4, fused=True)
 
         def discrete_step() -> None:
             s, a, r, s2, d = sample()
@@ -208,8 +228,8 @@ def bare_cql(data: dict[str, Any], *, discrete: bool, batch: int, hidden: tuple[
     q, q_target = _twin(2, sdim + adim, 1, hidden)
     actor = _mlp(sdim, 2 * adim, hidden)
     log_temp = nn.Parameter(torch.zeros(()))
-    critic_opt = torch.optim.Adam(q.parameters(), lr=3e-4, foreach=True)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=1e-4, foreach=True)
+    critic_opt = torch.optim.Adam(q.parameters(), lr=3e-4, fused=True)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=1e-4, fused=True)
     temp_opt = torch.optim.Adam([log_temp], lr=1e-4)
     target_entropy = -float(adim)
     log_uniform = -adim * math.log(2.0)
@@ -288,7 +308,7 @@ def bare_gcbc(data: dict[str, Any], *, discrete: bool, batch: int, hidden: tuple
     inp = data["states"].shape[1] + 2 * len(data["outcome_index"])
     out = int(data["n_actions"]) if discrete else 2 * data["actions"].shape[1]
     actor = _mlp(inp, out, hidden)
-    opt = torch.optim.Adam(actor.parameters(), lr=3e-4, foreach=True)
+    opt = torch.optim.Adam(actor.parameters(), lr=3e-4, fused=True)
     sample = _goal_sampler(data, batch, seed)
 
     def step() -> None:
@@ -311,7 +331,7 @@ def bare_gciql(data: dict[str, Any], *, discrete: bool, batch: int, hidden: tupl
     q, q_target = _twin(2, inp + adim, k if discrete else 1, hidden)
     v = _mlp(inp, 1, hidden, layer_norm=True)
     actor = _mlp(inp, k if discrete else 2 * adim, hidden)
-    opt = torch.optim.Adam([*q.parameters(), *v.parameters(), *actor.parameters()], lr=3e-4, foreach=True)
+    opt = torch.optim.Adam([*q.parameters(), *v.parameters(), *actor.parameters()], lr=3e-4, fused=True)
     sample = _goal_sampler(data, batch, seed)
     gamma, expectile, beta, tau = 0.99, 0.9, 3.0, 0.005
 
@@ -359,6 +379,16 @@ def make_bare_loop(
     batch: int = 256,
     hidden: tuple[int, ...] = (256, 256),
     seed: int = 0,
+    precision: str = "fp32",
 ) -> Step:
-    """One training step of the bare reference loop for ``algo`` (a key of :data:`BARE_LOOPS`)."""
-    return BARE_LOOPS[algo](data, discrete=discrete, batch=batch, hidden=hidden, seed=seed)
+    """One training step of the bare reference loop for ``algo`` (a key of :data:`BARE_LOOPS`).
+
+    ``precision="bf16"``: the gradient passes' hidden layers under bfloat16 autocast, last layers and no-grad
+    targets in float32, as the framework's mixed precision does.
+    """
+    global _BUILD_DTYPE
+    _BUILD_DTYPE = {"fp32": None, "bf16": torch.bfloat16}[precision]
+    try:
+        return BARE_LOOPS[algo](data, discrete=discrete, batch=batch, hidden=hidden, seed=seed)
+    finally:
+        _BUILD_DTYPE = None

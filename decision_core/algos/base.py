@@ -33,10 +33,12 @@ from decision_core.data.goals import GoalSampler, GoalSamplerConfig
 from decision_core.errors import SpecError
 from decision_core.schema import BoxActions, DomainSpec
 
-from .nets import PolicyDistribution, PolicyOutput, masked_logits, tilted_logits
+from .nets import MLP, EnsembleMLP, PolicyDistribution, PolicyOutput, masked_logits, tilted_logits
 
 #: Version of the saved agent layout (agent.json + weights.pt).
 AGENT_FORMAT = 1
+#: Training precisions (:meth:`Agent.set_precision`): the dtype of the gradient passes' matmuls.
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def configure_torch_threads(n: int | None = None) -> int:
@@ -218,6 +220,8 @@ class Agent(ABC):
         self.n_outcomes = len(spec.outcomes)
         #: Where the networks live and compute (:meth:`to`); the arguments and results of :meth:`act` stay numpy.
         self.device = torch.device("cpu")
+        #: Precision of the training passes (:meth:`set_precision`); acting is always float32.
+        self.precision = "fp32"
         #: Per optimiser key, the ``DistributedDataParallel`` module that averages its parameters' gradients
         #: across processes (set by :func:`decision_core.training.distributed.data_parallel`; empty otherwise).
         self.data_parallel: dict[str, nn.Module] = {}
@@ -262,14 +266,32 @@ class Agent(ABC):
         self.device = device
         return self
 
+    def set_precision(self, precision: str) -> Self:
+        """Train in ``precision``: "fp32", or "bf16" mixed precision (matmuls of the gradient passes in bfloat16).
+
+        bf16 keeps float32 parameters, optimiser state, losses and TD targets, and acts in float32; on CPUs with
+        AVX-512 BF16/AMX and on recent GPUs its matmuls run about twice as fast. Call after :meth:`to`.
+        """
+        if precision not in PRECISIONS:
+            raise SpecError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+        if precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise SpecError(f"precision 'bf16' needs a GPU with bfloat16 support; {self.device} has none: use fp32")
+        for module in self.nets.modules():
+            if isinstance(module, MLP | EnsembleMLP):
+                module.compute_dtype = PRECISIONS[precision]
+        self.precision = precision
+        return self
+
     @property
     def input_dim(self) -> int:
         """Width of :meth:`inputs`: normalised state, plus goal values and mask for goal-conditioned agents."""
         return self.spec.state_dim + (2 * self.n_outcomes if self.goal_conditioned else 0)
 
-    def adam(self, *modules: nn.Module) -> torch.optim.Optimizer:
+    def adam(self, *modules: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
+        """Adam over the trainable parameters of ``modules`` (at ``lr``, default the config's), as one fused kernel
+        per step rather than an op per parameter tensor."""
         params = [p for m in modules for p in m.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.config.lr, foreach=True)
+        return torch.optim.Adam(params, lr=self.config.lr if lr is None else lr, fused=True)
 
     def norm_states(self, states: Tensor) -> Tensor:
         return (states - self.state_mean) / self.state_std

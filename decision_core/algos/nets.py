@@ -29,8 +29,28 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 _SQUASH_EPS = 1e-5
 
 
+def mixed_precision_forward(net: nn.Sequential, x: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """``net(x)`` with the hidden layers' matmuls in ``dtype`` (e.g. bfloat16) when gradients are being taken.
+
+    The last layer runs in float32 on float32 features, so values and logits are not rounded to bfloat16's three
+    significant digits (a critic's advantages are differences of such values). Only passes that train (grad
+    enabled) run in the lower precision: acting, evaluation and the no-grad TD targets stay float32. Parameters,
+    gradients and optimiser state stay float32.
+    """
+    if dtype is None or not torch.is_grad_enabled():
+        return net(x)
+    *hidden, last = net
+    with torch.autocast(x.device.type, dtype=dtype):
+        for layer in hidden:
+            x = layer(x)
+    return last(x.float())
+
+
 class MLP(nn.Module):
     """Linear layers with ReLU (and optional LayerNorm) between them; no activation after the last layer."""
+
+    #: Precision of the gradient passes' matmuls (None: float32); set by :meth:`Agent.set_precision`.
+    compute_dtype: torch.dtype | None = None
 
     def __init__(
         self, in_dim: int, hidden: Sequence[int], out_dim: int, *, layer_norm: bool = False, activate_final=False
@@ -49,7 +69,7 @@ class MLP(nn.Module):
         self.out_dim = out_dim
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        return mixed_precision_forward(self.net, x, self.compute_dtype)
 
 
 class EnsembleLinear(nn.Module):
@@ -71,6 +91,9 @@ class EnsembleLinear(nn.Module):
 class EnsembleMLP(nn.Module):
     """An ensemble of ``n`` MLPs with identical shapes; output (n, B, out_dim)."""
 
+    #: Precision of the gradient passes' matmuls (None: float32); set by :meth:`Agent.set_precision`.
+    compute_dtype: torch.dtype | None = None
+
     def __init__(self, n: int, in_dim: int, hidden: Sequence[int], out_dim: int, *, layer_norm: bool = False) -> None:
         super().__init__()
         dims = [in_dim, *hidden, out_dim]
@@ -87,7 +110,7 @@ class EnsembleMLP(nn.Module):
         self.out_dim = out_dim
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        return mixed_precision_forward(self.net, x, self.compute_dtype)
 
 
 class Critic(nn.Module):

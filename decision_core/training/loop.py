@@ -344,7 +344,7 @@ def train(
         else:
             agent = create_agent(config.algo, arrays.spec, stats, config.agent, seed=config.seed)
             sampler = make_sampler(agent)
-        agent.to(ctx.device)
+        agent.to(ctx.device).set_precision(config.precision)
         if ctx.enabled:
             dist_utils.data_parallel(agent)
         tracker = _Tracker(config, settings, arrays, ctx, resume) if ctx.is_main else None

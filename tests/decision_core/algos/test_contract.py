@@ -194,6 +194,31 @@ def test_updates_under_ddp_equal_plain_updates(name: str, data, process_group) -
 
 
 @pytest.mark.parametrize("name", ALGORITHMS.names())
+def test_bf16_training_changes_the_arithmetic_not_the_parameters_or_acting(name: str, data) -> None:
+    ds, arrays = data
+    _, full_metrics = _trained(name, ds, seed=4)
+    _algorithm(name)
+    mixed = create_agent(name, ds.spec, ds.stats, config=TINY, seed=4).set_precision("bf16")
+    sampler = mixed.sampler(ds, seed=4)
+    mixed_metrics = [mixed.update(sampler.sample(32)) for _ in range(3)]
+    assert all(math.isfinite(v) for m in mixed_metrics for v in m.values())
+    # The gradient passes ran in bfloat16 (about 3 significant digits), so the losses differ a little...
+    first = [k for k in full_metrics[0] if k.endswith("loss")]
+    assert first and full_metrics[0] != mixed_metrics[0]
+    assert [full_metrics[0][k] for k in first] == pytest.approx([mixed_metrics[0][k] for k in first], rel=0.1, abs=0.05)
+    # ...while parameters and optimiser state stay float32 and acting is float32 whatever the training precision.
+    assert all(p.dtype == torch.float32 for p in mixed.nets.parameters())
+    states, goals, goal_mask, action_mask, _ = _inputs(ds, arrays)
+    acted = mixed.act(states, goals, goal_mask, action_mask, rng=np.random.default_rng(0))
+    mixed.set_precision("fp32")
+    again = mixed.act(states, goals, goal_mask, action_mask, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(acted.actions, again.actions)
+    np.testing.assert_array_equal(acted.propensities, again.propensities)
+    with pytest.raises(SpecError, match="precision must be one of fp32, bf16"):
+        mixed.set_precision("fp16")
+
+
+@pytest.mark.parametrize("name", ALGORITHMS.names())
 def test_config_is_typed_validated_and_json_round_trips(name: str) -> None:
     cls = _algorithm(name)
     config = cls.config_class()

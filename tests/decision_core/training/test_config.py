@@ -39,6 +39,7 @@ def test_json_config_and_round_trip(tmp_path: Path) -> None:
         ({"domain": "chain", "algo": "iql", "steps": "many"}, r"'steps' must be an integer"),
         ({"domain": "chain", "algo": "iql", "ope_estimators": ["magic"]}, r"unknown \['magic'\].*snips"),
         ({"domain": "chain", "algo": "iql", "ope_gamma": 0}, r"'ope_gamma' must be in \(0, 1\]"),
+        ({"domain": "chain", "algo": "iql", "precision": "fp16"}, r"'precision' must be 'fp32' or 'bf16'"),
     ],
 )
 def test_config_errors_name_the_key_and_rule(data: dict, message: str) -> None:

@@ -74,8 +74,11 @@ def test_a_run_logs_everything_and_registers_the_model(settings: CoreSettings, t
 
 
 def test_goal_conditioned_run_reports_success_on_the_domain_goals(settings: CoreSettings, tiny: dict) -> None:
-    cfg = TrainConfig(domain="chain", algo="gcbc", goal_set="end", ope_estimators=("snips", "pdwis"), **tiny)
+    cfg = TrainConfig(
+        domain="chain", algo="gcbc", goal_set="end", ope_estimators=("snips", "pdwis"), precision="bf16", **tiny
+    )
     result = train(cfg, settings, progress=False)
+    assert _client(settings).get_run(result.run_id).data.params["precision"] == "bf16"
     assert 0.0 <= result.metrics["ope/snips"] <= 1.0
     assert result.ope[0]["task"] == "goal end: x=4"
     # Logged success at reaching x=4 within 8 steps under the random policy (about 0.2 in these logs).
