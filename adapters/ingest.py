@@ -425,7 +425,7 @@ def _check_across_frames(con: duckdb.DuckDBPyConnection, spec: DomainSpec) -> No
         f"  SELECT episode_id, arg_min(first_step, first_step) AS first_step, arg_min(source_file, first_step) "
         f"  AS source_file, arg_min(first_row, first_step) AS first_row FROM ingest_episodes GROUP BY episode_id"
         f") e WHERE e.first_step > 0 AND NOT EXISTS ("
-        f"  SELECT 1 FROM {spec.table} t WHERE t.episode_id = e.episode_id AND t.step = e.first_step - 1"
+        f"  SELECT 1 FROM {spec.rows_table} t WHERE t.episode_id = e.episode_id AND t.step = e.first_step - 1"
         f") LIMIT 1",
     )
     if start:
@@ -480,7 +480,7 @@ def ingest(
                 # Episodes neither stored nor seen earlier in this ingest go in without the dedupe anti-join.
                 known = fetch_one(
                     con,
-                    f"SELECT count(*) FROM ingest_summary s WHERE EXISTS (SELECT 1 FROM {spec.table} t "
+                    f"SELECT count(*) FROM ingest_summary s WHERE EXISTS (SELECT 1 FROM {spec.rows_table} t "
                     f"WHERE t.episode_id = s.episode_id) OR EXISTS (SELECT 1 FROM ingest_episodes e "
                     f"WHERE e.episode_id = s.episode_id)",
                 )[0]  # type: ignore[index]

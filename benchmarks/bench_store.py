@@ -45,22 +45,26 @@ def build(db: Path, steps: int, features: int, episode_len: int = 50) -> None:
         actions=DiscreteActions(labels=tuple(f"a{i}" for i in range(8))),
     )
     schema = steps_schema(spec)
+    if steps % episode_len:
+        raise SystemExit(f"--steps must be a multiple of the episode length ({episode_len})")
     rng = np.random.default_rng(0)
     with DecisionStore(db) as store, store.transaction() as con:
         store.ensure_domain(spec, con)
-        for start in range(0, steps, 1_000_000):
+        for start in range(0, steps, 1_000_000):  # whole episodes per chunk (1M is a multiple of episode_len)
             n = min(1_000_000, steps - start)
             idx = np.arange(start, start + n)
-            chunk = pl.DataFrame(  # noqa: F841 - read by DuckDB below
+            # The N+1 observations of each episode: a step's next state is the following step's state.
+            obs = rng.standard_normal((n // episode_len, episode_len + 1, features), dtype=np.float32)
+            chunk = pl.DataFrame(
                 {
                     "episode_id": pl.Series((idx // episode_len).astype(np.int64)).cast(pl.String).str.zfill(9),
                     "step": (idx % episode_len).astype(np.int32),
-                    "state": rng.standard_normal((n, features), dtype=np.float32),
+                    "state": obs[:, :-1].reshape(n, features),
                     "action": rng.integers(0, 8, (n, 1)).astype(np.float32),
                     "action_mask": None,
                     "propensity": np.full(n, 0.125),
                     "reward": rng.standard_normal(n),
-                    "next_state": rng.standard_normal((n, features), dtype=np.float32),
+                    "next_state": obs[:, 1:].reshape(n, features),
                     "terminated": (idx % episode_len) == episode_len - 1,
                     "truncated": np.zeros(n, bool),
                     "timestamp": None,
@@ -71,7 +75,9 @@ def build(db: Path, steps: int, features: int, episode_len: int = 50) -> None:
                 },
                 schema=schema,
             )
-            con.execute(f"INSERT INTO {spec.table} SELECT * FROM chunk")
+            con.register("chunk", chunk)
+            store.insert_steps(spec, "chunk", con, dedupe=False, ensure=False)
+            con.unregister("chunk")
 
 
 def child(mode: str, db: str) -> None:
@@ -83,9 +89,9 @@ def child(mode: str, db: str) -> None:
     if mode == "load_arrays":
         arrays = store.load_arrays("bench")
         n, nbytes = arrays.n_steps, arrays.nbytes
-    else:  # baseline: DuckDB's fetchnumpy of the same columns, no episode bookkeeping
+    else:  # baseline: DuckDB's fetchnumpy of the same stored columns, no episode bookkeeping or next states
         cols = store.con.sql(
-            "SELECT state, next_state, action, reward, propensity, terminated, truncated, step FROM steps_bench"
+            "SELECT state, action, reward, propensity, terminated, truncated, step FROM steps_bench_rows"
         ).fetchnumpy()
         n = len(cols["step"])
         nbytes = sum(getattr(v, "nbytes", 0) for v in cols.values())

@@ -6,17 +6,24 @@ Layout (schema version :data:`~decision_core.schema.SCHEMA_VERSION`):
 - ``domains(name, version, spec_json, created_at)``: the registered domain specs;
 - ``ingests(ingest_id, domain, adapter, adapter_version, source, fingerprint, rows, steps, ingested_at)``: what was
   loaded from where, so a re-ingest of the same source is recognised;
-- ``steps_<domain>``: one row per step in the common schema (DDL derived from the domain spec).
+- ``steps_<domain>_rows`` and ``steps_<domain>_next``: one row per step in the common schema without its
+  ``next_state``, and the next states that are not the following step's state (an episode's last step, logs whose
+  next observation differs); the view ``steps_<domain>`` joins them into the full steps table
+  (:func:`~decision_core.schema.store_ddl`).
 
 Reads for training go through :meth:`DecisionStore.load_arrays`, which streams Arrow record batches straight
-into preallocated contiguous numpy arrays: one query per domain, no per-row Python.
+into preallocated contiguous numpy arrays (one query per domain, no per-row Python), and fills the next states
+from the following rows and the few explicit ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import threading
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +32,7 @@ import duckdb
 import numpy as np
 
 from decision_core.errors import StoreError
-from decision_core.schema import SCHEMA_VERSION, STEP_COLUMNS, DomainSpec, steps_ddl
+from decision_core.schema import ROW_COLUMNS, SCHEMA_VERSION, DomainSpec, store_ddl
 
 _META_DDL = (
     "CREATE TABLE IF NOT EXISTS schema_info (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
@@ -193,6 +200,14 @@ class DecisionStore:
         if "schema_info" in tables:
             row = fetch_one(self.con, "SELECT value FROM schema_info WHERE key = 'schema_version'")
             found = int(row[0]) if row else None
+            if found == 1 and not self.read_only:
+                self._migrate_from_v1()
+                return
+            if found == 1:
+                raise StoreError(
+                    f"store {self.path} was written with schema version 1 (next states in every row); open it once "
+                    f"writable (e.g. decision-core show --db {self.path}) to convert it to version {SCHEMA_VERSION}"
+                )
             if found != SCHEMA_VERSION:
                 raise StoreError(
                     f"store {self.path} was written with schema version {found}, this library reads version "
@@ -208,6 +223,22 @@ class DecisionStore:
             for ddl in _META_DDL:
                 con.execute(ddl)
             con.execute("INSERT INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+
+    def _migrate_from_v1(self) -> None:
+        """Version 1 kept ``next_state`` in every row of ``steps_<domain>``: move each domain to the rows table,
+        the explicit next states and the steps view, in one transaction."""
+        with self.transaction() as con:
+            for (spec_json,) in con.execute("SELECT spec_json FROM domains").fetchall():
+                spec = DomainSpec.from_json(spec_json)
+                old = f"{spec.table}_v1"
+                con.execute(f"ALTER TABLE {spec.table} RENAME TO {old}")
+                for ddl in store_ddl(spec):
+                    con.execute(ddl)
+                self.insert_steps(
+                    spec, f"(SELECT * FROM {old} ORDER BY episode_id, step)", con, dedupe=False, ensure=False
+                )
+                con.execute(f"DROP TABLE {old}")
+            con.execute("UPDATE schema_info SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -258,7 +289,8 @@ class DecisionStore:
                     [spec.version, spec.to_json(), spec.name],
                 )
             return
-        c.execute(steps_ddl(spec))
+        for ddl in store_ddl(spec):
+            c.execute(ddl)
         c.execute(
             "INSERT INTO domains (name, version, spec_json) VALUES (?, ?, ?)",
             [spec.name, spec.version, spec.to_json()],
@@ -288,30 +320,41 @@ class DecisionStore:
         *,
         dedupe: bool = True,
         ensure: bool = True,
+        into: str = "",
     ) -> int:
-        """Insert the validated rows of table/view/frame ``relation`` inside the caller's transaction, in the
-        order given (write rows sorted by episode and step so reads stay contiguous). With ``dedupe``, rows
-        whose (episode_id, step) are already stored are skipped; ``ensure=False`` skips registering the domain,
-        for writers that did so once at start. Returns the number of rows inserted."""
+        """Insert the validated rows of table/view/frame ``relation`` (every column of the steps table) inside the
+        caller's transaction, in the order given (write rows sorted by episode and step so reads stay contiguous).
+
+        With ``dedupe``, rows whose (episode_id, step) are already stored are skipped; ``ensure=False`` skips
+        registering the domain, for writers that did so once at start; ``into`` names an attached database
+        (``"snapshot."``) to write to instead. A row's ``next_state`` is stored only when the row that follows it
+        in ``relation`` is not its episode's next step with that state. Returns the number of rows inserted.
+        """
         if ensure:
             self.ensure_domain(spec, con)
-        cols = ", ".join(f"s.{c}" for c in STEP_COLUMNS)
-        if dedupe:  # a hash anti-join does not keep row order: number the rows and restore it
-            query = (
-                f"INSERT INTO {spec.table} SELECT {cols} FROM "
-                f"(SELECT *, row_number() OVER () AS _order FROM {relation}) s "
-                f"ANTI JOIN {spec.table} t ON s.episode_id = t.episode_id AND s.step = t.step ORDER BY s._order"
+        rows, explicit = f"{into}{spec.rows_table}", f"{into}{spec.next_table}"
+        source = f"(SELECT *, row_number() OVER () AS _order FROM {relation})"
+        if dedupe:  # a hash anti-join does not keep row order: the numbering restores it
+            source = (
+                f"(SELECT s.* FROM {source} s ANTI JOIN {rows} t ON s.episode_id = t.episode_id AND s.step = t.step)"
             )
-        else:
-            query = f"INSERT INTO {spec.table} SELECT {cols} FROM {relation} s"
-        rows = con.execute(query).fetchall()
-        return int(rows[0][0]) if rows else 0
+        # Next states first: both statements must see the rows table as it was before this insert.
+        con.execute(
+            f"INSERT INTO {explicit} SELECT episode_id, step, next_state FROM ("
+            f"SELECT episode_id, step, next_state, lead(episode_id) OVER w AS e, lead(step) OVER w AS k, "
+            f"lead(state, 1, next_state) OVER w AS following FROM {source} WINDOW w AS (ORDER BY _order)) "
+            f"WHERE e IS NULL OR e <> episode_id OR k <> step + 1 OR following <> next_state"
+        ).fetchall()
+        cols = ", ".join(ROW_COLUMNS)
+        query = f"SELECT {cols} FROM {source} ORDER BY _order" if dedupe else f"SELECT {cols} FROM {relation}"
+        result = con.execute(f"INSERT INTO {rows} {query}").fetchall()
+        return int(result[0][0]) if result else 0
 
     # -- reading ------------------------------------------------------------------------------------------
     def count_steps(self, domain: str) -> int:
         spec = self.spec(domain)
         with self._lock:
-            return int(fetch_one(self.con, f"SELECT count(*) FROM {spec.table}")[0])  # type: ignore[index]
+            return int(fetch_one(self.con, f"SELECT count(*) FROM {spec.rows_table}")[0])  # type: ignore[index]
 
     def summary(self, domain: str) -> dict[str, object]:
         spec = self.spec(domain)
@@ -319,7 +362,7 @@ class DecisionStore:
             row = fetch_one(
                 self.con,
                 f"SELECT count(*), count(DISTINCT episode_id), count(propensity), count(reward), "
-                f"sum(terminated::INT), min(timestamp), max(timestamp) FROM {spec.table}",
+                f"sum(terminated::INT), min(timestamp), max(timestamp) FROM {spec.rows_table}",
             )
         assert row is not None
         return {
@@ -348,41 +391,62 @@ class DecisionStore:
     def _read(self, spec: DomainSpec, n: int, batch_rows: int, *, ordered: bool) -> DomainArrays | None:
         s, a = spec.state_dim, spec.action_dim
         k = spec.n_actions if spec.masked else 0
-        states = np.empty((n, s), np.float32)
-        next_states = np.empty((n, s), np.float32)
-        actions = np.empty((n, a), np.float32)
+        states = _allocate((n, s), np.float32)
+        actions = _allocate((n, a), np.float32)
         rewards = np.empty(n, np.float32)
         props = np.empty(n, np.float32)
         term = np.empty(n, np.bool_)
         trunc = np.empty(n, np.bool_)
         keys = np.empty(n, np.uint64)
         steps = np.empty(n, np.int32)
-        masks = np.empty((n, k), np.bool_) if k else None
+        masks = _allocate((n, k), np.bool_) if k else None
         mask_col = ", action_mask" if k else ""
         order = " ORDER BY episode_id, step" if ordered else ""
         query = (
-            f"SELECT state, next_state, action, coalesce(reward, 'NaN'::FLOAT)::FLOAT, "
-            f"coalesce(propensity, 'NaN'::FLOAT)::FLOAT, terminated, truncated, hash(episode_id), step{mask_col} "
-            f"FROM {spec.table}{order}"
+            f"SELECT state, action, coalesce(reward, 'NaN'::FLOAT)::FLOAT, coalesce(propensity, 'NaN'::FLOAT)::FLOAT, "
+            f"terminated, truncated, hash(episode_id), step{mask_col} FROM {spec.rows_table}{order}"
         )
+        next_states = _allocate((n, s), np.float32)
+
+        def copy(batch: object, i: int) -> None:
+            """Copy one record batch into rows ``i:i+m``; its states are also the next states of the rows before."""
+            m = batch.num_rows  # type: ignore[attr-defined]
+            cols = batch.columns  # type: ignore[attr-defined]
+            batch_states = cols[0].values.to_numpy(zero_copy_only=True).reshape(m, s)
+            states[i : i + m] = batch_states
+            if i:
+                next_states[i - 1 : i + m - 1] = batch_states
+            else:
+                next_states[: m - 1] = batch_states[1:]
+            actions[i : i + m] = cols[1].values.to_numpy(zero_copy_only=True).reshape(m, a)
+            rewards[i : i + m] = cols[2].to_numpy()
+            props[i : i + m] = cols[3].to_numpy()
+            term[i : i + m] = cols[4].to_numpy(zero_copy_only=False)
+            trunc[i : i + m] = cols[5].to_numpy(zero_copy_only=False)
+            keys[i : i + m] = cols[6].to_numpy()
+            steps[i : i + m] = cols[7].to_numpy()
+            if masks is not None:
+                masks[i : i + m] = cols[8].values.to_numpy(zero_copy_only=False).reshape(m, k)
+
         i = 0
-        with self._lock, self._bounded_buffers():
-            reader = self.con.sql(query).to_arrow_reader(batch_rows)
-            for batch in reader:
-                m = batch.num_rows
-                cols = batch.columns
-                states[i : i + m] = cols[0].values.to_numpy(zero_copy_only=True).reshape(m, s)
-                next_states[i : i + m] = cols[1].values.to_numpy(zero_copy_only=True).reshape(m, s)
-                actions[i : i + m] = cols[2].values.to_numpy(zero_copy_only=True).reshape(m, a)
-                rewards[i : i + m] = cols[3].to_numpy()
-                props[i : i + m] = cols[4].to_numpy()
-                term[i : i + m] = cols[5].to_numpy(zero_copy_only=False)
-                trunc[i : i + m] = cols[6].to_numpy(zero_copy_only=False)
-                keys[i : i + m] = cols[7].to_numpy()
-                steps[i : i + m] = cols[8].to_numpy()
-                if masks is not None:
-                    masks[i : i + m] = cols[9].values.to_numpy(zero_copy_only=False).reshape(m, k)
-                i += m
+        # DuckDB decodes the next batch (without the GIL) while a second thread copies the last one into the
+        # arrays; most of that copy's time is the kernel handing out the arrays' fresh pages. At most two batches
+        # are in flight. Under the lock no writer of this process runs between the two queries, and DuckDB lets no
+        # other process write a file that is open here, so the rows and their explicit next states agree.
+        with self._lock, self._bounded_buffers(), ThreadPoolExecutor(1, thread_name_prefix="load-arrays") as pool:
+            pending: deque[Future[None]] = deque()
+            for batch in self.con.sql(query).to_arrow_reader(batch_rows):
+                if i + batch.num_rows > n:
+                    i += batch.num_rows
+                    break
+                pending.append(pool.submit(copy, batch, i))
+                i += batch.num_rows
+                if len(pending) > 1:
+                    pending.popleft().result()
+            for future in pending:
+                future.result()
+            explicit_query = f"SELECT hash(episode_id), step, next_state FROM {spec.next_table}"
+            explicit = self.con.sql(explicit_query).to_arrow_table()
         if i != n:
             raise StoreError(f"domain '{spec.name}' changed while it was being read ({i} of {n} rows); retry")
         new_episode = np.empty(n, np.bool_)
@@ -398,6 +462,7 @@ class DecisionStore:
                 raise StoreError(f"domain '{spec.name}' has gaps in its step numbering; re-ingest the episode")
             return None
         ends = np.append(starts[1:], n)
+        _fill_explicit_next_states(spec, next_states, keys, steps, starts, ends, explicit)
         return DomainArrays(
             spec=spec,
             states=states,
@@ -410,6 +475,56 @@ class DecisionStore:
             action_masks=masks,
             episode_starts=starts.astype(np.int64),
             episode_ends=ends.astype(np.int64),
+        )
+
+
+def _allocate(shape: tuple[int, int], dtype: type) -> np.ndarray:
+    """An uninitialised array in an anonymous memory mapping (4 KiB pages, faulted in as it is written).
+
+    numpy asks the kernel for transparent huge pages on large arrays; where the kernel compacts memory to find them
+    on first touch (``defrag=madvise``, common in VMs) that costs about a second per GiB, more than the read.
+    """
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if nbytes == 0:
+        return np.empty(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype).reshape(shape)
+
+
+def _fill_explicit_next_states(
+    spec: DomainSpec,
+    next_states: np.ndarray,
+    keys: np.ndarray,
+    steps: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    explicit: object,
+) -> None:
+    """Overwrite the next states the store holds explicitly (``next_states`` holds the following rows' states):
+    every episode's last step must be among them."""
+    n, s = next_states.shape
+    x_keys = explicit.column(0).to_numpy()  # type: ignore[attr-defined]
+    x_steps = explicit.column(1).to_numpy()  # type: ignore[attr-defined]
+    x_values = explicit.column(2).combine_chunks().values.to_numpy().reshape(-1, s)  # type: ignore[attr-defined]
+    # Row of each explicit next state: its episode's first row plus its step offset.
+    episode_keys = keys[starts]
+    by_key = np.argsort(episode_keys)
+    pos = np.minimum(np.searchsorted(episode_keys, x_keys, sorter=by_key), len(starts) - 1)
+    episode = by_key[pos]
+    rows = starts[episode] + (x_steps.astype(np.int64) - steps[starts[episode]])
+    stray = (episode_keys[episode] != x_keys) | (rows < starts[episode]) | (rows >= ends[episode])
+    if stray.any():
+        raise StoreError(
+            f"domain '{spec.name}' holds {int(stray.sum())} next state(s) in {spec.next_table} for steps it does "
+            f"not have; the store was modified outside this library: re-ingest the domain into a new store"
+        )
+    next_states[rows] = x_values
+    covered = np.zeros(n, np.bool_)
+    covered[rows] = True
+    missing = ~covered[ends - 1]
+    if missing.any():
+        raise StoreError(
+            f"domain '{spec.name}': {int(missing.sum())} episode(s) have no next state for their last step in "
+            f"{spec.next_table}; the store was modified outside this library: re-ingest the domain into a new store"
         )
 
 

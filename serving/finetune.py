@@ -76,8 +76,9 @@ def export_snapshot(store: DecisionStore, writer: FeedbackWriter, spec: DomainSp
         ),
     ):
         con.execute(f"ATTACH {_quote(path)} AS {alias}")
-        try:
-            con.execute(f"INSERT INTO {alias}.{table} SELECT * FROM {table}{where}")
+        try:  # through the steps view, in episode order, so each copy keeps the next states its steps need
+            relation = f"(SELECT * FROM {table}{where} ORDER BY episode_id, step)"
+            store.insert_steps(spec, relation, con, dedupe=False, ensure=False, into=f"{alias}.")
         finally:
             con.execute(f"DETACH {alias}")
     goals = con.execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from decision_core.errors import StoreError
@@ -89,3 +90,104 @@ def test_once_per_episode_masks_come_from_the_episode_and_combine_with_logged_ma
     ).with_derived_masks()
     expected = [[1, 1, 1, 1], [1, 0, 1, 1], [1, 0, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]]
     assert arrays.action_masks.astype(int).tolist() == expected
+
+
+# -- how steps are kept: rows, the explicit next states, and the steps view ------------------------------------
+
+
+def _frame(toy: DomainSpec, episodes: dict[str, list[float]], *, odd: tuple[str, int] | None = None):
+    """Steps of scalar-state episodes in the N+1 convention (``episodes[e]`` are its N+1 observations); ``odd``
+    gives one (episode, step) a next state that is not its episode's next state (a log whose next observation
+    differs)."""
+    import polars as pl
+
+    from decision_core.schema import steps_schema
+
+    rows = []
+    for episode, obs in episodes.items():
+        for t in range(len(obs) - 1):
+            following = obs[t + 1] + (0.5 if odd == (episode, t) else 0.0)
+            rows.append(
+                {
+                    "episode_id": episode,
+                    "step": t,
+                    "state": [obs[t]],
+                    "action": [float(t % 2)],
+                    "action_mask": None,
+                    "propensity": 0.5,
+                    "reward": None,
+                    "next_state": [following],
+                    "terminated": t == len(obs) - 2,
+                    "truncated": False,
+                    "timestamp": None,
+                    "source_adapter": "test",
+                    "adapter_version": "1",
+                    "source_file": "f",
+                    "source_row": len(rows),
+                }
+            )
+    return pl.DataFrame(rows, schema=steps_schema(toy))
+
+
+def _insert(store: DecisionStore, toy: DomainSpec, frame, *, dedupe: bool = True) -> int:
+    with store.transaction() as con:
+        con.register("frame", frame)
+        try:
+            return store.insert_steps(toy, "frame", con, dedupe=dedupe)
+        finally:
+            con.unregister("frame")
+
+
+def test_next_states_are_stored_only_where_the_following_step_does_not_give_them(tmp_path: Path):
+    toy = spec()
+    episodes = {"a": [0.0, 1.0, 2.0, 3.0], "b": [10.0, 11.0, 12.0], "c": [20.0, 21.0, 22.0, 23.0, 24.0]}
+    frame = _frame(toy, episodes, odd=("c", 1))
+    with DecisionStore(tmp_path / "s.duckdb") as store:
+        # Episode c arrives in two writes (served traffic, or a later ingest continuing it).
+        assert _insert(store, toy, frame.filter(~((frame["episode_id"] == "c") & (frame["step"] >= 2)))) == 7
+        assert _insert(store, toy, frame) == 2  # the rest of c; everything else is already stored
+        # Explicit: each episode's last step, c's odd step, and c's step 1 whose successor came later.
+        explicit = store.con.execute(f"SELECT episode_id, step FROM {toy.next_table} ORDER BY ALL").fetchall()
+        assert explicit == [("a", 2), ("b", 1), ("c", 1), ("c", 3)]
+        arrays = store.load_arrays("toy")
+        view = store.con.sql(f"SELECT * FROM {toy.table} ORDER BY episode_id, step").pl()
+    order = frame.sort("episode_id", "step")
+    assert view.equals(order.select(view.columns))  # the view gives back exactly the logged steps
+    expected = np.array([row[0] for row in order["next_state"].to_list()], np.float32)
+    np.testing.assert_array_equal(arrays.next_states[:, 0], expected)
+    assert arrays.next_states[6, 0] == 22.5  # c's odd next state, not the following state
+
+
+def test_a_store_missing_an_explicit_next_state_is_refused(tmp_path: Path):
+    toy = spec()
+    with DecisionStore(tmp_path / "s.duckdb") as store:
+        _insert(store, toy, _frame(toy, {"a": [0.0, 1.0, 2.0]}))
+        store.con.execute(f"DELETE FROM {toy.next_table}")
+        with pytest.raises(StoreError, match=r"1 episode\(s\) have no next state for their last step"):
+            store.load_arrays("toy")
+
+
+def test_a_version_1_store_is_converted_when_opened_writable(tmp_path: Path):
+    from decision_core.schema import steps_ddl
+
+    toy = spec()
+    frame = _frame(toy, {"a": [0.0, 1.0, 2.0], "b": [5.0, 6.0]}, odd=("a", 0))
+    path = tmp_path / "v1.duckdb"
+    with DecisionStore(path) as store:  # rewrite it into version 1's layout: next_state in every row
+        store.ensure_domain(toy)
+        con = store.con
+        for table in (toy.table, toy.rows_table, toy.next_table):
+            con.execute(f"DROP {'VIEW' if table == toy.table else 'TABLE'} {table}")
+        con.execute(steps_ddl(toy))
+        con.register("frame", frame)
+        con.execute(f"INSERT INTO {toy.table} SELECT * FROM frame")
+        con.execute("UPDATE schema_info SET value = '1' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="open it once writable"):
+        DecisionStore(path, read_only=True)
+    with DecisionStore(path) as store:
+        arrays = store.load_arrays("toy")
+        view = store.con.sql(f"SELECT * FROM {toy.table} ORDER BY episode_id, step").pl()
+    np.testing.assert_array_equal(arrays.next_states[:, 0], [1.5, 2.0, 6.0])
+    assert view.equals(frame.select(view.columns))
+    with DecisionStore(path, read_only=True) as store:  # converted for good
+        assert store.count_steps("toy") == 3
