@@ -100,7 +100,9 @@ class PartialGoals:
 
 
 # -- training ------------------------------------------------------------------------------------------------------
-def train(name: str, dataset: Any, seed: int, budget_s: float, config: dict[str, Any]) -> tuple[Any, int]:
+def train(
+    name: str, dataset: Any, seed: int, budget_s: float, config: dict[str, Any], precision: str = "fp32"
+) -> tuple[Any, int]:
     """Train ``name`` on ``dataset`` for ``budget_s`` seconds of this process's CPU time; returns (agent, updates).
 
     CPU time, not wall clock: on a shared machine the wall clock would measure the neighbours' load, and the
@@ -109,6 +111,7 @@ def train(name: str, dataset: Any, seed: int, budget_s: float, config: dict[str,
     from decision_core.algos import create_agent
 
     agent = create_agent(name, dataset.spec, dataset.stats, config=config or None, seed=seed)
+    agent.set_precision(precision)
     sampler = agent.sampler(dataset, seed=seed)
     batch = agent.config.batch_size
     start = time.process_time()
@@ -164,7 +167,7 @@ def run_domain(domain: str, args: argparse.Namespace, workdir: Path, console: An
         for name in algos:
             ds = reward_ds if name in reward_algos else goal_ds
             t = time.perf_counter()
-            agent, updates = train(name, ds, seed, args.budget_s, json.loads(args.config))
+            agent, updates = train(name, ds, seed, args.budget_s, json.loads(args.config), args.precision)
             agents[name] = agent
             console.print(
                 f"  seed {seed} {name}: {updates} updates in {args.budget_s:g} CPU-s "
@@ -319,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="evaluate learned policies sampling at this temperature (default: greedy); the baselines are stochastic",
     )
     parser.add_argument("--config", default="{}", help="JSON config overrides applied to every algorithm")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="training precision")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: these small networks run fastest on one)"
     )
