@@ -20,7 +20,7 @@ import polars as pl
 from adapters.base import Adapter, ColumnMapping
 from decision_core.errors import IngestError
 from decision_core.schema import STEP_COLUMNS, DiscreteActions, DomainSpec, steps_schema
-from decision_core.store import DecisionStore, fetch_one
+from decision_core.store import DecisionStore, fetch_one, next_state_needed
 
 _PROVENANCE = ("source_adapter", "adapter_version", "source_file")
 
@@ -475,6 +475,9 @@ def ingest(
             for frame, n_raw in prepare_parts(adapter, path, mapping, partition_bytes=partition_bytes):
                 file_rows += n_raw
                 file_steps += frame.height
+                # Which next states the store must keep (the rest are the following rows' states), marked here in
+                # one vectorised pass rather than by a window over the frame in DuckDB.
+                frame = frame.with_columns(next_state_needed(frame).alias("_keep_next"))
                 con.register("ingest_frame", frame)
                 con.register("ingest_summary", _summarise(frame))
                 # Episodes neither stored nor seen earlier in this ingest go in without the dedupe anti-join.
@@ -485,7 +488,7 @@ def ingest(
                     f"WHERE e.episode_id = s.episode_id)",
                 )[0]  # type: ignore[index]
                 con.execute("INSERT INTO ingest_episodes SELECT * FROM ingest_summary")
-                inserted += store.insert_steps(spec, "ingest_frame", con, dedupe=bool(known))
+                inserted += store.insert_steps(spec, "ingest_frame", con, dedupe=bool(known), keep_next="_keep_next")
                 con.unregister("ingest_frame")
                 con.unregister("ingest_summary")
                 del frame

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import polars as pl
 
 from decision_core.errors import StoreError
 from decision_core.schema import ROW_COLUMNS, SCHEMA_VERSION, DomainSpec, store_ddl
@@ -321,6 +322,7 @@ class DecisionStore:
         dedupe: bool = True,
         ensure: bool = True,
         into: str = "",
+        keep_next: str | None = None,
     ) -> int:
         """Insert the validated rows of table/view/frame ``relation`` (every column of the steps table) inside the
         caller's transaction, in the order given (write rows sorted by episode and step so reads stay contiguous).
@@ -328,7 +330,9 @@ class DecisionStore:
         With ``dedupe``, rows whose (episode_id, step) are already stored are skipped; ``ensure=False`` skips
         registering the domain, for writers that did so once at start; ``into`` names an attached database
         (``"snapshot."``) to write to instead. A row's ``next_state`` is stored only when the row that follows it
-        in ``relation`` is not its episode's next step with that state. Returns the number of rows inserted.
+        in ``relation`` is not its episode's next step with that state: a window pass over ``relation`` finds
+        those rows, or, without ``dedupe``, ``keep_next`` names a boolean column of ``relation`` that already marks
+        them (:func:`next_state_needed`). Returns the number of rows inserted.
         """
         if ensure:
             self.ensure_domain(spec, con)
@@ -339,12 +343,16 @@ class DecisionStore:
                 f"(SELECT s.* FROM {source} s ANTI JOIN {rows} t ON s.episode_id = t.episode_id AND s.step = t.step)"
             )
         # Next states first: both statements must see the rows table as it was before this insert.
-        con.execute(
-            f"INSERT INTO {explicit} SELECT episode_id, step, next_state FROM ("
-            f"SELECT episode_id, step, next_state, lead(episode_id) OVER w AS e, lead(step) OVER w AS k, "
-            f"lead(state, 1, next_state) OVER w AS following FROM {source} WINDOW w AS (ORDER BY _order)) "
-            f"WHERE e IS NULL OR e <> episode_id OR k <> step + 1 OR following <> next_state"
-        ).fetchall()
+        if keep_next is not None and not dedupe:
+            query = f"SELECT episode_id, step, next_state FROM {relation} WHERE {keep_next}"
+        else:
+            query = (
+                f"SELECT episode_id, step, next_state FROM (SELECT episode_id, step, next_state, "
+                f"lead(episode_id) OVER w AS e, lead(step) OVER w AS k, lead(state, 1, next_state) OVER w AS following "
+                f"FROM {source} WINDOW w AS (ORDER BY _order)) "
+                f"WHERE e IS NULL OR e <> episode_id OR k <> step + 1 OR following <> next_state"
+            )
+        con.execute(f"INSERT INTO {explicit} {query}").fetchall()
         cols = ", ".join(ROW_COLUMNS)
         query = f"SELECT {cols} FROM {source} ORDER BY _order" if dedupe else f"SELECT {cols} FROM {relation}"
         result = con.execute(f"INSERT INTO {rows} {query}").fetchall()
@@ -476,6 +484,21 @@ class DecisionStore:
             episode_starts=starts.astype(np.int64),
             episode_ends=ends.astype(np.int64),
         )
+
+
+def next_state_needed(steps: pl.DataFrame) -> pl.Series:
+    """Which rows of a steps frame need their ``next_state`` stored: those not followed, in the frame, by their
+    episode's next step whose ``state`` is that next state (what :meth:`DecisionStore.insert_steps` keeps)."""
+    n = steps.height
+    if n == 0:
+        return pl.Series("keep_next", [], pl.Boolean)
+    states = steps["state"].to_numpy()
+    next_states = steps["next_state"].to_numpy()
+    differs = np.ones(n, np.bool_)
+    np.any(next_states[:-1] != states[1:], axis=1, out=differs[:-1])
+    same_episode = (steps["episode_id"] == steps["episode_id"].shift(-1)).fill_null(False)
+    successor = (steps["step"] + 1 == steps["step"].shift(-1)).fill_null(False)
+    return pl.Series("keep_next", differs) | ~(same_episode & successor)
 
 
 def _allocate(shape: tuple[int, int], dtype: type) -> np.ndarray:

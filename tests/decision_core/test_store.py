@@ -191,3 +191,19 @@ def test_a_version_1_store_is_converted_when_opened_writable(tmp_path: Path):
     assert view.equals(frame.select(view.columns))
     with DecisionStore(path, read_only=True) as store:  # converted for good
         assert store.count_steps("toy") == 3
+
+
+def test_marking_the_needed_next_states_in_the_frame_keeps_the_same_ones_as_the_window_pass(tmp_path: Path):
+    from decision_core.store import next_state_needed
+
+    toy = spec()
+    frame = _frame(toy, {"a": [0.0, 1.0, 2.0, 3.0], "b": [5.0, 6.0], "c": [7.0, 8.0, 9.0]}, odd=("a", 1))
+    marked = frame.with_columns(next_state_needed(frame).alias("keep"))
+    assert marked["keep"].to_list() == [False, True, True, True, False, True]
+    kept = []
+    for n, kwargs in enumerate(({}, {"dedupe": False, "keep_next": "keep"})):
+        with DecisionStore(tmp_path / f"{n}.duckdb") as store, store.transaction() as con:
+            con.register("frame", marked)
+            store.insert_steps(toy, "frame", con, **kwargs)
+            kept.append(con.execute(f"SELECT * FROM {toy.next_table} ORDER BY ALL").fetchall())
+    assert kept[0] == kept[1] and len(kept[0]) == 4
