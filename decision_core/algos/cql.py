@@ -5,9 +5,15 @@ The critic (a twin Q ensemble, one batched network) minimises the TD error plus
 did not take and keeps the learned policy close to what the data supports.
 
 - **Discrete**: the logsumexp is exact over the available actions; the TD target is
-  ``r + discount * (1 - terminal) * max_a' min_i Q_target_i(s', a')`` over the actions available at ``s'``. The
-  policy is the softmax of the critics' mean Q-values (greedy: their argmax), so ``log_prob`` and propensities are
-  those of that Boltzmann policy.
+  ``r + discount * (1 - terminal) * max_a' min_i Q_target_i(s', a')`` over the actions available at ``s'``.
+  With ``extraction="closed_form"`` (the default) an actor clones the logged actions and the policy is, as for
+  IQL, the behaviour tilted by the critics: logits ``log pi_b + beta * mean_i Q_i``, the actions the behaviour
+  rarely takes at ``s`` (below ``support`` x its most likely action's probability) excluded, as in discrete BCQ
+  (:class:`~decision_core.algos.base.AdvantageExtractionAgent`). The conservative term only pushes unlogged
+  actions down by a margin, so the critic's argmax over every action still lands on actions it never saw at
+  ``s``; the behaviour prior keeps the choice among the ones it did. With ``extraction="q"`` the policy is the
+  softmax of the critics' mean Q-values (greedy: their argmax). ``log_prob`` and propensities are those of the
+  policy served.
 - **Continuous** (CQL(H) as in the paper and d3rlpy): the logsumexp is estimated by importance sampling over
   ``n_action_samples`` uniform actions and as many policy actions at ``s`` and at ``s'``; a SAC actor (tanh-squashed
   Gaussian, entropy temperature tuned to a target entropy) maximises the critics' minimum Q.
@@ -25,16 +31,22 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from decision_core.algos.base import Agent, AgentConfig
+from decision_core.algos.base import AdvantageExtractionAgent, AgentConfig
 from decision_core.algos.nets import (
     MASKED_LOGIT,
     Critic,
     PolicyNet,
     PolicyOutput,
+    RewardScale,
+    masked_logits,
     polyak_update,
 )
-from decision_core.data.dataset import Batch
+from decision_core.data.dataset import Batch, OfflineDataset, TransitionSampler
+from decision_core.data.goals import GoalSampler
 from decision_core.reward import check_reward
+
+#: Discrete policies: the behaviour tilted by the critics ("closed_form") or the critics' Boltzmann policy ("q").
+CQL_EXTRACTIONS = ("closed_form", "q")
 
 
 @dataclass(frozen=True)
@@ -42,8 +54,21 @@ class CQLConfig(AgentConfig):
     #: The reward learned: an expression over state/next-state features (``decision_core.reward``), ``"logged"``
     #: for the logs' reward column, or None for the domain's own reward (``spec.reward``).
     reward: str | None = None
+    #: Rewards are multiplied by this factor before learning; None = 1 / std of the training data's rewards
+    #: (set when the agent builds its sampler, kept with the weights), so the conservative weight and ``beta``
+    #: mean the same whatever the reward's units: the conservative term's pull is bounded, the TD error's grows
+    #: with the reward's scale.
+    reward_scale: float | None = None
     #: Weight of the conservative term; None = 1.0 for discrete actions, 5.0 for continuous ones (d3rlpy's).
     conservative_weight: float | None = None
+    #: Discrete actions: "closed_form" (a behaviour-cloned actor tilted by the critics, ``log pi_b + beta * Q``,
+    #: restricted to ``support``) or "q" (the softmax of the critics' Q-values over every available action).
+    extraction: str = "closed_form"
+    #: Closed form: inverse temperature of ``pi_b * exp(beta * Q)``; Q is in standard deviations of the reward.
+    beta: float = 20.0
+    #: Closed form: actions the behaviour takes at ``s`` with less than this fraction of the probability of its
+    #: most likely action are never chosen.
+    support: float = 0.0
     #: Polyak rate of the target critics.
     tau: float = 0.005
     #: Critics in the ensemble; targets use their minimum.
@@ -68,6 +93,10 @@ class CQLConfig(AgentConfig):
             "conservative_weight",
             "must be >= 0 (or None for the action space's default)",
         )
+        self.require(self.extraction in CQL_EXTRACTIONS, "extraction", f"must be one of {CQL_EXTRACTIONS}")
+        self.require(self.beta >= 0.0, "beta", "must be >= 0")
+        self.require(0.0 <= self.support < 1.0, "support", "must be in [0, 1)")
+        self.require(self.reward_scale is None or self.reward_scale > 0.0, "reward_scale", "must be > 0 (or None)")
         self.require(0.0 < self.tau <= 1.0, "tau", "must be in (0, 1]")
         self.require(self.n_critics >= 1, "n_critics", "must be >= 1")
         self.require(self.n_action_samples >= 1, "n_action_samples", "must be >= 1")
@@ -88,10 +117,11 @@ class LogTemperature(nn.Module):
         return self.log_value.exp()
 
 
-class CQLAgent(Agent):
+class CQLAgent(AdvantageExtractionAgent):
     name = "cql"
     goal_conditioned = False
     config_class = CQLConfig
+    beta_field = "beta"
     config: CQLConfig
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -117,16 +147,23 @@ class CQLAgent(Agent):
         critic = Critic(self.spec, s, c.hidden_dims, n=c.n_critics, layer_norm=c.layer_norm)
         target = Critic(self.spec, s, c.hidden_dims, n=c.n_critics, layer_norm=c.layer_norm)
         target.load_state_dict(critic.state_dict())
-        nets: dict[str, nn.Module] = {"critic": critic, "target_critic": target}
+        nets: dict[str, nn.Module] = {
+            "critic": critic,
+            "target_critic": target,
+            "reward_scale": RewardScale(c.reward_scale),
+        }
         if not self.spec.discrete:
             nets["actor"] = PolicyNet(self.spec, s, c.hidden_dims)
             nets["temperature"] = LogTemperature(c.initial_temperature)
+        elif self.closed_form:
+            nets["actor"] = PolicyNet(self.spec, s, c.hidden_dims)  # the behaviour prior pi_b
         return nets
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        critic = self.adam(self.nets["critic"])
         if self.spec.discrete:
-            return {"critic": critic}
+            # The behaviour-cloning loss and the critic's touch disjoint parameters: one step trains both.
+            return {"critic": self.adam(*[self.nets[k] for k in ("critic", "actor") if k in self.nets])}
+        critic = self.adam(self.nets["critic"])
         c = self.config
         return {
             "critic": critic,
@@ -134,11 +171,17 @@ class CQLAgent(Agent):
             "temperature": torch.optim.Adam(self.nets["temperature"].parameters(), lr=c.temperature_lr),
         }
 
+    def sampler(self, dataset: OfflineDataset, *, seed: int = 0) -> GoalSampler | TransitionSampler:
+        sampler = super().sampler(dataset, seed=seed)
+        if not self.nets["reward_scale"].is_set:
+            self.nets["reward_scale"].fit(dataset.rewards)
+        return sampler
+
     def policy(self, states: Tensor, goals: Tensor | None, goal_masks: Tensor | None) -> PolicyOutput:
         x = self.norm_states(states)
-        if self.spec.discrete:
+        if self.spec.discrete and not self.closed_form:
             return PolicyOutput(logits=self.critic().all_actions(x).mean(0))
-        return self.nets["actor"](x)
+        return self.extracted_policy(x)  # the tilted behaviour prior, or the SAC actor for Box actions
 
     def update(self, batch: Batch) -> dict[str, float]:
         if self.spec.discrete:
@@ -150,10 +193,11 @@ class CQLAgent(Agent):
         c = self.config
         x = self.norm_states(batch.states)
         with torch.no_grad():
-            q_next = self.critic(target=True).all_actions(self.norm_states(batch.next_states)).min(0).values
-            if batch.next_action_masks is not None:
-                q_next = q_next.masked_fill(~batch.next_action_masks, MASKED_LOGIT)
-            target = batch.rewards + c.discount * (1.0 - batch.terminals) * q_next.max(-1).values
+            x_next = self.norm_states(batch.next_states)
+            q_next = self.critic(target=True).all_actions(x_next).min(0).values
+            v_next = masked_logits(q_next, batch.next_action_masks).max(-1).values
+            rewards = self.nets["reward_scale"](batch.rewards)
+            target = rewards + c.discount * (1.0 - batch.terminals) * v_next
 
         q_all = self.critic().all_actions(x)  # (n_critics, B, K)
         q_data = q_all.gather(-1, batch.actions.view(1, -1, 1).expand(q_all.shape[0], -1, 1)).squeeze(-1)
@@ -162,17 +206,22 @@ class CQLAgent(Agent):
         gap = torch.logsumexp(q_avail, dim=-1) - q_data
         conservative_loss = gap.mean(1).sum()
         loss = td_loss + self.conservative_weight * conservative_loss
+        info = {
+            "critic/loss": loss,
+            "critic/td_loss": td_loss,
+            "critic/conservative_loss": conservative_loss,
+            "critic/q_mean": q_data.mean(),
+        }
+        if self.closed_form:
+            # The behaviour prior is cloned over every action (see IQL): its support threshold compares them all.
+            log_prob = self.dist.log_prob(self.nets["actor"](x), batch.actions, None)
+            actor_loss = -log_prob.mean()
+            loss = loss + actor_loss
+            info["actor/loss"] = actor_loss
 
         self.step("critic", loss)
         polyak_update(self.nets["target_critic"], self.nets["critic"], c.tau)
-        return self.finish_update(
-            {
-                "critic/loss": loss,
-                "critic/td_loss": td_loss,
-                "critic/conservative_loss": conservative_loss,
-                "critic/q_mean": q_data.mean(),
-            }
-        )
+        return self.finish_update(info)
 
     # -- continuous -------------------------------------------------------------------------------------------
     def _update_continuous(self, batch: Batch) -> dict[str, float]:
@@ -199,7 +248,8 @@ class CQLAgent(Agent):
             out_next = actor(x_next)
             a_next, logp_next = sample(out_next, b)
             q_next = self.nets["target_critic"](x_next, a_next).min(0).values
-            target = batch.rewards + c.discount * (1.0 - batch.terminals) * (q_next - temperature * logp_next)
+            rewards = self.nets["reward_scale"](batch.rewards)
+            target = rewards + c.discount * (1.0 - batch.terminals) * (q_next - temperature * logp_next)
             # Importance-sampled logsumexp: uniform actions over the Box and policy actions at s and at s'.
             a_uniform = self.dist.scaler.from_unit(self.noise(b * n, a_dim, uniform=True) * 2.0 - 1.0)
             logp_uniform = -torch.log(2.0 * cast(Tensor, self.dist.scaler.half_range)).sum().expand(b * n)

@@ -99,8 +99,27 @@ def test_actions_the_logs_never_took_are_valued_below_logged_ones() -> None:
     assert not np.any(chosen == 0)
 
 
-def test_discrete_policy_is_the_boltzmann_policy_of_the_critics() -> None:
-    agent = _train(grid_arrays(16, 8, discrete=True, masked=True, seed=1), FAST, updates=30)
+def test_discrete_closed_form_policy_is_the_behaviour_tilted_by_the_critics_within_its_support() -> None:
+    agent = _train(grid_arrays(16, 8, discrete=True, masked=True, seed=1), {**FAST, "support": 0.3}, updates=30)
+    assert agent.closed_form and "actor" in agent.nets
+    states = np.array([[0.0, 0.0, 0.2], [4.0, 2.0, -1.0], [2.0, 2.0, 0.0], [1.0, 3.0, 0.5]], np.float32)
+    with torch.no_grad():
+        x = agent.norm_states(torch.from_numpy(states))
+        pb = torch.softmax(agent.nets["actor"](x).logits, -1).numpy()
+        q = agent.nets["critic"].all_actions(x).mean(0).numpy()
+    supported = pb >= 0.3 * pb.max(-1, keepdims=True)
+    assert not supported.all()  # the threshold excludes something here, or the test shows nothing
+    expected = pb * np.exp(agent.beta * (q - q.max(-1, keepdims=True))) * supported
+    probs = agent.action_probs(states, None, None, None)
+    np.testing.assert_allclose(probs, expected / expected.sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
+    assert np.all(probs[~supported] == 0.0)
+    greedy = agent.act(states, None, None, rng=np.random.default_rng(0)).actions
+    assert np.all(supported[np.arange(len(states)), greedy])
+
+
+def test_discrete_q_extraction_is_the_boltzmann_policy_of_the_critics() -> None:
+    agent = _train(grid_arrays(16, 8, discrete=True, masked=True, seed=1), {**FAST, "extraction": "q"}, updates=30)
+    assert not agent.closed_form and "actor" not in agent.nets
     assert agent.goal_conditioned is False
     states = np.array([[0.0, 0.0, 0.2], [4.0, 2.0, -1.0], [2.0, 2.0, 0.0]], np.float32)
     avail = grid_available(states[:, :2], SIZE)
@@ -139,10 +158,36 @@ def test_config_defaults_and_validation() -> None:
     continuous = create_agent("cql", grid_arrays(2, 2, discrete=False).spec)
     assert discrete.conservative_weight == 1.0 and continuous.conservative_weight == 5.0  # type: ignore[attr-defined]
     assert continuous.target_entropy == -2.0  # type: ignore[attr-defined]
-    assert set(discrete.nets) == {"critic", "target_critic"}
+    assert set(discrete.nets) == {"critic", "target_critic", "reward_scale", "actor"}
+    assert discrete.beta == 20.0  # type: ignore[attr-defined]
+    q_only = create_agent("cql", discrete.spec, config={"extraction": "q"})
+    assert set(q_only.nets) == {"critic", "target_critic", "reward_scale"}
+    with pytest.raises(SpecError, match=r"CQLConfig\.extraction must be one of"):
+        CQLConfig(extraction="awr")
+    with pytest.raises(SpecError, match=r"CQLConfig\.support must be in \[0, 1\)"):
+        CQLConfig(support=1.0)
     with pytest.raises(SpecError, match=r"CQLConfig\.conservative_weight must be >= 0"):
         CQLConfig(conservative_weight=-1.0)
     with pytest.raises(SpecError, match=r"CQLConfig\.n_action_samples"):
         CQLConfig.from_dict({"n_action_samples": 0})
     with pytest.raises(RewardExpressionError, match="unknown function 'sqrt'"):
         create_agent("cql", discrete.spec, config={"reward": "sqrt(next.x)"})
+
+
+def test_the_reward_units_do_not_change_what_is_learned() -> None:
+    """Rewards are scaled to unit std before learning: costs in cents or in dollars give the same policy."""
+    arrays = grid_arrays(16, 8, discrete=True, masked=True, seed=3)
+    agents = []
+    for expression in (TO_FAR_CORNER, f"1000 * ({TO_FAR_CORNER})"):
+        cfg = CQLConfig.from_dict({**FAST, "reward": expression})
+        dataset = OfflineDataset(arrays, rewards=rewards_for(arrays, cfg.reward))
+        agent = create_agent("cql", arrays.spec, dataset.stats, config=cfg, seed=0)
+        sampler = agent.sampler(dataset, seed=0)
+        for _ in range(30):
+            agent.update(sampler.sample(cfg.batch_size))
+        agents.append(agent)
+    states = arrays.states[:64]
+    avail = grid_available(states[:, :2], SIZE)
+    np.testing.assert_allclose(
+        agents[0].action_probs(states, None, None, avail), agents[1].action_probs(states, None, None, avail), atol=1e-3
+    )
