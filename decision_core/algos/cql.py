@@ -7,13 +7,16 @@ did not take and keeps the learned policy close to what the data supports.
 - **Discrete**: the logsumexp is exact over the available actions; the TD target is
   ``r + discount * (1 - terminal) * max_a' min_i Q_target_i(s', a')`` over the actions available at ``s'``.
   With ``extraction="closed_form"`` (the default) an actor clones the logged actions and the policy is, as for
-  IQL, the behaviour tilted by the critics: logits ``log pi_b + beta * mean_i Q_i``, the actions the behaviour
-  rarely takes at ``s`` (below ``support`` x its most likely action's probability) excluded, as in discrete BCQ
-  (:class:`~decision_core.algos.base.AdvantageExtractionAgent`). The conservative term only pushes unlogged
-  actions down by a margin, so the critic's argmax over every action still lands on actions it never saw at
-  ``s``; the behaviour prior keeps the choice among the ones it did. With ``extraction="q"`` the policy is the
-  softmax of the critics' mean Q-values (greedy: their argmax). ``log_prob`` and propensities are those of the
-  policy served.
+  IQL, the behaviour tilted by the critics: logits ``log pi_b + beta * mean_i Q_i``, optionally restricted to the
+  actions the behaviour takes at ``s`` with at least ``support`` x its most likely action's probability, as in
+  discrete BCQ (:class:`~decision_core.algos.base.AdvantageExtractionAgent`). The prior keeps the policy on the
+  data, so the conservative term only has to keep the critic's targets from running away, and its weight is small
+  (0.01): at the critic's fixed point each step lowers ``Q(s, a)`` by about
+  ``weight * (softmax_Q(a | s) / pi_b(a | s) - 1) / 2`` reward units (standard deviations, see ``reward_scale``),
+  accumulated over the horizon, which at weight 1 outweighs the small per-step differences between actions
+  (inventory: order sizes) and leaves the policy at the behaviour's most likely action. With ``extraction="q"``
+  the policy is the softmax of the critics' mean Q-values (greedy: their argmax), which needs the full weight
+  (1.0) to stay off actions the logs never took. ``log_prob`` and propensities are those of the policy served.
 - **Continuous** (CQL(H) as in the paper and d3rlpy): the logsumexp is estimated by importance sampling over
   ``n_action_samples`` uniform actions and as many policy actions at ``s`` and at ``s'``; a SAC actor (tanh-squashed
   Gaussian, entropy temperature tuned to a target entropy) maximises the critics' minimum Q.
@@ -59,7 +62,8 @@ class CQLConfig(AgentConfig):
     #: mean the same whatever the reward's units: the conservative term's pull is bounded, the TD error's grows
     #: with the reward's scale.
     reward_scale: float | None = None
-    #: Weight of the conservative term; None = 1.0 for discrete actions, 5.0 for continuous ones (d3rlpy's).
+    #: Weight of the conservative term; None = 0.01 for discrete actions with the closed form (the behaviour prior
+    #: keeps the policy on the data), 1.0 for discrete ones with "q", 5.0 for continuous ones (d3rlpy's).
     conservative_weight: float | None = None
     #: Discrete actions: "closed_form" (a behaviour-cloned actor tilted by the critics, ``log pi_b + beta * Q``,
     #: restricted to ``support``) or "q" (the softmax of the critics' Q-values over every available action).
@@ -135,7 +139,11 @@ class CQLAgent(AdvantageExtractionAgent):
     @property
     def conservative_weight(self) -> float:
         w = self.config.conservative_weight
-        return w if w is not None else (1.0 if self.spec.discrete else 5.0)
+        if w is not None:
+            return w
+        if self.spec.discrete:
+            return 0.01 if self.closed_form else 1.0
+        return 5.0
 
     @property
     def target_entropy(self) -> float:
@@ -194,8 +202,8 @@ class CQLAgent(AdvantageExtractionAgent):
         x = self.norm_states(batch.states)
         with torch.no_grad():
             x_next = self.norm_states(batch.next_states)
-            q_next = self.critic(target=True).all_actions(x_next).min(0).values
-            v_next = masked_logits(q_next, batch.next_action_masks).max(-1).values
+            q_next = masked_logits(self.critic(target=True).all_actions(x_next).min(0).values, batch.next_action_masks)
+            v_next = q_next.max(-1).values
             rewards = self.nets["reward_scale"](batch.rewards)
             target = rewards + c.discount * (1.0 - batch.terminals) * v_next
 

@@ -86,14 +86,17 @@ def _without_action(arrays: DomainArrays, action: int) -> DomainArrays:
     )
 
 
-def test_actions_the_logs_never_took_are_valued_below_logged_ones() -> None:
-    """'stay' (action 0) never appears in the logs: CQL pushes its value down and never picks it."""
+@pytest.mark.parametrize("extraction", ["q", "closed_form"])
+def test_actions_the_logs_never_took_are_never_picked(extraction: str) -> None:
+    """'stay' (action 0) never appears in the logs: the Q policy's conservative term pushes its value down (the
+    closed form's behaviour prior gives it no probability, its small conservative weight need not); neither picks it."""
     arrays = _without_action(grid_arrays(64, 16, discrete=True, seed=2), action=0)
-    agent = _train(arrays, FAST, updates=400)
+    agent = _train(arrays, {**FAST, "extraction": extraction}, updates=400)
     states = torch.from_numpy(arrays.states[:500])
-    with torch.no_grad():
-        q = agent.nets["critic"].all_actions(agent.norm_states(states)).mean(0)
-    assert float(q[:, 0].mean()) < float(q[:, 1:].mean()) - 0.5
+    if extraction == "q":
+        with torch.no_grad():
+            q = agent.nets["critic"].all_actions(agent.norm_states(states)).mean(0)
+        assert float(q[:, 0].mean()) < float(q[:, 1:].mean()) - 0.5
     rng = np.random.default_rng(0)
     chosen = agent.act(arrays.states[:500], None, None, rng=rng).actions
     assert not np.any(chosen == 0)
@@ -156,12 +159,13 @@ def test_continuous_temperature_tracks_the_target_entropy_and_survives_save_load
 def test_config_defaults_and_validation() -> None:
     discrete = create_agent("cql", grid_arrays(2, 2, discrete=True).spec)
     continuous = create_agent("cql", grid_arrays(2, 2, discrete=False).spec)
-    assert discrete.conservative_weight == 1.0 and continuous.conservative_weight == 5.0  # type: ignore[attr-defined]
+    assert discrete.conservative_weight == 0.01 and continuous.conservative_weight == 5.0  # type: ignore[attr-defined]
     assert continuous.target_entropy == -2.0  # type: ignore[attr-defined]
     assert set(discrete.nets) == {"critic", "target_critic", "reward_scale", "actor"}
     assert discrete.beta == 20.0  # type: ignore[attr-defined]
     q_only = create_agent("cql", discrete.spec, config={"extraction": "q"})
     assert set(q_only.nets) == {"critic", "target_critic", "reward_scale"}
+    assert q_only.conservative_weight == 1.0  # type: ignore[attr-defined]
     with pytest.raises(SpecError, match=r"CQLConfig\.extraction must be one of"):
         CQLConfig(extraction="awr")
     with pytest.raises(SpecError, match=r"CQLConfig\.support must be in \[0, 1\)"):
