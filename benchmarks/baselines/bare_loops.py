@@ -196,8 +196,9 @@ def bare_iql(data: dict[str, Any], *, discrete: bool, batch: int, hidden: tuple[
 
 
 def bare_cql(data: dict[str, Any], *, discrete: bool, batch: int, hidden: tuple[int, ...], seed: int) -> Step:
-    """CQL. Discrete: twin Q, TD to the target's max plus (logsumexp Q - Q(s, a)). Continuous: twin Q(s, a) with
-    the importance-sampled logsumexp (uniform and policy actions at s and s'), a SAC actor and temperature."""
+    """CQL. Discrete: twin Q, TD to the target's max plus (logsumexp Q - Q(s, a)), and the behaviour prior its
+    closed-form policy tilts (cross-entropy, same backward and Adam step). Continuous: twin Q(s, a) with the
+    importance-sampled logsumexp (uniform and policy actions at s and s'), a SAC actor and temperature."""
     torch.manual_seed(seed)
     sdim = data["states"].shape[1]
     sample = _sampler(data, batch, seed)
@@ -205,7 +206,8 @@ def bare_cql(data: dict[str, Any], *, discrete: bool, batch: int, hidden: tuple[
     if discrete:
         k = int(data["n_actions"])
         q, q_target = _twin(2, sdim, k, hidden)
-        opt = torch.optim.Adam(q.parameters(), lr=3e-4, fused=True)
+        prior = _mlp(sdim, k, hidden)
+        opt = torch.optim.Adam([*q.parameters(), *prior.parameters()], lr=3e-4, fused=True)
 
         def discrete_step() -> None:
             s, a, r, s2, d = sample()
@@ -215,7 +217,7 @@ def bare_cql(data: dict[str, Any], *, discrete: bool, batch: int, hidden: tuple[
             q_data = qs.gather(-1, a.view(1, -1, 1).expand(2, -1, 1)).squeeze(-1)
             td = (q_data - target).square().mean(1).sum()
             conservative = (torch.logsumexp(qs, -1) - q_data).mean(1).sum()
-            loss = td + 1.0 * conservative
+            loss = td + 0.01 * conservative + F.cross_entropy(prior(s), a)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
