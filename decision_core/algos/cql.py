@@ -181,8 +181,9 @@ class CQLAgent(AdvantageExtractionAgent):
 
     def sampler(self, dataset: OfflineDataset, *, seed: int = 0) -> GoalSampler | TransitionSampler:
         sampler = super().sampler(dataset, seed=seed)
-        if not self.nets["reward_scale"].is_set:
-            self.nets["reward_scale"].fit(dataset.rewards)
+        scale = cast(RewardScale, self.nets["reward_scale"])
+        if not scale.is_set:
+            scale.fit(dataset.rewards)
         return sampler
 
     def policy(self, states: Tensor, goals: Tensor | None, goal_masks: Tensor | None) -> PolicyOutput:
