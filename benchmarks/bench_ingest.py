@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -77,8 +76,18 @@ def child(mode: str, domain: str, files: list[str], db: str) -> None:
             rows += con.execute(f"SELECT count(*) FROM raw_{i}").fetchall()[0][0]
         con.close()
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_rss_mib()
     print(json.dumps({"seconds": seconds, "rows": rows, "rss_peak": peak}))
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak RSS from /proc (``VmHWM``): ``getrusage``'s survives ``exec``, so a child would report
+    its parent's peak."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def measure(mode: str, domain: str, files: list[Path]) -> dict[str, float]:

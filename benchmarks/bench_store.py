@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -21,10 +20,14 @@ import time
 from pathlib import Path
 
 
-def _rss_mib() -> float:
+def _status_mib(field: str) -> float:
+    """A memory figure of this process from /proc: ``VmRSS`` (now) or ``VmHWM`` (peak).
+
+    Not ``getrusage``: its peak survives ``exec``, so a child would report its parent's peak (the build's).
+    """
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
@@ -84,7 +87,7 @@ def child(mode: str, db: str) -> None:
     from decision_core.store import DecisionStore
 
     store = DecisionStore(db, read_only=True)
-    before = _rss_mib()
+    before = _status_mib("VmRSS")
     t0, c0 = time.perf_counter(), time.process_time()
     if mode == "load_arrays":
         arrays = store.load_arrays("bench")
@@ -96,7 +99,7 @@ def child(mode: str, db: str) -> None:
         n = len(cols["step"])
         nbytes = sum(getattr(v, "nbytes", 0) for v in cols.values())
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mib("VmHWM")
     print(
         json.dumps(
             {"seconds": seconds, "cpu": cpu, "steps": n, "nbytes": nbytes, "rss_before": before, "rss_peak": peak}
