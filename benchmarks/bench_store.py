@@ -164,8 +164,8 @@ def main() -> None:
         )
     console.print(table)
     console.print(
-        "load_arrays reads on one thread (bounded buffers), so on a machine shared with other work its CPU time is "
-        "the better estimate of its wall time on a quiet one"
+        "load_arrays decodes on two DuckDB threads while a third copies into the arrays; on a machine shared with "
+        "other work its wall time measures the neighbours too"
     )
     ours, base = summary["load_arrays"], summary["fetchnumpy"]
     console.print(

@@ -53,8 +53,9 @@ def fetch_one(con: duckdb.DuckDBPyConnection, query: str, params: list[object] |
     return rows[0] if rows else None
 
 
-#: DuckDB buffer pool size while bulk-reading a domain into arrays (see ``DecisionStore._bounded_buffers``).
+#: DuckDB buffer pool size and threads while bulk-reading a domain into arrays (``DecisionStore._bounded_buffers``).
 READ_BUFFER_MIB = 64
+READ_THREADS = 2
 
 
 def once_per_episode_masks(arrays: DomainArrays) -> np.ndarray:
@@ -255,17 +256,18 @@ class DecisionStore:
 
     @contextmanager
     def _bounded_buffers(self) -> Iterator[None]:
-        """Bound DuckDB's buffer pool (and scan in order on one thread) during a bulk read.
+        """Bound DuckDB's buffer pool and its threads during a bulk read.
 
         The scanned blocks would otherwise stay cached beside the arrays we copy them into, doubling the read's
-        memory; the arrays are the only copy training needs.
+        memory; the arrays are the only copy training needs. Decoding on :data:`READ_THREADS` threads keeps pace
+        with the copies into the arrays; more only add memory.
         """
         saved = {
             name: fetch_one(self.con, f"SELECT current_setting('{name}')")[0]  # type: ignore[index]
             for name in ("memory_limit", "threads")
         }
         self.con.execute(f"SET memory_limit = '{READ_BUFFER_MIB}MB'")
-        self.con.execute("SET threads = 1")
+        self.con.execute(f"SET threads = {READ_THREADS}")
         try:
             yield
         finally:
@@ -417,15 +419,10 @@ class DecisionStore:
         next_states = _allocate((n, s), np.float32)
 
         def copy(batch: object, i: int) -> None:
-            """Copy one record batch into rows ``i:i+m``; its states are also the next states of the rows before."""
+            """Copy one record batch into rows ``i:i+m`` (all but the next states)."""
             m = batch.num_rows  # type: ignore[attr-defined]
             cols = batch.columns  # type: ignore[attr-defined]
-            batch_states = cols[0].values.to_numpy(zero_copy_only=True).reshape(m, s)
-            states[i : i + m] = batch_states
-            if i:
-                next_states[i - 1 : i + m - 1] = batch_states
-            else:
-                next_states[: m - 1] = batch_states[1:]
+            states[i : i + m] = cols[0].values.to_numpy(zero_copy_only=True).reshape(m, s)
             actions[i : i + m] = cols[1].values.to_numpy(zero_copy_only=True).reshape(m, a)
             rewards[i : i + m] = cols[2].to_numpy()
             props[i : i + m] = cols[3].to_numpy()
@@ -438,8 +435,9 @@ class DecisionStore:
 
         i = 0
         # DuckDB decodes the next batch (without the GIL) while a second thread copies the last one into the
-        # arrays; most of that copy's time is the kernel handing out the arrays' fresh pages. At most two batches
-        # are in flight. Under the lock no writer of this process runs between the two queries, and DuckDB lets no
+        # arrays; most of a copy's time is the kernel handing out the arrays' fresh pages, so this thread copies
+        # the batch's states into the next states (those of the rows before) meanwhile. At most two batches are in
+        # flight. Under the lock no writer of this process runs between the two queries, and DuckDB lets no
         # other process write a file that is open here, so the rows and their explicit next states agree.
         with self._lock, self._bounded_buffers(), ThreadPoolExecutor(1, thread_name_prefix="load-arrays") as pool:
             pending: deque[Future[None]] = deque()
@@ -448,7 +446,13 @@ class DecisionStore:
                     i += batch.num_rows
                     break
                 pending.append(pool.submit(copy, batch, i))
-                i += batch.num_rows
+                m = batch.num_rows
+                batch_states = batch.column(0).values.to_numpy(zero_copy_only=True).reshape(m, s)
+                if i:
+                    next_states[i - 1 : i + m - 1] = batch_states
+                else:
+                    next_states[: m - 1] = batch_states[1:]
+                i += m
                 if len(pending) > 1:
                     pending.popleft().result()
             for future in pending:
