@@ -34,7 +34,7 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
 #: bfloat16 while :func:`make_bare_loop` builds a ``precision="bf16"`` loop: the networks built then run their
-#: hidden layers under autocast when gradients are taken, the last layer in float32 (the framework's scheme).
+#: hidden layers under autocast, the last layer in float32 (the framework's scheme).
 _BUILD_DTYPE: torch.dtype | None = None
 
 
@@ -44,7 +44,7 @@ class _MLP(nn.Sequential):
         self.dtype = _BUILD_DTYPE
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.dtype is None or not torch.is_grad_enabled():
+        if self.dtype is None:
             return super().forward(x)
         with torch.autocast("cpu", dtype=self.dtype):
             for layer in list(self)[:-1]:
@@ -80,8 +80,7 @@ class _Ensemble(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.expand(self.weights[0].shape[0], *x.shape)
-        mixed = self.dtype is not None and torch.is_grad_enabled()
-        with torch.autocast("cpu", dtype=self.dtype or torch.bfloat16, enabled=mixed):
+        with torch.autocast("cpu", dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
             for w, b in zip(self.weights[:-1], self.biases[:-1], strict=True):
                 x = torch.baddbmm(b, x, w)
                 x = F.relu(F.layer_norm(x, x.shape[-1:]))
@@ -385,8 +384,8 @@ def make_bare_loop(
 ) -> Step:
     """One training step of the bare reference loop for ``algo`` (a key of :data:`BARE_LOOPS`).
 
-    ``precision="bf16"``: the gradient passes' hidden layers under bfloat16 autocast, last layers and no-grad
-    targets in float32, as the framework's mixed precision does.
+    ``precision="bf16"``: hidden layers under bfloat16 autocast (TD targets included), last layers in float32, as
+    the framework's mixed precision does.
     """
     global _BUILD_DTYPE
     _BUILD_DTYPE = {"fp32": None, "bf16": torch.bfloat16}[precision]

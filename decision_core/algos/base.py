@@ -33,7 +33,15 @@ from decision_core.data.goals import GoalSampler, GoalSamplerConfig
 from decision_core.errors import SpecError
 from decision_core.schema import BoxActions, DomainSpec
 
-from .nets import MLP, EnsembleMLP, PolicyDistribution, PolicyOutput, masked_logits, tilted_logits
+from .nets import (
+    MLP,
+    EnsembleMLP,
+    PolicyDistribution,
+    PolicyOutput,
+    full_precision,
+    masked_logits,
+    tilted_logits,
+)
 
 #: Version of the saved agent layout (agent.json + weights.pt).
 AGENT_FORMAT = 1
@@ -269,7 +277,7 @@ class Agent(ABC):
     def set_precision(self, precision: str) -> Self:
         """Train in ``precision``: "fp32", or "bf16" mixed precision (matmuls of the gradient passes in bfloat16).
 
-        bf16 keeps float32 parameters, optimiser state, losses and TD targets, and acts in float32; on CPUs with
+        bf16 keeps float32 parameters, optimiser state, losses and last layers, and acts in float32; on CPUs with
         AVX-512 BF16/AMX and on recent GPUs its matmuls run about twice as fast. Call after :meth:`to`.
         """
         if precision not in PRECISIONS:
@@ -400,6 +408,7 @@ class Agent(ABC):
         return torch.from_numpy(s).to(self.device), g_t, m_t, a_t
 
     @torch.no_grad()
+    @full_precision()
     def act(
         self,
         states: np.ndarray,
@@ -456,6 +465,7 @@ class Agent(ABC):
         return ActResult(sampled.cpu().numpy().astype(np.float32), density.cpu().numpy().astype(np.float32))
 
     @torch.no_grad()
+    @full_precision()
     def log_prob(
         self,
         states: np.ndarray,
@@ -485,6 +495,7 @@ class Agent(ABC):
         return logp.cpu().numpy().astype(np.float32)
 
     @torch.no_grad()
+    @full_precision()
     def action_probs(
         self,
         states: np.ndarray,

@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -29,15 +31,30 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 _SQUASH_EPS = 1e-5
 
 
+#: Set inside :func:`full_precision`: networks ignore their training precision there.
+_FULL_PRECISION: ContextVar[bool] = ContextVar("full_precision", default=False)
+
+
+@contextmanager
+def full_precision() -> Iterator[None]:
+    """Run every network in float32 inside the block (or the decorated function), whatever precision it trains
+    in: acting, propensities and evaluation do not depend on the training precision."""
+    token = _FULL_PRECISION.set(True)
+    try:
+        yield
+    finally:
+        _FULL_PRECISION.reset(token)
+
+
 def mixed_precision_forward(net: nn.Sequential, x: Tensor, dtype: torch.dtype | None) -> Tensor:
-    """``net(x)`` with the hidden layers' matmuls in ``dtype`` (e.g. bfloat16) when gradients are being taken.
+    """``net(x)`` with the hidden layers' matmuls in ``dtype`` (e.g. bfloat16), the last layer in float32.
 
     The last layer runs in float32 on float32 features, so values and logits are not rounded to bfloat16's three
-    significant digits (a critic's advantages are differences of such values). Only passes that train (grad
-    enabled) run in the lower precision: acting, evaluation and the no-grad TD targets stay float32. Parameters,
-    gradients and optimiser state stay float32.
+    significant digits (a critic's advantages are differences of such values). Training passes (TD targets
+    included) use ``dtype``; inside :func:`full_precision` (acting, evaluation) everything stays float32.
+    Parameters, gradients and optimiser state stay float32.
     """
-    if dtype is None or not torch.is_grad_enabled():
+    if dtype is None or _FULL_PRECISION.get():
         return net(x)
     *hidden, last = net
     with torch.autocast(x.device.type, dtype=dtype):
