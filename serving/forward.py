@@ -5,12 +5,12 @@ operations; the same arithmetic in numpy costs a fraction of that, which lets th
 on the event loop instead of paying a thread hop per batch (see :class:`serving.policy.DecisionBatcher`).
 
 :func:`export_policy` copies the weights of agents whose policy is one MLP head over the normalised inputs
-(GCBC, BC, GCIQL, CRL, IQL, and CQL with continuous actions; for closed-form discrete IQL/GCIQL also the critic
-ensemble that tilts the actor's logits) and re-implements :meth:`Agent.act` exactly: the same
-input encoding, masked logits, exploration mixture, random draws in the same order from the same generator, and
-the same propensities (continuous actions: the greedy policy only, see :meth:`NumpyPolicy.handles`). The copy is
-checked against the agent on probe inputs when it is made; an agent it does not recognise, or one whose copy
-disagrees, is served through torch as before.
+(GCBC, BC, GCIQL, CRL, IQL, CQL; for closed-form discrete IQL/GCIQL/CQL also the critic ensemble that tilts the
+behaviour prior's logits; discrete CQL with ``extraction="q"``, a policy of the critics alone, stays with torch)
+and re-implements :meth:`Agent.act` exactly: the same input encoding, masked logits, exploration mixture, random
+draws in the same order from the same generator, and the same propensities (continuous actions: the greedy policy
+only, see :meth:`NumpyPolicy.handles`). The copy is checked against the agent on probe inputs when it is made; an
+agent it does not recognise, or one whose copy disagrees, is served through torch as before.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class _Tilt:
 
 
 def _tilt(agent: Agent) -> _Tilt | None:
-    """The critic term of a closed-form discrete IQL/GCIQL agent (None: the agent's policy is its actor alone)."""
+    """The critic term of a closed-form discrete IQL/GCIQL/CQL agent (None: the agent's policy is its actor alone)."""
     if not (isinstance(agent, AdvantageExtractionAgent) and agent.closed_form):
         return None
     critic = dict(agent.nets.items()).get("critic")
@@ -326,7 +326,8 @@ def _draw(row: list[float], rng: np.random.Generator) -> tuple[int, float]:
 
 
 def _actor(agent: Agent) -> PolicyNet | None:
-    if agent.name in _ACTOR_ON_INPUTS or (agent.name == "cql" and not agent.spec.discrete):
+    closed_form = isinstance(agent, AdvantageExtractionAgent) and agent.closed_form
+    if agent.name in _ACTOR_ON_INPUTS or (agent.name == "cql" and (closed_form or not agent.spec.discrete)):
         actor = dict(agent.nets.items()).get("actor")
         return actor if isinstance(actor, PolicyNet) else None
     return None

@@ -58,10 +58,6 @@ def _inputs(spec: DomainSpec, data: np.ndarray, rng: np.random.Generator, b: int
 def test_numpy_policy_decides_exactly_like_the_agent(algo: str, spec: DomainSpec) -> None:
     agent, data = _agent(algo, spec)
     policy = export_policy(agent)
-    if spec.discrete and algo == "cql":
-        # Discrete CQL's policy is the critic ensemble alone: it is served through torch.
-        assert policy is None
-        return
     assert policy is not None
     rng = np.random.default_rng(11)
     for exploration in EXPLORATIONS:
@@ -87,6 +83,13 @@ def test_numpy_policy_decides_exactly_like_the_agent(algo: str, spec: DomainSpec
 
 def test_hierarchical_policies_are_served_through_torch() -> None:
     agent, _ = _agent("hiql", DISCRETE)
+    assert export_policy(agent) is None
+
+
+def test_discrete_cql_of_the_critics_alone_is_served_through_torch() -> None:
+    data = np.random.default_rng(3).normal(size=(500, DISCRETE.state_dim)).astype(np.float32)
+    config = {"hidden_dims": [32, 32], "batch_size": 8, "extraction": "q"}
+    agent = create_agent("cql", DISCRETE, FeatureStats.compute(data, DISCRETE), config, seed=4)
     assert export_policy(agent) is None
 
 
@@ -127,7 +130,7 @@ def test_one_decision_path_matches_the_batch_path(algo: str, spec: DomainSpec) -
                 assert propensity == float(want.propensities[0])
 
 
-@pytest.mark.parametrize("algo", ["iql", "gciql"])
+@pytest.mark.parametrize("algo", ["iql", "gciql", "cql"])
 def test_the_support_threshold_of_closed_form_policies_is_mirrored(algo: str) -> None:
     rng = np.random.default_rng(3)
     data = rng.normal(size=(500, DISCRETE.state_dim)).astype(np.float32)
