@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from decision_core.cli import app
 from decision_core.errors import SpecError
+from decision_core.schema import SCHEMA_VERSION
 from decision_core.settings import CoreSettings
 from decision_core.training import TrainConfig, load_agent_from_uri, train
 from decision_core.training.loop import TrainingDiverged
@@ -32,7 +33,7 @@ def test_a_run_logs_everything_and_registers_the_model(settings: CoreSettings, t
     params = run.data.params
     assert params["algo"] == "iql" and params["agent.batch_size"] == "32"
     assert int(params["data.steps"]) > 300
-    assert params["data.episodes"] == "300" and params["data.schema_version"] == "1"
+    assert params["data.episodes"] == "300" and params["data.schema_version"] == str(SCHEMA_VERSION)
     assert params["data.store"] == str(settings.db_path.resolve())
     assert run.info.status == "FINISHED"
     losses = c.get_metric_history(result.run_id, "critic/loss")
@@ -155,7 +156,7 @@ def test_behaviour_cloning_without_rewards_trains_and_skips_reward_ope(
 
     path = make_store(120, name="unrewarded.duckdb")
     con = duckdb.connect(str(path))
-    con.execute("UPDATE steps_chain SET reward = NULL")
+    con.execute("UPDATE steps_chain_rows SET reward = NULL")
     con.execute('UPDATE domains SET spec_json = replace(spec_json, \'"reward": "logged"\', \'"reward": null\')')
     con.close()
     unrewarded = settings.model_copy(update={"db": path})
