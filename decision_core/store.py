@@ -31,6 +31,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from decision_core.errors import StoreError
 from decision_core.schema import ROW_COLUMNS, SCHEMA_VERSION, DomainSpec, store_ddl
@@ -418,10 +419,10 @@ class DecisionStore:
         )
         next_states = _allocate((n, s), np.float32)
 
-        def copy(batch: object, i: int) -> None:
+        def copy(batch: pa.RecordBatch, i: int) -> None:
             """Copy one record batch into rows ``i:i+m`` (all but the next states)."""
-            m = batch.num_rows  # type: ignore[attr-defined]
-            cols = batch.columns  # type: ignore[attr-defined]
+            m = batch.num_rows
+            cols = batch.columns
             states[i : i + m] = cols[0].values.to_numpy(zero_copy_only=True).reshape(m, s)
             actions[i : i + m] = cols[1].values.to_numpy(zero_copy_only=True).reshape(m, a)
             rewards[i : i + m] = cols[2].to_numpy()
@@ -524,14 +525,14 @@ def _fill_explicit_next_states(
     steps: np.ndarray,
     starts: np.ndarray,
     ends: np.ndarray,
-    explicit: object,
+    explicit: pa.Table,
 ) -> None:
     """Overwrite the next states the store holds explicitly (``next_states`` holds the following rows' states):
     every episode's last step must be among them."""
     n, s = next_states.shape
-    x_keys = explicit.column(0).to_numpy()  # type: ignore[attr-defined]
-    x_steps = explicit.column(1).to_numpy()  # type: ignore[attr-defined]
-    x_values = explicit.column(2).combine_chunks().values.to_numpy().reshape(-1, s)  # type: ignore[attr-defined]
+    x_keys = explicit.column(0).to_numpy()
+    x_steps = explicit.column(1).to_numpy()
+    x_values = explicit.column(2).combine_chunks().values.to_numpy().reshape(-1, s)
     # Row of each explicit next state: its episode's first row plus its step offset.
     episode_keys = keys[starts]
     by_key = np.argsort(episode_keys)
