@@ -61,7 +61,7 @@ class InventoryAdapter(Adapter):
     """Per-SKU daily records -> ``inventory`` steps (discrete order levels)."""
 
     name: ClassVar[str] = "inventory"
-    version: ClassVar[str] = "1.0"
+    version: ClassVar[str] = "1.1"
     columns: ClassVar[dict[str, RawColumn]] = COLUMNS
     episode_columns: ClassVar[tuple[str, ...]] = ("sku",)
     continuous: ClassVar[bool] = False
@@ -111,6 +111,7 @@ class InventoryAdapter(Adapter):
             .then(pl.col("on_hand").shift(-1))
             .otherwise(pl.min_horizontal(pl.col("closing_stock") + order_placed(lead - 1), "capacity")),
             _angle=(pl.col("date").dt.weekday().cast(_F) - 1.0) * (2 * math.pi / 7),
+            _next_angle=(pl.col("date").dt.weekday() % 7).cast(_F) * (2 * math.pi / 7),
             _last=~nxt_same,
         )
         forecast = pl.col("base_forecast")
@@ -124,7 +125,9 @@ class InventoryAdapter(Adapter):
             on_hand = pl.col("on_hand" if pre else "_next_on_hand")
             pipe = [pl.col(f"_pre{k}" if pre else f"_post{k}") for k in slots]
             streak = prev("_streak", 0.0) if pre else pl.col("_streak")
-            angle = pl.col("_angle") if pre else pl.col("_angle") + 2 * math.pi / 7
+            # The next day's angle from its own weekday (not this angle + 2*pi/7), so a row's next state equals the
+            # following row's state bit for bit and the store keeps only the episode's last next state.
+            angle = pl.col("_angle") if pre else pl.col("_next_angle")
             return [
                 on_hand,
                 *pipe,
