@@ -66,6 +66,9 @@ def test_round_trip_reproduces_the_simulated_episodes(policy: str, tmp_path: Pat
     report = ingest(InventoryAdapter(), files, store)
     assert report.steps_inserted == episodes.lengths.sum()
     assert_round_trip(episodes, store.load_arrays("inventory"), continuous=False)
+    # Each step's next state is exactly the next day's state: the store keeps only each episode's last one.
+    spec = InventoryAdapter().spec()
+    assert store.con.execute(f"SELECT count(*) FROM {spec.next_table}").fetchall() == [(len(episodes.lengths),)]
 
 
 def test_round_trip_of_goal_episodes_keeps_their_ends(tmp_path: Path, store: DecisionStore) -> None:
