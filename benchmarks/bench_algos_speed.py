@@ -12,7 +12,10 @@ requirements (~110 DiscreteBC, ~62 DiscreteCQL, ~40 IQL steps/s on a 2-core mach
 ``/tmp/d3rlpy-venv``) d3rlpy itself is measured in the same run on the same data shapes.
 
     python -m benchmarks.bench_algos_speed [--algos iql,cql] [--kinds discrete] [--seconds 3] [--repeats 3]
-        [--d3rlpy /tmp/d3rlpy-venv/bin/python]
+        [--precision bf16] [--d3rlpy /tmp/d3rlpy-venv/bin/python]
+
+``--precision bf16`` trains the framework and the bare loops in mixed precision (``TrainConfig.precision``); d3rlpy
+trains in float32 either way.
 
 A d3rlpy interpreter that leaves the project's environment alone: a separate venv that reuses the project's
 torch/numpy/gymnasium through a ``.pth`` file and gets d3rlpy and its small pure-Python dependencies without
