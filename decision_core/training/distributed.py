@@ -173,7 +173,13 @@ def release(agent: Any) -> None:
     agent.data_parallel = {}
 
 
-def shutdown(ctx: DistContext) -> None:
-    """Leave the process group (the training loop has already synchronised the ranks on its normal path)."""
+def shutdown(ctx: DistContext, *, wait: bool = True) -> None:
+    """Leave the process group. With ``wait`` (the normal path) each rank first waits for the others: a rank that
+    tears the group down while another still uses it (rank 0 finishing evaluation and tracking) can take the other
+    down with it (gloo aborted such a process at exit). After an error nothing waits, since a peer may never come."""
     if ctx.enabled and dist.is_initialized():
+        if wait and ctx.device.type == "cuda":
+            dist.barrier(device_ids=[ctx.device.index])
+        elif wait:
+            dist.barrier()
         dist.destroy_process_group()

@@ -314,6 +314,7 @@ def train(
     agent_cls.config_class.from_dict(config.agent)  # a config error surfaces before any data is read
     ctx = dist_utils.from_env(config.device)
     configure_torch_threads()
+    finished = False
     try:
         if arrays is None:
             arrays = load_domain(config, settings)
@@ -350,13 +351,15 @@ def train(
         tracker = _Tracker(config, settings, arrays, ctx, resume) if ctx.is_main else None
         run_id = dist_utils.broadcast_object(tracker.run_id if tracker else None, ctx)
         try:
-            return _loop(config, settings, ctx, agent, sampler, arrays, tracker, run_id, start, history, progress)
+            result = _loop(config, settings, ctx, agent, sampler, arrays, tracker, run_id, start, history, progress)
         except BaseException as exc:
             if tracker is not None:
                 tracker.close(failed=True, reason=str(exc)[:500])
             raise
+        finished = True
+        return result
     finally:
-        dist_utils.shutdown(ctx)
+        dist_utils.shutdown(ctx, wait=finished)
 
 
 def _loop(

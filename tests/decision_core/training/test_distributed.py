@@ -122,7 +122,7 @@ for name, discrete, deterministic in [
             gap = float((weights - expected).abs().max())
             assert torch.allclose(weights, expected, atol=1e-5), f"{name}: {gap}"
         print("EQUIVALENT", name, "discrete" if discrete else "continuous", flush=True)
-shutdown(ctx)
+shutdown(ctx)  # waits for rank 1, which finishes first, before leaving the group
 """
 
 
