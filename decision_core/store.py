@@ -388,7 +388,7 @@ class DecisionStore:
         }
 
     def load_arrays(self, domain: str, *, batch_rows: int = 262_144) -> DomainArrays:
-        """Read all steps of ``domain`` into contiguous arrays, episode by episode, in one query."""
+        """Read all steps of ``domain`` into contiguous arrays: one scan of its rows, then its explicit next states."""
         spec = self.spec(domain)
         n = self.count_steps(domain)
         if n == 0:
