@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.memory import proc_status_mib
+
 CACHE = Path(__file__).parent / ".cache"
 
 
@@ -76,18 +78,8 @@ def child(mode: str, domain: str, files: list[str], db: str) -> None:
             rows += con.execute(f"SELECT count(*) FROM raw_{i}").fetchall()[0][0]
         con.close()
     seconds = time.perf_counter() - t0
-    peak = _peak_rss_mib()
+    peak = proc_status_mib("VmHWM")
     print(json.dumps({"seconds": seconds, "rows": rows, "rss_peak": peak}))
-
-
-def _peak_rss_mib() -> float:
-    """This process's peak RSS from /proc (``VmHWM``): ``getrusage``'s survives ``exec``, so a child would report
-    its parent's peak."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def measure(mode: str, domain: str, files: list[Path]) -> dict[str, float]:

@@ -19,17 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def _status_mib(field: str) -> float:
-    """A memory figure of this process from /proc: ``VmRSS`` (now) or ``VmHWM`` (peak).
-
-    Not ``getrusage``: its peak survives ``exec``, so a child would report its parent's peak (the build's).
-    """
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+from benchmarks.memory import proc_status_mib
 
 
 def build(db: Path, steps: int, features: int, episode_len: int = 50) -> None:
@@ -87,7 +77,7 @@ def child(mode: str, db: str) -> None:
     from decision_core.store import DecisionStore
 
     store = DecisionStore(db, read_only=True)
-    before = _status_mib("VmRSS")
+    before = proc_status_mib("VmRSS")
     t0, c0 = time.perf_counter(), time.process_time()
     if mode == "load_arrays":
         arrays = store.load_arrays("bench")
@@ -99,7 +89,7 @@ def child(mode: str, db: str) -> None:
         n = len(cols["step"])
         nbytes = sum(getattr(v, "nbytes", 0) for v in cols.values())
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = _status_mib("VmHWM")
+    peak = proc_status_mib("VmHWM")
     print(
         json.dumps(
             {"seconds": seconds, "cpu": cpu, "steps": n, "nbytes": nbytes, "rss_before": before, "rss_peak": peak}
