@@ -13,7 +13,7 @@ true end of the task (no bootstrapping past it); ``truncated`` marks a cut (time
 A store keeps a row's ``next_state`` only where it is not already the ``state`` of the episode's next step (the
 episode's last step, or logs whose next observation differs): ``steps_<domain>_rows`` holds every column but
 ``next_state``, ``steps_<domain>_next`` the explicit next states, and the view ``steps_<domain>`` joins them back
-into the steps table above. Stored that way a domain takes about half the bytes and reads back twice as fast.
+into the steps table above. Stored that way a domain takes about half the bytes.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ Layout (schema version :data:`~decision_core.schema.SCHEMA_VERSION`):
   (:func:`~decision_core.schema.store_ddl`).
 
 Reads for training go through :meth:`DecisionStore.load_arrays`, which streams Arrow record batches straight
-into preallocated contiguous numpy arrays (one query per domain, no per-row Python), and fills the next states
-from the following rows and the few explicit ones.
+into preallocated contiguous numpy arrays (one scan of the rows table, no per-row Python), and fills the next
+states from the following rows and the few explicit ones.
 """
 
 from __future__ import annotations
@@ -260,8 +260,8 @@ class DecisionStore:
         """Bound DuckDB's buffer pool and its threads during a bulk read.
 
         The scanned blocks would otherwise stay cached beside the arrays we copy them into, doubling the read's
-        memory; the arrays are the only copy training needs. Decoding on :data:`READ_THREADS` threads keeps pace
-        with the copies into the arrays; more only add memory.
+        memory; the arrays are the only copy training needs. DuckDB decodes on :data:`READ_THREADS` threads beside
+        the thread that copies into the arrays (on 2 cores: 5.2M steps/s against 4.2-4.5M with one).
         """
         saved = {
             name: fetch_one(self.con, f"SELECT current_setting('{name}')")[0]  # type: ignore[index]

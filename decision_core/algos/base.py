@@ -45,7 +45,7 @@ from .nets import (
 
 #: Version of the saved agent layout (agent.json + weights.pt).
 AGENT_FORMAT = 1
-#: Training precisions (:meth:`Agent.set_precision`): the dtype of the gradient passes' matmuls.
+#: Training precisions (:meth:`Agent.set_precision`): the dtype of the training passes' hidden layers.
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 
 
@@ -277,10 +277,11 @@ class Agent(ABC):
         return self
 
     def set_precision(self, precision: str) -> Self:
-        """Train in ``precision``: "fp32", or "bf16" mixed precision (matmuls of the gradient passes in bfloat16).
+        """Train in ``precision``: "fp32", or "bf16" mixed precision (hidden layers of the training passes in bfloat16).
 
         bf16 keeps float32 parameters, optimiser state, losses and last layers, and acts in float32; on CPUs with
-        AVX-512 BF16/AMX and on recent GPUs its matmuls run about twice as fast. Call after :meth:`to`.
+        AVX-512 BF16 an update ran 1.6-1.9x as fast (``benchmarks/bench_algos_speed.py --precision``); where bfloat16
+        is emulated it is slower. Call after :meth:`to`.
         """
         if precision not in PRECISIONS:
             raise SpecError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")

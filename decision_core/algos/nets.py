@@ -66,19 +66,17 @@ def mixed_precision_forward(net: nn.Sequential, x: Tensor, dtype: torch.dtype | 
 class MLP(nn.Module):
     """Linear layers with ReLU (and optional LayerNorm) between them; no activation after the last layer."""
 
-    #: Precision of the gradient passes' matmuls (None: float32); set by :meth:`Agent.set_precision`.
+    #: Precision of the training passes' hidden layers (None: float32); set by :meth:`Agent.set_precision`.
     compute_dtype: torch.dtype | None = None
 
-    def __init__(
-        self, in_dim: int, hidden: Sequence[int], out_dim: int, *, layer_norm: bool = False, activate_final=False
-    ) -> None:
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, *, layer_norm: bool = False) -> None:
         super().__init__()
         dims = [in_dim, *hidden, out_dim]
         layers: list[nn.Module] = []
         for i in range(len(dims) - 1):
             layers.append(nn.Linear(dims[i], dims[i + 1]))
             last = i == len(dims) - 2
-            if not last or activate_final:
+            if not last:
                 if layer_norm:
                     layers.append(nn.LayerNorm(dims[i + 1]))
                 layers.append(nn.ReLU())
@@ -108,7 +106,7 @@ class EnsembleLinear(nn.Module):
 class EnsembleMLP(nn.Module):
     """An ensemble of ``n`` MLPs with identical shapes; output (n, B, out_dim)."""
 
-    #: Precision of the gradient passes' matmuls (None: float32); set by :meth:`Agent.set_precision`.
+    #: Precision of the training passes' hidden layers (None: float32); set by :meth:`Agent.set_precision`.
     compute_dtype: torch.dtype | None = None
 
     def __init__(self, n: int, in_dim: int, hidden: Sequence[int], out_dim: int, *, layer_norm: bool = False) -> None:

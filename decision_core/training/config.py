@@ -41,8 +41,8 @@ class TrainConfig:
     #: Where the networks train: "auto" (this process's GPU when torch sees one, else the CPU), "cpu", "cuda"
     #: (the GPU of this process's local rank) or "cuda:N". Evaluation, OPE and the saved model are unaffected.
     device: str = "auto"
-    #: Precision of the training passes: "fp32", or "bf16" mixed precision (bfloat16 matmuls, float32 weights,
-    #: losses and targets; about twice the steps/s on CPUs with AVX-512 BF16/AMX and on recent GPUs).
+    #: Precision of the training passes: "fp32", or "bf16" mixed precision (hidden layers in bfloat16; float32
+    #: weights, losses and last layers; 1.6-1.9x the steps/s measured on a CPU with AVX-512 BF16).
     precision: str = "fp32"
     #: Goals evaluation reports on: a named goal of the domain spec, or None for all of them (and the
     #: simulator's goal set when the domain has one).
