@@ -38,6 +38,7 @@ from .nets import (
     EnsembleMLP,
     PolicyDistribution,
     PolicyOutput,
+    RewardScale,
     full_precision,
     masked_logits,
     tilted_logits,
@@ -355,11 +356,18 @@ class Agent(ABC):
             )
 
     def sampler(self, dataset: OfflineDataset, *, seed: int = 0) -> GoalSampler | TransitionSampler:
-        """The batch sampler this algorithm trains with (``.sample(batch_size) -> Batch``)."""
+        """The batch sampler this algorithm trains with (``.sample(batch_size) -> Batch``); a reward scale among the
+        networks that is not set yet is fitted to the dataset's rewards here."""
+        sampler: GoalSampler | TransitionSampler
         if self.goal_conditioned:
             goals = getattr(self.config, "goals", GoalSamplerConfig())
-            return GoalSampler(dataset, goals, discount=self.config.discount, seed=seed)
-        return TransitionSampler(dataset, seed=seed, require_rewards=self.needs_rewards)
+            sampler = GoalSampler(dataset, goals, discount=self.config.discount, seed=seed)
+        else:
+            sampler = TransitionSampler(dataset, seed=seed, require_rewards=self.needs_rewards)
+        for module in self.nets.values():
+            if isinstance(module, RewardScale) and not module.is_set:
+                module.fit(dataset.rewards)
+        return sampler
 
     #: Whether training needs a reward on every step (reward-task agents); BC does not.
     needs_rewards: ClassVar[bool] = True

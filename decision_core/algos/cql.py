@@ -44,8 +44,7 @@ from decision_core.algos.nets import (
     masked_logits,
     polyak_update,
 )
-from decision_core.data.dataset import Batch, OfflineDataset, TransitionSampler
-from decision_core.data.goals import GoalSampler
+from decision_core.data.dataset import Batch
 from decision_core.reward import check_reward
 
 #: Discrete policies: the behaviour tilted by the critics ("closed_form") or the critics' Boltzmann policy ("q").
@@ -178,13 +177,6 @@ class CQLAgent(AdvantageExtractionAgent):
             "actor": torch.optim.Adam(self.nets["actor"].parameters(), lr=c.actor_lr, foreach=True),
             "temperature": torch.optim.Adam(self.nets["temperature"].parameters(), lr=c.temperature_lr),
         }
-
-    def sampler(self, dataset: OfflineDataset, *, seed: int = 0) -> GoalSampler | TransitionSampler:
-        sampler = super().sampler(dataset, seed=seed)
-        scale = cast(RewardScale, self.nets["reward_scale"])
-        if not scale.is_set:
-            scale.fit(dataset.rewards)
-        return sampler
 
     def policy(self, states: Tensor, goals: Tensor | None, goal_masks: Tensor | None) -> PolicyOutput:
         x = self.norm_states(states)

@@ -39,8 +39,7 @@ from decision_core.algos.nets import (
     expectile_loss,
     polyak_update,
 )
-from decision_core.data.dataset import Batch, OfflineDataset, TransitionSampler
-from decision_core.data.goals import GoalSampler
+from decision_core.data.dataset import Batch
 from decision_core.reward import check_reward
 
 
@@ -112,12 +111,6 @@ class IQLAgent(AdvantageExtractionAgent):
             "actor": PolicyNet(self.spec, s, c.hidden_dims),
             "reward_scale": RewardScale(c.reward_scale),
         }
-
-    def sampler(self, dataset: OfflineDataset, *, seed: int = 0) -> GoalSampler | TransitionSampler:
-        sampler = super().sampler(dataset, seed=seed)
-        if not self.nets["reward_scale"].is_set:
-            self.nets["reward_scale"].fit(dataset.rewards)
-        return sampler
 
     def policy(self, states: Tensor, goals: Tensor | None, goal_masks: Tensor | None) -> PolicyOutput:
         return self.extracted_policy(self.norm_states(states))
