@@ -140,7 +140,7 @@ def run_domain(domain: str, args: argparse.Namespace, workdir: Path, console: An
     from decision_core.algos import ALGORITHMS, Exploration
     from decision_core.data import OfflineDataset
     from decision_core.envs import get_simulator
-    from decision_core.envs.evaluate import LearnedPolicy, evaluate_policies
+    from decision_core.envs.evaluate import BASELINES, LearnedPolicy, evaluate_policies
     from decision_core.reward import rewards_for
 
     t0 = time.perf_counter()
@@ -161,7 +161,12 @@ def run_domain(domain: str, args: argparse.Namespace, workdir: Path, console: An
     sim = get_simulator(domain)
     partial_sim = PartialGoals(sim)
     algos = [a for a in args.algos if a in ALGORITHMS] + reward_algos
-    per_seed: dict[str, list[dict[str, float]]] = {a: [] for a in [*algos, "behaviour", "oracle", "random"]}
+    # A simulator's policies beyond the baselines are references (e.g. the recommender's oracle without the
+    # user's hidden state): evaluated beside the learners, to show what the observable state allows.
+    references = {n: p for n, p in sim.policies().items() if n not in BASELINES}
+    per_seed: dict[str, list[dict[str, float]]] = {
+        a: [] for a in [*algos, *references, "behaviour", "oracle", "random"]
+    }
     for seed in range(args.seeds):
         agents: dict[str, Any] = {}
         for name in algos:
@@ -174,7 +179,8 @@ def run_domain(domain: str, args: argparse.Namespace, workdir: Path, console: An
                 f"({time.perf_counter() - t:.0f}s wall)"
             )
         exploration = None if args.temperature is None else Exploration(temperature=args.temperature)
-        policies = {name: LearnedPolicy(agent, exploration=exploration) for name, agent in agents.items()}
+        learned = {name: LearnedPolicy(agent, exploration=exploration) for name, agent in agents.items()}
+        policies = {**references, **learned}
         full = evaluate_policies(sim, policies, episodes=args.eval_episodes, seed=1000 + seed, bootstrap=200)
         goal_policies = {n: p for n, p in policies.items() if n not in reward_algos}
         partial = evaluate_policies(
@@ -217,7 +223,7 @@ def run_domain(domain: str, args: argparse.Namespace, workdir: Path, console: An
             _fmt(col["steps_to_goal"], pct=False),
             _fmt(col["partial_success"]),
             _fmt(col["normalised_score"], pct=False)
-            if name in (*reward_algos, "behaviour", "oracle", "random")
+            if name in (*reward_algos, *references, "behaviour", "oracle", "random")
             else "-",
         )
     console.print(table)
@@ -233,6 +239,8 @@ def run_domain(domain: str, args: argparse.Namespace, workdir: Path, console: An
         console.print(f"  best goal-conditioned: {best}, {gain:+.1f} points over behaviour (bar +15), {vs_gcbc}")
     for name in reward_algos:
         console.print(f"  {name} normalised score {summary[name]['normalised_score']:.1f} (bar 70)")
+    for name in references:
+        console.print(f"  reference {name}: normalised score {summary[name]['normalised_score']:.1f}")
     return {"domain": domain, "steps": arrays.n_steps, "summary": summary, "per_seed": per_seed}
 
 

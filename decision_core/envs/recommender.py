@@ -467,8 +467,12 @@ class OraclePolicy(SimPolicy):
     keep_value = 12.0
     goal_keep_value = 3.0
 
+    def lookahead(self, dynamics: RecommenderDynamics) -> dict[str, np.ndarray]:
+        """The expected consequences of showing each item now (see :meth:`RecommenderDynamics.lookahead`)."""
+        return dynamics.lookahead()
+
     def act(self, dynamics, observations, goals, goal_mask, rng):  # type: ignore[override]
-        ahead = dynamics.lookahead()
+        ahead = self.lookahead(dynamics)
         score = ahead["reward"] - self.keep_value * ahead["leave"]
         if goals is not None and goal_mask is not None and np.asarray(goal_mask).any():
             progress = self._progress(ahead, observations, np.asarray(goals), np.asarray(goal_mask, np.bool_))
@@ -500,6 +504,31 @@ class OraclePolicy(SimPolicy):
             term = term / np.maximum(term.max(1, keepdims=True), 1e-9)
             progress += np.where(unmet[:, j, None], term, 0.0)
         return progress
+
+
+class SessionOraclePolicy(OraclePolicy):
+    """The oracle's look-ahead without the user's hidden state: a reference for what the observable state allows.
+
+    It still knows every item's hidden parameters and the user model's coefficients, but the user's interests
+    are the population mean plus what this session's clicks and misses added to them, satisfaction is its
+    population mean and patience that of the session's (logged) device. What separates it from
+    :class:`OraclePolicy` is what no log shows: which category this user favours.
+    """
+
+    name = "session_oracle"
+
+    def lookahead(self, dynamics: RecommenderDynamics) -> dict[str, np.ndarray]:
+        hidden = dynamics.interest, dynamics.sat, dynamics.patience
+        clicks = dynamics.engaged
+        shown = (dynamics.seen > 0).astype(np.int64) @ np.eye(len(CATEGORIES), dtype=np.int64)[dynamics.cat.category]
+        # Every user favours one category by +1.5 (see _new_users): 1.5 / C on average; clicks add, misses take.
+        dynamics.interest = 1.5 / len(CATEGORIES) + 0.15 * clicks - 0.03 * (shown - clicks)
+        dynamics.sat = np.full_like(dynamics.sat, 0.5)
+        dynamics.patience = 0.015 + 0.01 * dynamics.mobile  # the device is logged
+        try:
+            return dynamics.lookahead()
+        finally:
+            dynamics.interest, dynamics.sat, dynamics.patience = hidden
 
 
 class RandomPolicy(SimPolicy):
@@ -548,7 +577,12 @@ class RecommenderSimulator(DomainSimulator):
         return RecommenderDynamics()
 
     def policies(self) -> dict[str, SimPolicy]:
-        return {"behaviour": BehaviourPolicy(), "oracle": OraclePolicy(), "random": RandomPolicy()}
+        return {
+            "behaviour": BehaviourPolicy(),
+            "oracle": OraclePolicy(),
+            "random": RandomPolicy(),
+            "session_oracle": SessionOraclePolicy(),
+        }
 
     def goal_set(self) -> Sequence[Goal]:
         return GOALS

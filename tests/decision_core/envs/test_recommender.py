@@ -95,6 +95,31 @@ def test_oracle_beats_behaviour_beats_random_on_the_reward_task(sim: Recommender
     assert normalised <= 70, returns
 
 
+def test_session_oracle_reads_no_hidden_user_state(sim: RecommenderSimulator) -> None:
+    """Its choices do not change when the user's hidden interests, satisfaction and patience do, and they leave
+    that state as it was."""
+    policy = sim.policies()["session_oracle"]
+    dynamics = sim.dynamics()
+    rng = np.random.default_rng(6)
+    obs = dynamics.reset(rng, 64)
+    for _ in range(3):
+        obs, _, _ = dynamics.step(policy.act(dynamics, obs, None, None, rng)[0], rng)
+    chosen = policy.act(dynamics, obs, None, None, rng)[0]
+    hidden = dynamics.interest.copy(), dynamics.sat.copy(), dynamics.patience.copy()
+    dynamics.interest = rng.normal(0.0, 2.0, dynamics.interest.shape)
+    dynamics.sat, dynamics.patience = rng.random(64), rng.random(64) * 0.05
+    np.testing.assert_array_equal(policy.act(dynamics, obs, None, None, rng)[0], chosen)
+    dynamics.interest, dynamics.sat, dynamics.patience = hidden
+    policy.act(dynamics, obs, None, None, rng)
+    for before, after in zip(hidden, (dynamics.interest, dynamics.sat, dynamics.patience), strict=True):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_session_oracle_is_between_behaviour_and_oracle(sim: RecommenderSimulator) -> None:
+    returns = {p: float(_run(sim, p, 300, 11).rewards.sum(1).mean()) for p in ("behaviour", "session_oracle", "oracle")}
+    assert returns["behaviour"] < returns["session_oracle"] < returns["oracle"], returns
+
+
 def test_hard_goals_are_rare_for_behaviour_and_reached_by_the_oracle(sim: RecommenderSimulator) -> None:
     spec = sim.spec()
     n = 200
@@ -122,7 +147,7 @@ def test_behaviour_logs_cover_every_goal(sim: RecommenderSimulator) -> None:
         assert reached.any(axis=1).sum() >= 5, goal.name
 
 
-@pytest.mark.parametrize("policy", ["behaviour", "oracle", "random"])
+@pytest.mark.parametrize("policy", ["behaviour", "oracle", "random", "session_oracle"])
 def test_every_policy_shows_each_item_once_per_session(sim: RecommenderSimulator, policy: str) -> None:
     episodes = rollout(
         sim.dynamics(), sim.policies()[policy], batch=30, max_steps=sim.max_steps, rng=np.random.default_rng(4)
