@@ -2,10 +2,12 @@
 
 For each simulator: behaviour-policy logs are generated (``simulate_logs``), ingested through the domain's
 adapter into a DuckDB store and loaded back (the real data path). Each algorithm is then trained for a fixed
-wall-clock budget per seed and evaluated in the simulator (``decision_core.envs.evaluate``) on the domain's
+CPU-time budget per seed and evaluated in the simulator (``decision_core.envs.evaluate``) on the domain's
 fixed goal set, beside the random / behaviour / oracle baselines; then again on **partial goals** (each goal
 reduced to one of its outcome features). Reward-task learners (IQL, CQL, BC) are scored on the normalised
-reward-task score (0 = random, 100 = oracle). Figures are means (± std) over seeds.
+reward-task score (0 = random, 100 = oracle). A simulator's further policies are evaluated beside them as
+references (the recommender's ``session_oracle``: the oracle without the user's hidden state, roughly what
+the observable state allows). Figures are means (± std) over seeds.
 
 The bars this checks (printed, never asserted): the best goal-conditioned method beats the behaviour policy's
 goal success by >= 15 points and beats GCBC; IQL/CQL reach a normalised score >= 70.
