@@ -71,6 +71,11 @@ class TrainConfig:
     #: MLflow experiment (default "decision-core/<domain>") and run name.
     experiment: str | None = None
     run_name: str | None = None
+    #: Which weights the run logs and registers: "last" (after the last step), or "best:<metric>", the evaluation
+    #: (periodic ones and the one at the end) with the highest value of that logged metric, e.g.
+    #: "best:eval/normalised_score" (the simulator's) or "best:ope/snips/ci_low" (OPE's lower bound). Offline
+    #: training can peak early and decline (see docs/algorithms.md); the checkpoint for resuming stays the last.
+    keep: str = "last"
     #: Register the final model in the Model Registry (under ``model_name``, default the domain name).
     register: bool = True
     model_name: str | None = None
@@ -101,10 +106,21 @@ class TrainConfig:
             (self.fqe_steps >= 1, "fqe_steps", "must be >= 1"),
             (0.0 <= self.ope_epsilon <= 1.0, "ope_epsilon", "must be in [0, 1]"),
             (self.ope_temperature is None or self.ope_temperature > 0, "ope_temperature", "must be > 0"),
+            (
+                isinstance(self.keep, str)
+                and (self.keep == "last" or (self.keep.startswith("best:") and "/" in self.keep)),
+                "keep",
+                "must be 'last' or 'best:<a logged metric>' (e.g. 'best:eval/normalised_score')",
+            ),
         ]
         for ok, name, rule in rules:
             if not ok:
                 raise SpecError(f"training config: '{name}' {rule} (got {getattr(self, name)!r})")
+        if self.keep != "last" and self.eval_every == 0:
+            raise SpecError(
+                f"training config: 'keep' = {self.keep!r} picks among the periodic evaluations, but 'eval_every' is 0; "
+                f"set eval_every (e.g. steps / 10) or keep = 'last'"
+            )
         if self.ope_estimators is not None:
             from decision_core.ope.estimators import ESTIMATORS
 
@@ -122,6 +138,11 @@ class TrainConfig:
     @property
     def registered_name(self) -> str:
         return self.model_name or self.domain
+
+    @property
+    def keep_metric(self) -> str | None:
+        """The metric that picks the kept weights ("best:<metric>"), or None to keep the last."""
+        return self.keep.removeprefix("best:") if self.keep.startswith("best:") else None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -169,7 +190,7 @@ class TrainConfig:
             values["ope_estimators"] = tuple([est] if isinstance(est, str) else est)
         if "agent" in values and not isinstance(values["agent"], dict):
             raise SpecError(f"{source}: 'agent' must be a table of the algorithm's config fields")
-        for name in ("domain", "algo", "goal_set", "task", "experiment", "run_name", "model_name"):
+        for name in ("domain", "algo", "goal_set", "task", "experiment", "run_name", "model_name", "keep"):
             if values.get(name) is not None and not isinstance(values[name], str):
                 raise SpecError(f"{source}: '{name}' must be a string, got {values[name]!r}")
         if "register" in values and not isinstance(values["register"], bool):

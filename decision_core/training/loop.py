@@ -386,6 +386,7 @@ def _loop(
         last_good = start
     window: dict[str, list[float]] = defaultdict(list)
     latest: dict[str, float] = {}
+    keeper = _BestWeights(config.keep_metric) if tracker is not None and config.keep_metric else None
     started = time.perf_counter()
     with _progress(show_progress and ctx.is_main, config.steps, start) as (progress, task):
         for step in range(start + 1, config.steps + 1):
@@ -415,7 +416,10 @@ def _loop(
                 window.clear()
             periodic_eval = config.eval_every and step % config.eval_every == 0 and step != config.steps
             if tracker is not None and periodic_eval:
-                latest.update(tracker.evaluate(agent, arrays, rng, sim, step, history, final=False))
+                evaluated = tracker.evaluate(agent, arrays, rng, sim, step, history, final=False)
+                latest.update(evaluated)
+                if keeper is not None:
+                    keeper.offer(agent, step, evaluated)
             if tracker is not None and (
                 periodic_eval or (config.checkpoint_every and step % config.checkpoint_every == 0)
             ):
@@ -429,9 +433,44 @@ def _loop(
     save_checkpoint(ckpt_dir, agent, sampler, config.steps, history)
     tracker.log_checkpoint(ckpt_dir)
     latest.update(tracker.evaluate(agent, arrays, rng, sim, config.steps, history, final=True))
+    if keeper is not None:
+        keeper.offer(agent, config.steps, latest)
+        kept = keeper.step
+        tracker.mlflow.set_tags({"decision_core.kept_step": str(kept), "decision_core.kept_by": config.keep})
+        if kept != config.steps:
+            # The logged model is the best evaluation's weights; its full evaluation (OPE reports included) is
+            # logged under "kept/" so the run's curves keep the last weights' figures at the last step.
+            keeper.restore(agent)
+            console.print(f"keeping the weights of step {kept} ({config.keep} = {keeper.value:.4g})")
+            latest.update(tracker.evaluate(agent, arrays, rng, sim, config.steps, history, final=True, prefix="kept/"))
     result = tracker.finish(agent, history, latest, ckpt_dir)
     dist_utils.barrier(ctx)
     return result
+
+
+class _BestWeights:
+    """The weights of the evaluation with the highest ``metric`` so far (a copy, on the networks' device)."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+        self.value = -math.inf
+        self.step: int | None = None
+        self._weights: dict[str, torch.Tensor] | None = None
+
+    def offer(self, agent: Any, step: int, metrics: dict[str, float]) -> None:
+        if self.metric not in metrics:
+            raise TrainingError(
+                f"keep = 'best:{self.metric}', but the evaluation logs no '{self.metric}'; it logs "
+                f"{', '.join(sorted(metrics)) or 'nothing'}"
+            )
+        value = metrics[self.metric]
+        if self.step is None or (math.isfinite(value) and value > self.value):
+            self.value, self.step = value, step
+            self._weights = {k: v.detach().clone() for k, v in agent.nets.state_dict().items()}
+
+    def restore(self, agent: Any) -> None:
+        assert self._weights is not None
+        agent.nets.load_state_dict(self._weights)
 
 
 class _Tracker:
@@ -481,8 +520,19 @@ class _Tracker:
         self.mlflow.log_artifacts(str(directory), CHECKPOINT_ARTIFACT)
 
     def evaluate(
-        self, agent: Any, arrays: Any, rng: np.random.Generator, sim: Any, step: int, history: dict, *, final: bool
+        self,
+        agent: Any,
+        arrays: Any,
+        rng: np.random.Generator,
+        sim: Any,
+        step: int,
+        history: dict,
+        *,
+        final: bool,
+        prefix: str = "",
     ) -> dict[str, float]:
+        """Simulator and OPE figures of the agent's policy, logged at ``step`` (names under ``prefix``) and
+        returned without the prefix."""
         metrics: dict[str, float] = {}
         if sim is not None:
             metrics.update(run_simulator_eval(agent, sim, self.config))
@@ -493,7 +543,7 @@ class _Tracker:
         metrics.update(ope_metrics)
         if final:
             self.ope_reports = reports
-        self.log(metrics, step, history)
+        self.log({prefix + k: v for k, v in metrics.items()}, step, history)
         return metrics
 
     def finish(self, agent: Any, history: dict[str, list], latest: dict[str, float], ckpt: Path) -> TrainResult:

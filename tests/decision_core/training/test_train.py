@@ -16,7 +16,7 @@ from decision_core.errors import SpecError
 from decision_core.schema import SCHEMA_VERSION
 from decision_core.settings import CoreSettings
 from decision_core.training import TrainConfig, load_agent_from_uri, train
-from decision_core.training.loop import TrainingDiverged
+from decision_core.training.loop import TrainingDiverged, TrainingError
 from decision_core.training.models import CANDIDATE, CHAMPION, alias_version, configure_tracking
 
 
@@ -165,3 +165,42 @@ def test_behaviour_cloning_without_rewards_trains_and_skips_reward_ope(
     assert not any(k.startswith("ope/") for k in result.metrics)
     with pytest.raises(SpecError, match="needs a reward on every step"):
         train(TrainConfig(domain="chain", algo="iql", **tiny), unrewarded, progress=False)
+
+
+def test_keep_best_logs_and_registers_the_best_evaluated_weights(settings: CoreSettings, tiny: dict) -> None:
+    # Every logged episode in OPE (no random subset), so an evaluation of the same weights gives the same figure.
+    cfg = TrainConfig(domain="chain", algo="iql", eval_every=10, keep="best:ope/snips", **tiny)
+    cfg = cfg.replace(steps=60, ope_episodes=1000)
+    result = train(cfg, settings, progress=False)
+    c = _client(settings)
+    history = {m.step: m.value for m in c.get_metric_history(result.run_id, "ope/snips")}
+    assert sorted(history) == [10, 20, 30, 40, 50, 60]
+    best = max(history, key=lambda s: (history[s], -s))  # the first of equal values
+    assert best != 60, history  # the last weights are not the best here, or the test shows nothing
+    run = c.get_run(result.run_id)
+    assert run.data.tags["decision_core.kept_step"] == str(best)
+    assert run.data.tags["decision_core.kept_by"] == "best:ope/snips"
+    # The kept weights' full evaluation is logged apart from the last weights' curve, and is what the result holds.
+    kept = c.get_metric_history(result.run_id, "kept/ope/snips")
+    assert [m.step for m in kept] == [60] and kept[0].value == pytest.approx(history[best])
+    assert result.metrics["ope/snips"] == pytest.approx(history[best])
+    assert result.ope[0]["estimates"]  # the OPE reports are the kept model's
+    # The registered model is the kept one: its evaluation again gives the best figure.
+    agent, _ref = load_agent_from_uri(f"models:/chain/{result.registered_version}", settings)
+    from decision_core.training.loop import load_domain as load_arrays
+    from decision_core.training.loop import run_ope
+
+    again, _ = run_ope(agent, load_arrays(cfg, settings), cfg, rng=np.random.default_rng(0), estimators=("snips",))
+    assert again["ope/snips"] == pytest.approx(history[best])
+    # The checkpoint to resume from stays the last step's.
+    assert json.loads((result.checkpoint / "trainer.json").read_text())["step"] == 60
+
+
+def test_keep_best_needs_evaluations_and_a_metric_they_log(settings: CoreSettings, tiny: dict) -> None:
+    with pytest.raises(SpecError, match="'keep' = 'best:ope/snips' picks among the periodic evaluations"):
+        TrainConfig(domain="chain", algo="iql", keep="best:ope/snips", **tiny)
+    with pytest.raises(SpecError, match="'keep' must be 'last' or 'best:<a logged metric>'"):
+        TrainConfig(domain="chain", algo="iql", keep="best", eval_every=10, **tiny)
+    cfg = TrainConfig(domain="chain", algo="iql", keep="best:eval/normalised_score", eval_every=20, **tiny)
+    with pytest.raises(TrainingError, match=r"logs no 'eval/normalised_score'; it logs .*ope/snips"):
+        train(cfg, settings, progress=False)  # the chain has no simulator: no eval/ figures
