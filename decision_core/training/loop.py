@@ -432,9 +432,10 @@ def _loop(
         return TrainResult(run_id, None, None, None, [], {}, config.steps, None, rank=ctx.rank)
     save_checkpoint(ckpt_dir, agent, sampler, config.steps, history)
     tracker.log_checkpoint(ckpt_dir)
-    latest.update(tracker.evaluate(agent, arrays, rng, sim, config.steps, history, final=True))
+    final = tracker.evaluate(agent, arrays, rng, sim, config.steps, history, final=True)
+    latest.update(final)
     if keeper is not None:
-        keeper.offer(agent, config.steps, latest)
+        keeper.offer(agent, config.steps, final)
         kept = keeper.step
         tracker.mlflow.set_tags({"decision_core.kept_step": str(kept), "decision_core.kept_by": config.keep})
         if kept != config.steps:
@@ -464,8 +465,9 @@ class _BestWeights:
                 f"{', '.join(sorted(metrics)) or 'nothing'}"
             )
         value = metrics[self.metric]
-        if self.step is None or (math.isfinite(value) and value > self.value):
-            self.value, self.step = value, step
+        score = value if math.isfinite(value) else -math.inf  # a NaN estimate never beats a number
+        if self.step is None or score > self.value:
+            self.value, self.step = score, step
             self._weights = {k: v.detach().clone() for k, v in agent.nets.state_dict().items()}
 
     def restore(self, agent: Any) -> None:

@@ -204,3 +204,22 @@ def test_keep_best_needs_evaluations_and_a_metric_they_log(settings: CoreSetting
     cfg = TrainConfig(domain="chain", algo="iql", keep="best:eval/normalised_score", eval_every=20, **tiny)
     with pytest.raises(TrainingError, match=r"logs no 'eval/normalised_score'; it logs .*ope/snips"):
         train(cfg, settings, progress=False)  # the chain has no simulator: no eval/ figures
+
+
+def test_keep_best_never_prefers_a_nan_evaluation() -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from decision_core.training.loop import _BestWeights
+
+    layer = torch.nn.Linear(1, 1)
+    agent = SimpleNamespace(nets=torch.nn.ModuleDict({"layer": layer}))
+    keeper = _BestWeights("ope/snips")
+    for step, value, weight in ((10, float("nan"), 1.0), (20, -3.0, 2.0), (30, -5.0, 3.0), (40, float("nan"), 4.0)):
+        with torch.no_grad():
+            layer.weight.fill_(weight)
+        keeper.offer(agent, step, {"ope/snips": value})
+    assert (keeper.step, keeper.value) == (20, -3.0)
+    keeper.restore(agent)
+    assert float(layer.weight) == 2.0
