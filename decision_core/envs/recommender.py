@@ -522,9 +522,13 @@ class SessionOraclePolicy(OraclePolicy):
         clicks = dynamics.engaged
         shown = (dynamics.seen > 0).astype(np.int64) @ np.eye(len(CATEGORIES), dtype=np.int64)[dynamics.cat.category]
         # Every user favours one category by +1.5 (see _new_users): 1.5 / C on average; clicks add, misses take.
-        dynamics.interest = 1.5 / len(CATEGORIES) + 0.15 * clicks - 0.03 * (shown - clicks)
+        estimate = np.full_like(dynamics.interest, 1.5 / len(CATEGORIES))
+        estimate += 0.15 * clicks - 0.03 * (shown - clicks)
+        dynamics.interest = estimate
         dynamics.sat = np.full_like(dynamics.sat, 0.5)
-        dynamics.patience = 0.015 + 0.01 * dynamics.mobile  # the device is logged
+        patience = np.full_like(dynamics.patience, 0.015)
+        patience[dynamics.mobile] += 0.01  # the device is logged
+        dynamics.patience = patience
         try:
             return dynamics.lookahead()
         finally:
