@@ -222,4 +222,4 @@ def test_keep_best_never_prefers_a_nan_evaluation() -> None:
         keeper.offer(agent, step, {"ope/snips": value})
     assert (keeper.step, keeper.value) == (20, -3.0)
     keeper.restore(agent)
-    assert float(layer.weight) == 2.0
+    assert layer.weight.item() == 2.0
