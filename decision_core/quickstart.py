@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from decision_core.errors import DecisionCoreError
 from decision_core.settings import CoreSettings
 
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
@@ -61,6 +63,19 @@ def ingest_samples(settings: CoreSettings, console: Console) -> None:
     console.print(table)
 
 
+def check_port_free(port: int) -> None:
+    """Fail before any work when 127.0.0.1:``port`` is taken (e.g. by a quickstart still serving)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closing socket is no user
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise DecisionCoreError(
+                f"port {port} on 127.0.0.1 is in use ({exc.strerror}); stop what listens there (another "
+                f"quickstart still serving?) or pass --port N"
+            ) from None
+
+
 def start_server(settings: object, port: int) -> tuple[object, threading.Thread]:
     import uvicorn
 
@@ -74,7 +89,7 @@ def start_server(settings: object, port: int) -> tuple[object, threading.Thread]
     deadline = time.monotonic() + 120
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the server did not start on 127.0.0.1:{port} (is the port free?)")
+            raise DecisionCoreError(f"the server did not start on 127.0.0.1:{port} (is the port free? pass --port N)")
         time.sleep(0.1)
     return server, thread
 
@@ -162,6 +177,7 @@ def run(
     console: Console | None = None,
 ) -> None:
     console = console or Console()
+    check_port_free(port)
     settings = CoreSettings()
     console.rule("1-2  ingest the sample logs")
     ingest_samples(settings, console)
