@@ -205,6 +205,8 @@ def run_simulator_eval(agent: Any, sim: Any, config: TrainConfig) -> dict[str, f
 
 # -- checkpoints -----------------------------------------------------------------------------------------------------
 CHECKPOINT_ARTIFACT = "checkpoint"
+#: The best evaluated weights so far of a run that keeps the best, beside the checkpoint.
+KEPT_FILE = "kept.pt"
 
 
 def _generators(agent: Any, sampler: Any) -> dict[str, torch.Generator]:
@@ -214,12 +216,17 @@ def _generators(agent: Any, sampler: Any) -> dict[str, torch.Generator]:
     return gens
 
 
-def save_checkpoint(directory: Path, agent: Any, sampler: Any, step: int, history: dict[str, list]) -> Path:
-    """Write agent + optimiser + RNG state + step atomically (a crash mid-write keeps the previous one)."""
+def save_checkpoint(
+    directory: Path, agent: Any, sampler: Any, step: int, history: dict[str, list], kept: _BestWeights | None = None
+) -> Path:
+    """Write agent + optimiser + RNG state + step atomically (a crash mid-write keeps the previous one), and the
+    best weights so far when the run keeps the best (so a resumed run still compares with them)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=directory.parent))
     agent.save(tmp / "agent")
     torch.save({k: g.get_state() for k, g in _generators(agent, sampler).items()}, tmp / "rng.pt")
+    if kept is not None and kept.step is not None:
+        torch.save(kept.state_dict(), tmp / KEPT_FILE)
     (tmp / "trainer.json").write_text(json.dumps({"step": step, "history": history}))
     old = directory.with_name(directory.name + ".old")
     if directory.exists():
@@ -229,7 +236,9 @@ def save_checkpoint(directory: Path, agent: Any, sampler: Any, step: int, histor
     return directory
 
 
-def _restore(directory: Path, agent_cls: Any, sampler_factory: Any) -> tuple[Any, Any, int, dict[str, list]]:
+def _restore(
+    directory: Path, agent_cls: Any, sampler_factory: Any
+) -> tuple[Any, Any, int, dict[str, list], dict[str, Any] | None]:
     agent = agent_cls.load(directory / "agent")
     sampler = sampler_factory(agent)
     state = torch.load(directory / "rng.pt", weights_only=True)
@@ -237,7 +246,9 @@ def _restore(directory: Path, agent_cls: Any, sampler_factory: Any) -> tuple[Any
         if k in state:
             g.set_state(state[k])
     meta = json.loads((directory / "trainer.json").read_text())
-    return agent, sampler, int(meta["step"]), meta.get("history", {})
+    kept_file = directory / KEPT_FILE
+    kept = torch.load(kept_file, weights_only=True, map_location="cpu") if kept_file.exists() else None
+    return agent, sampler, int(meta["step"]), meta.get("history", {}), kept
 
 
 def _fetch_checkpoint(run_id: str, settings: CoreSettings, local: Path) -> Path:
@@ -335,8 +346,9 @@ def train(
         local_ckpt = (settings.home / "checkpoints" / (run_id or "pending") / "latest").resolve()
         start = 0
         history: dict[str, list] = defaultdict(list)
+        kept_state = None
         if resume is not None:
-            agent, sampler, start, loaded = _restore(
+            agent, sampler, start, loaded, kept_state = _restore(
                 _fetch_checkpoint(resume, settings, local_ckpt), agent_cls, make_sampler
             )
             history.update(loaded)
@@ -351,7 +363,9 @@ def train(
         tracker = _Tracker(config, settings, arrays, ctx, resume) if ctx.is_main else None
         run_id = dist_utils.broadcast_object(tracker.run_id if tracker else None, ctx)
         try:
-            result = _loop(config, settings, ctx, agent, sampler, arrays, tracker, run_id, start, history, progress)
+            result = _loop(
+                config, settings, ctx, agent, sampler, arrays, tracker, run_id, start, history, progress, kept_state
+            )
         except BaseException as exc:
             if tracker is not None:
                 tracker.close(failed=True, reason=str(exc)[:500])
@@ -374,6 +388,7 @@ def _loop(
     start: int,
     history: dict[str, list],
     show_progress: bool,
+    kept_state: dict[str, Any] | None = None,
 ) -> TrainResult:
     batch_size = int(agent.config.batch_size)
     ckpt_dir = (settings.home / "checkpoints" / str(run_id) / "latest").resolve()
@@ -386,7 +401,11 @@ def _loop(
         last_good = start
     window: dict[str, list[float]] = defaultdict(list)
     latest: dict[str, float] = {}
-    keeper = _BestWeights(config.keep_metric) if tracker is not None and config.keep_metric else None
+    keeper = None
+    if tracker is not None and config.keep_metric:
+        keeper = _BestWeights(config.keep_metric)
+        if kept_state is not None and kept_state["metric"] == config.keep_metric:
+            keeper.load_state_dict(kept_state, agent.device)  # a resumed run compares with the best before it
     started = time.perf_counter()
     with _progress(show_progress and ctx.is_main, config.steps, start) as (progress, task):
         for step in range(start + 1, config.steps + 1):
@@ -423,19 +442,24 @@ def _loop(
             if tracker is not None and (
                 periodic_eval or (config.checkpoint_every and step % config.checkpoint_every == 0)
             ):
-                save_checkpoint(ckpt_dir, agent, sampler, step, history)
+                save_checkpoint(ckpt_dir, agent, sampler, step, history, keeper)
                 tracker.log_checkpoint(ckpt_dir)
                 last_good = step
         dist_utils.release(agent)
     if tracker is None:  # other ranks: rank 0 logs and registers
         dist_utils.barrier(ctx)
         return TrainResult(run_id, None, None, None, [], {}, config.steps, None, rank=ctx.rank)
-    save_checkpoint(ckpt_dir, agent, sampler, config.steps, history)
+    save_checkpoint(ckpt_dir, agent, sampler, config.steps, history, keeper)
     tracker.log_checkpoint(ckpt_dir)
     final = tracker.evaluate(agent, arrays, rng, sim, config.steps, history, final=True)
     latest.update(final)
     if keeper is not None:
         keeper.offer(agent, config.steps, final)
+        # The checkpoint was written before this evaluation: its kept weights get the last step's offer too.
+        partial = ckpt_dir / (KEPT_FILE + ".tmp")
+        torch.save(keeper.state_dict(), partial)
+        partial.replace(ckpt_dir / KEPT_FILE)
+        tracker.mlflow.log_artifact(str(ckpt_dir / KEPT_FILE), CHECKPOINT_ARTIFACT)
         kept = keeper.step
         tracker.mlflow.set_tags({"decision_core.kept_step": str(kept), "decision_core.kept_by": config.keep})
         if kept != config.steps:
@@ -473,6 +497,13 @@ class _BestWeights:
     def restore(self, agent: Any) -> None:
         assert self._weights is not None
         agent.nets.load_state_dict(self._weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "step": self.step, "value": self.value, "weights": self._weights}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.step, self.value = int(state["step"]), float(state["value"])
+        self._weights = {k: v.to(device) for k, v in state["weights"].items()}
 
 
 class _Tracker:
