@@ -72,10 +72,6 @@ class CQLConfig(AgentConfig):
     #: Closed form: actions the behaviour takes at ``s`` with less than this fraction of the probability of its
     #: most likely action are never chosen.
     support: float = 0.0
-    #: Closed form: the TD target's max at ``s'`` runs only over the available actions the behaviour prior gives
-    #: at least this fraction of the probability of its most likely available one (discrete BCQ's target);
-    #: 0 = every available action. Keeps many-action critics from bootstrapping on their own extrapolation.
-    target_support: float = 0.0
     #: Polyak rate of the target critics.
     tau: float = 0.005
     #: Critics in the ensemble; targets use their minimum.
@@ -103,7 +99,6 @@ class CQLConfig(AgentConfig):
         self.require(self.extraction in CQL_EXTRACTIONS, "extraction", f"must be one of {CQL_EXTRACTIONS}")
         self.require(self.beta >= 0.0, "beta", "must be >= 0")
         self.require(0.0 <= self.support < 1.0, "support", "must be in [0, 1)")
-        self.require(0.0 <= self.target_support < 1.0, "target_support", "must be in [0, 1)")
         self.require(self.reward_scale is None or self.reward_scale > 0.0, "reward_scale", "must be > 0 (or None)")
         self.require(0.0 < self.tau <= 1.0, "tau", "must be in (0, 1]")
         self.require(self.n_critics >= 1, "n_critics", "must be >= 1")
@@ -195,22 +190,13 @@ class CQLAgent(AdvantageExtractionAgent):
         return self._update_continuous(batch)
 
     # -- discrete ---------------------------------------------------------------------------------------------
-    def next_value(self, x_next: Tensor, masks: Tensor | None) -> Tensor:
-        """(B,) the TD target's value at normalised next states: the target critics' minimum, maximised over the
-        available actions (and, with ``target_support``, over those the behaviour prior supports there)."""
-        q_next = masked_logits(self.critic(target=True).all_actions(x_next).min(0).values, masks)
-        if self.closed_form and self.config.target_support > 0.0:
-            log_pb = masked_logits(self.nets["actor"](x_next).logits, masks).log_softmax(-1)
-            floor = log_pb.max(-1, keepdim=True).values + math.log(self.config.target_support)
-            q_next = q_next.masked_fill(log_pb < floor, MASKED_LOGIT)  # the prior's top action always stays
-        return q_next.max(-1).values
-
     def _update_discrete(self, batch: Batch) -> dict[str, float]:
         c = self.config
         x = self.norm_states(batch.states)
         with torch.no_grad():
             x_next = self.norm_states(batch.next_states)
-            v_next = self.next_value(x_next, batch.next_action_masks)
+            q_next = masked_logits(self.critic(target=True).all_actions(x_next).min(0).values, batch.next_action_masks)
+            v_next = q_next.max(-1).values
             rewards = self.nets["reward_scale"](batch.rewards)
             target = rewards + c.discount * (1.0 - batch.terminals) * v_next
 

@@ -120,24 +120,6 @@ def test_discrete_closed_form_policy_is_the_behaviour_tilted_by_the_critics_with
     assert np.all(supported[np.arange(len(states)), greedy])
 
 
-def test_discrete_target_support_maximises_over_the_available_actions_the_prior_supports() -> None:
-    arrays = grid_arrays(16, 8, discrete=True, masked=True, seed=1)
-    agent = _train(arrays, {**FAST, "target_support": 0.3}, updates=30)
-    states = arrays.states[:64]
-    masks = torch.from_numpy(arrays.action_masks[:64])
-    with torch.no_grad():
-        x = agent.norm_states(torch.from_numpy(states))
-        pb = torch.softmax(agent.nets["actor"](x).logits, -1).numpy()
-        q = agent.nets["target_critic"].all_actions(x).min(0).values.numpy()
-        value = agent.next_value(x, masks).numpy()
-    available = masks.numpy()
-    pb = np.where(available, pb, 0.0)
-    supported = available & (pb >= 0.3 * pb.max(-1, keepdims=True))
-    assert (supported != available).any()  # the threshold excludes something here, or the test shows nothing
-    np.testing.assert_allclose(value, np.where(supported, q, -np.inf).max(-1), rtol=1e-5)
-    assert (value < np.where(available, q, -np.inf).max(-1)).any()  # it is not the plain max here
-
-
 def test_discrete_q_extraction_is_the_boltzmann_policy_of_the_critics() -> None:
     agent = _train(grid_arrays(16, 8, discrete=True, masked=True, seed=1), {**FAST, "extraction": "q"}, updates=30)
     assert not agent.closed_form and "actor" not in agent.nets
