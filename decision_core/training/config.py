@@ -57,8 +57,11 @@ class TrainConfig:
     checkpoint_every: int = 1000
     #: Simulator episodes per goal (and for the reward task) in each evaluation.
     eval_episodes: int = 50
-    #: OPE estimators to run at the end (None: every one the data supports); periodic OPE uses the cheap ones.
+    #: OPE estimators to run at the end (None: every one the data supports).
     ope_estimators: tuple[str, ...] | None = None
+    #: OPE estimators of the periodic evaluations (None: the cheap ones, snips and pdwis, or fqe when the logs
+    #: lack propensities). Add "fqe" when ``keep`` picks by OPE over long episodes (one FQE fit per evaluation).
+    ope_periodic: tuple[str, ...] | None = None
     #: Discount of the OPE return (1.0: the episode's total, as the simulator reports it).
     ope_gamma: float = 1.0
     #: Episodes OPE uses (a random subset when the logs hold more).
@@ -121,13 +124,16 @@ class TrainConfig:
                 f"training config: 'keep' = {self.keep!r} picks among the periodic evaluations, but 'eval_every' is 0; "
                 f"set eval_every (e.g. steps / 10) or keep = 'last'"
             )
-        if self.ope_estimators is not None:
+        for name in ("ope_estimators", "ope_periodic"):
+            chosen = getattr(self, name)
+            if chosen is None:
+                continue
             from decision_core.ope.estimators import ESTIMATORS
 
-            unknown = [e for e in self.ope_estimators if e not in ESTIMATORS]
+            unknown = [e for e in chosen if e not in ESTIMATORS]
             if unknown:
                 raise SpecError(
-                    f"training config: 'ope_estimators' names unknown {unknown}; choose from {', '.join(ESTIMATORS)}"
+                    f"training config: '{name}' names unknown {unknown}; choose from {', '.join(ESTIMATORS)}"
                 )
 
     # -- derived ----------------------------------------------------------------------------------------------
@@ -146,8 +152,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if d["ope_estimators"] is not None:
-            d["ope_estimators"] = list(d["ope_estimators"])
+        for name in ("ope_estimators", "ope_periodic"):
+            if d[name] is not None:
+                d[name] = list(d[name])
         return d
 
     def to_json(self) -> str:
@@ -185,9 +192,10 @@ class TrainConfig:
                 values[name] = float(v)
             elif v is not None:
                 raise SpecError(f"{source}: '{name}' must be a number, got {v!r}")
-        if values.get("ope_estimators") is not None:
-            est = values["ope_estimators"]
-            values["ope_estimators"] = tuple([est] if isinstance(est, str) else est)
+        for name in ("ope_estimators", "ope_periodic"):
+            if values.get(name) is not None:
+                est = values[name]
+                values[name] = tuple([est] if isinstance(est, str) else est)
         if "agent" in values and not isinstance(values["agent"], dict):
             raise SpecError(f"{source}: 'agent' must be a table of the algorithm's config fields")
         for name in ("domain", "algo", "goal_set", "task", "experiment", "run_name", "model_name", "keep"):

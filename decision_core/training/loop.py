@@ -571,7 +571,8 @@ class _Tracker:
             metrics.update(run_simulator_eval(agent, sim, self.config))
         estimators: tuple[str, ...] | None = self.config.ope_estimators
         if not final:
-            estimators = PERIODIC_ESTIMATORS if arrays.has_propensities else ("fqe",)
+            default = PERIODIC_ESTIMATORS if arrays.has_propensities else ("fqe",)
+            estimators = self.config.ope_periodic or default
         ope_metrics, reports = run_ope(agent, arrays, self.config, rng=rng, estimators=estimators, sim=sim)
         metrics.update(ope_metrics)
         if final:

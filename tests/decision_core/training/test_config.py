@@ -24,9 +24,9 @@ def test_file_flags_and_overrides_combine_in_order(tmp_path: Path) -> None:
 
 def test_json_config_and_round_trip(tmp_path: Path) -> None:
     f = tmp_path / "run.json"
-    f.write_text('{"domain": "chain", "algo": "gcbc", "ope_estimators": ["snips", "fqe"]}')
+    f.write_text('{"domain": "chain", "algo": "gcbc", "ope_estimators": ["snips", "fqe"], "ope_periodic": "fqe"}')
     cfg = build_config(file=f)
-    assert cfg.ope_estimators == ("snips", "fqe")
+    assert cfg.ope_estimators == ("snips", "fqe") and cfg.ope_periodic == ("fqe",)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
 
 
@@ -38,6 +38,7 @@ def test_json_config_and_round_trip(tmp_path: Path) -> None:
         ({"domain": "chain", "algo": "iql", "steps": 0}, r"'steps' must be an integer >= 1"),
         ({"domain": "chain", "algo": "iql", "steps": "many"}, r"'steps' must be an integer"),
         ({"domain": "chain", "algo": "iql", "ope_estimators": ["magic"]}, r"unknown \['magic'\].*snips"),
+        ({"domain": "chain", "algo": "iql", "ope_periodic": ["fqe", "magic"]}, r"'ope_periodic' names unknown"),
         ({"domain": "chain", "algo": "iql", "ope_gamma": 0}, r"'ope_gamma' must be in \(0, 1\]"),
         ({"domain": "chain", "algo": "iql", "precision": "fp16"}, r"'precision' must be 'fp32' or 'bf16'"),
     ],

@@ -196,6 +196,14 @@ def test_keep_best_logs_and_registers_the_best_evaluated_weights(settings: CoreS
     assert json.loads((result.checkpoint / "trainer.json").read_text())["step"] == 60
 
 
+def test_periodic_ope_runs_the_estimators_asked_for(settings: CoreSettings, tiny: dict) -> None:
+    cfg = TrainConfig(domain="chain", algo="iql", eval_every=20, ope_periodic=("fqe",), register=False, **tiny)
+    result = train(cfg, settings, progress=False)
+    c = _client(settings)
+    assert [m.step for m in c.get_metric_history(result.run_id, "ope/fqe")] == [20, 40]
+    assert [m.step for m in c.get_metric_history(result.run_id, "ope/snips")] == [40]  # the final OPE runs all
+
+
 def test_keep_best_needs_evaluations_and_a_metric_they_log(settings: CoreSettings, tiny: dict) -> None:
     with pytest.raises(SpecError, match="'keep' = 'best:ope/snips' picks among the periodic evaluations"):
         TrainConfig(domain="chain", algo="iql", keep="best:ope/snips", **tiny)
