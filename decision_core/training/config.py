@@ -77,8 +77,9 @@ class TrainConfig:
     #: Which weights the run logs and registers: "last" (after the last step), or "best:<metric>", the evaluation
     #: (periodic ones and the one at the end) with the highest value of that logged metric, e.g.
     #: "best:eval/normalised_score" (the simulator's) or, without a simulator, "best:ope/fqe" with "fqe" in
-    #: ``ope_periodic``. Offline training can peak early and decline (see docs/algorithms.md); the checkpoint
-    #: for resuming stays the last.
+    #: ``ope_periodic`` (measured to rank well on inventory and badly on the recommender: check OPE on the
+    #: domain first). Offline training can peak early and decline (see docs/algorithms.md); the checkpoint for
+    #: resuming stays the last.
     keep: str = "last"
     #: Register the final model in the Model Registry (under ``model_name``, default the domain name).
     register: bool = True
