@@ -18,6 +18,7 @@ import dataclasses
 import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,22 +42,39 @@ def variant_name(variant: dict[str, Any]) -> str:
     return ",".join(f"{k}={v:g}" for k, v in sorted(variant.items())) or "defaults"
 
 
-def run(domain: str, algo: str, args: argparse.Namespace, workdir: Path, console: Any) -> dict[str, Any]:
-    import torch
+@dataclass
+class Domain:
+    """A domain's logged data and its random / oracle returns on the evaluation worlds, shared by its algorithms."""
 
-    from decision_core.algos import create_agent
+    name: str
+    dataset: Any
+    sim: Any
+    low: float
+    high: float
+
+
+def load(name: str, args: argparse.Namespace, workdir: Path) -> Domain:
     from decision_core.data import OfflineDataset
     from decision_core.envs import get_simulator
-    from decision_core.envs.evaluate import LearnedPolicy
     from decision_core.reward import rewards_for
 
-    arrays = load_domain(domain, args.log_steps, workdir, seed=args.data_seed)
-    dataset = OfflineDataset(arrays, rewards=rewards_for(arrays))
-    sim = get_simulator(domain)
+    arrays = load_domain(name, args.log_steps, workdir, seed=args.data_seed)
+    sim = get_simulator(name)
     baselines = sim.policies()
-    low = reward_return(sim, baselines["random"], args.episodes, args.eval_seed)
-    high = reward_return(sim, baselines["oracle"], args.episodes, args.eval_seed)
-    torch.manual_seed(args.seed)
+    return Domain(
+        name,
+        OfflineDataset(arrays, rewards=rewards_for(arrays)),
+        sim,
+        low=reward_return(sim, baselines["random"], args.episodes, args.eval_seed),
+        high=reward_return(sim, baselines["oracle"], args.episodes, args.eval_seed),
+    )
+
+
+def run(domain: Domain, algo: str, args: argparse.Namespace, console: Any) -> dict[str, Any]:
+    from decision_core.algos import create_agent
+    from decision_core.envs.evaluate import LearnedPolicy
+
+    dataset = domain.dataset
     agent = create_agent(algo, dataset.spec, dataset.stats, config=json.loads(args.config) or None, seed=args.seed)
     agent.set_precision(args.precision)
     sampler = agent.sampler(dataset, seed=args.seed)
@@ -71,14 +89,15 @@ def run(domain: str, algo: str, args: argparse.Namespace, workdir: Path, console
         scores = []
         for variant in variants:
             agent.config = dataclasses.replace(trained, **variant)
-            score = 100 * (reward_return(sim, LearnedPolicy(agent), args.episodes, args.eval_seed) - low) / (high - low)
+            ret = reward_return(domain.sim, LearnedPolicy(agent), args.episodes, args.eval_seed)
+            score = 100 * (ret - domain.low) / (domain.high - domain.low)
             curves[variant_name(variant)].append((step, score))
             scores.append(f"{variant_name(variant)} {score:.1f}")
         agent.config = trained
         console.print(
-            f"  {domain} {algo} {step:>6} updates ({time.process_time() - start:.0f} CPU-s): {'; '.join(scores)}"
+            f"  {domain.name} {algo} {step:>6} updates ({time.process_time() - start:.0f} CPU-s): {'; '.join(scores)}"
         )
-    return {"domain": domain, "algo": algo, "steps": arrays.n_steps, "curves": curves}
+    return {"domain": domain.name, "algo": algo, "steps": dataset.n, "curves": curves}
 
 
 def main() -> None:
@@ -112,13 +131,14 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     settings = vars(args) | {"out": str(args.out)}
     with tempfile.TemporaryDirectory() as tmp:
-        for domain in args.domains.split(","):
+        for name in args.domains.split(","):
+            domain = load(name, args, Path(tmp) / name)
             for algo in args.algos.split(","):
-                result = run(domain, algo, args, Path(tmp) / f"{domain}_{algo}", console)
-                stem = args.out / f"curves_{domain}_{algo}"
+                result = run(domain, algo, args, console)
+                stem = args.out / f"curves_{name}_{algo}"
                 stem.with_suffix(".json").write_text(json.dumps({"args": settings, **result}, indent=1) + "\n")
                 history = {f"normalised score/{name}": points for name, points in result["curves"].items()}
-                learning_curves(history, stem.with_suffix(".png"), title=f"{domain} {algo}: reward task, greedy")
+                learning_curves(history, stem.with_suffix(".png"), title=f"{name} {algo}: reward task, greedy")
                 console.print(f"  wrote {stem}.json and {stem}.png")
 
 
