@@ -55,7 +55,7 @@ def configure_torch_threads(n: int | None = None) -> int:
 
     Small MLPs gain little from more threads, and a busy machine loses a lot from oversubscription: torch's
     workers wait for each other at every operation, so with other work on the cores two threads on a 2-core
-    machine trained 30x slower than one.
+    machine trained GCIQL at 3 steps/s against 107 with one.
     """
     if n is None:
         env = os.environ.get("DECISION_CORE_THREADS")

@@ -184,7 +184,7 @@ def test_keep_best_logs_and_registers_the_best_evaluated_weights(settings: CoreS
     kept = c.get_metric_history(result.run_id, "kept/ope/snips")
     assert [m.step for m in kept] == [60] and kept[0].value == pytest.approx(history[best])
     assert result.metrics["ope/snips"] == pytest.approx(history[best])
-    assert result.ope[0]["estimates"]  # the OPE reports are the kept model's
+    assert result.ope[0]["estimates"]["snips"]["value"] == pytest.approx(history[best])  # the kept model's OPE
     # The registered model is the kept one: its evaluation again gives the best figure.
     agent, _ref = load_agent_from_uri(f"models:/chain/{result.registered_version}", settings)
     from decision_core.training.loop import load_domain as load_arrays
