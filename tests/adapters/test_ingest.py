@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 from typer.testing import CliRunner
 
 from adapters.base import ColumnMapping
-from adapters.ingest import ingest
+from adapters.ingest import _distinct_in_runs, ingest
 from decision_core.errors import IngestError, SpecError
 from decision_core.store import DecisionStore
 
@@ -71,6 +72,7 @@ def test_logs_without_propensities_still_load(thermostat, write_csv, store):
         (["r1,0,18.0,2,0.6,true,", "r1,1,19.0,1,0.5,false,"], 0, "terminated", "ends at step 0"),
         (["r1,,18.0,2,0.6,false,"], 0, "t", "missing value"),
         (["r9,3,18.0,2,0.6,false,"], 0, "step", "starts at step 3"),
+        (GOOD[:1] + ["r1,1,19.0,1,0.3,false,yesterday"], 1, "ts", "wrong type"),
     ],
 )
 def test_bad_rows_are_named_by_file_row_and_column(thermostat, write_csv, store, lines, row, column, rule):
@@ -182,3 +184,29 @@ def test_errors_in_a_partitioned_file_still_name_the_raw_row(thermostat, write_c
     with pytest.raises(IngestError) as info:
         ingest(thermostat, [write_csv("big.csv", lines)], store, partition_bytes=512)
     assert (info.value.row, info.value.column) == (77, "propensity")
+
+
+@pytest.mark.parametrize(
+    "stamps",
+    [
+        ["2026-01-01T00:00:00", "2026-01-01T00:10:00.250000", ""],
+        ["2026-01-01 00:00:00", "2026-01-01 00:10:00.25", "2026-01-01 00:20:00"],
+        ["2026-01-01T00:00", "2026-01-01T00:10", "2026-01-01T00:20"],  # no seconds: polars infers the layout
+        ["2026-01-01", "2026-01-02", "2026-01-03"],
+        ["2026-01-01T00:00:00", "2026-01-01 00:10:00", "2026-01-01T00:20:00"],  # mixed: inferred, as before
+    ],
+)
+def test_timestamps_are_read_in_the_layouts_polars_reads(thermostat, write_csv, store, stamps):
+    lines = [f"r1,{i},18.0,1,0.5,{'true' if i == 2 else 'false'},{ts}" for i, ts in enumerate(stamps)]
+    ingest(thermostat, [write_csv("ts.csv", lines)], store)
+    got = store.con.execute("SELECT timestamp FROM steps_thermostat ORDER BY step").fetchall()
+    expected = pl.Series(stamps).str.to_datetime(time_unit="us", strict=False).to_list()
+    assert [r[0] for r in got] == expected and got[0][0] is not None
+
+
+def test_the_fast_once_per_episode_check_defers_to_the_exact_one_when_unsure() -> None:
+    steps = pl.DataFrame({"episode_id": ["a", "a", "b", "b", "c"]})
+    assert _distinct_in_runs(steps, np.array([0, 1, 0, 1, 1]), 3)  # the same action in different episodes
+    assert not _distinct_in_runs(steps, np.array([0, 1, 2, 2, 1]), 3)  # episode b repeats action 2
+    # A bitmap much larger than the rows (huge action space): no answer, the exact check runs instead.
+    assert not _distinct_in_runs(steps, np.array([0, 1, 0, 1, 1]), 10_000_000)
