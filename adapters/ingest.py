@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
@@ -22,6 +23,9 @@ from adapters.base import Adapter, ColumnMapping
 from decision_core.errors import IngestError
 from decision_core.schema import STEP_COLUMNS, DiscreteActions, DomainSpec, steps_schema
 from decision_core.store import DecisionStore, fetch_one, next_state_needed
+
+if TYPE_CHECKING:
+    from polars._typing import TimeUnit
 
 _PROVENANCE = ("source_adapter", "adapter_version", "source_file")
 
@@ -166,7 +170,7 @@ _BOOLEAN_TEXT = {"true": True, "false": False, "1": True, "0": False, "True": Tr
 _DATETIME_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f")
 
 
-def _parse_datetimes(frame: pl.DataFrame, column: str, unit: str) -> pl.Series | None:
+def _parse_datetimes(frame: pl.DataFrame, column: str, unit: TimeUnit) -> pl.Series | None:
     """``frame[column]`` parsed with the first of :data:`_DATETIME_FORMATS` that reads every value, or ``None``
     (then the caller infers the layout, and reports a value that does not parse). Parsed through a frame
     expression, which polars runs on several threads, not the Series method, which runs on one."""
@@ -200,7 +204,7 @@ def _parse_text(adapter: Adapter, path: Path, frame: pl.DataFrame, used: list[st
                 .otherwise(None)
             )
         elif frame.schema[c] == pl.String and isinstance(dtype, pl.Datetime):
-            unit = dtype.time_unit or "us"
+            unit: TimeUnit = dtype.time_unit or "us"
             known = _parse_datetimes(frame, c, unit)
             if known is not None:
                 casts.append(pl.lit(known).alias(c))

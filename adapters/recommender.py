@@ -76,22 +76,24 @@ class RecommenderAdapter(Adapter):
     #: Partitioning by user keeps every session whole, including sessions found by time gaps.
     episode_columns = ("user_id",)
     columns = {
-        "user_id": RawColumn(pl.String, description="user identifier"),
-        "item_id": RawColumn(pl.Int64, description=f"item shown: catalogue index 0..{N_ITEMS - 1} (the action)"),
-        "session_id": RawColumn(pl.String, required=False, description="session identifier (unique per user)"),
+        "user_id": RawColumn(pl.String(), description="user identifier"),
+        "item_id": RawColumn(pl.Int64(), description=f"item shown: catalogue index 0..{N_ITEMS - 1} (the action)"),
+        "session_id": RawColumn(pl.String(), required=False, description="session identifier (unique per user)"),
         "session_seq": RawColumn(
             pl.Int64, required=False, description="0-based index of the impression in the session"
         ),
         "timestamp": RawColumn(pl.Datetime("us"), required=False, description="time of the impression (ISO 8601)"),
-        "unix_time": RawColumn(pl.Int64, required=False, description="time of the impression, seconds since 1970"),
-        "device": RawColumn(pl.String, required=False, description="mobile, desktop or tablet"),
-        "slot": RawColumn(pl.Int64, required=False, description="position of the item in the widget (orders ties)"),
-        "propensity": RawColumn(pl.Float64, required=False, description="probability the logging policy showed it"),
-        "click": RawColumn(pl.Boolean, required=False, description="the user clicked the item"),
-        "purchase": RawColumn(pl.Boolean, required=False, description="the user bought the item"),
-        "dwell_seconds": RawColumn(pl.Float64, required=False, description="time on the item's page after a click"),
-        "rating": RawColumn(pl.Float64, required=False, description=f"explicit rating {RATING_LOW:g}..{RATING_HIGH:g}"),
-        "left": RawColumn(pl.Boolean, required=False, description="the user left after this impression"),
+        "unix_time": RawColumn(pl.Int64(), required=False, description="time of the impression, seconds since 1970"),
+        "device": RawColumn(pl.String(), required=False, description="mobile, desktop or tablet"),
+        "slot": RawColumn(pl.Int64(), required=False, description="position of the item in the widget (orders ties)"),
+        "propensity": RawColumn(pl.Float64(), required=False, description="probability the logging policy showed it"),
+        "click": RawColumn(pl.Boolean(), required=False, description="the user clicked the item"),
+        "purchase": RawColumn(pl.Boolean(), required=False, description="the user bought the item"),
+        "dwell_seconds": RawColumn(pl.Float64(), required=False, description="time on the item's page after a click"),
+        "rating": RawColumn(
+            pl.Float64(), required=False, description=f"explicit rating {RATING_LOW:g}..{RATING_HIGH:g}"
+        ),
+        "left": RawColumn(pl.Boolean(), required=False, description="the user left after this impression"),
     }
 
     def spec(self) -> DomainSpec:
