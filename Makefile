@@ -23,4 +23,8 @@ test: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks
 
-.PHONY: install run test bench
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/python -m mypy decision_core adapters serving
+
+.PHONY: install run test bench lint

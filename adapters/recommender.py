@@ -80,7 +80,7 @@ class RecommenderAdapter(Adapter):
         "item_id": RawColumn(pl.Int64(), description=f"item shown: catalogue index 0..{N_ITEMS - 1} (the action)"),
         "session_id": RawColumn(pl.String(), required=False, description="session identifier (unique per user)"),
         "session_seq": RawColumn(
-            pl.Int64, required=False, description="0-based index of the impression in the session"
+            pl.Int64(), required=False, description="0-based index of the impression in the session"
         ),
         "timestamp": RawColumn(pl.Datetime("us"), required=False, description="time of the impression (ISO 8601)"),
         "unix_time": RawColumn(pl.Int64(), required=False, description="time of the impression, seconds since 1970"),

@@ -16,13 +16,18 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from decision_core.errors import DecisionCoreError
+from decision_core.schema import BoxActions
 from decision_core.settings import CoreSettings
+
+if TYPE_CHECKING:
+    from serving.settings import ServingSettings
 
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
 DOMAINS = ("inventory", "recommender", "dialogue")
@@ -76,7 +81,7 @@ def check_port_free(port: int) -> None:
             ) from None
 
 
-def start_server(settings: object, port: int) -> tuple[object, threading.Thread]:
+def start_server(settings: ServingSettings, port: int) -> tuple[object, threading.Thread]:
     import uvicorn
 
     from serving.app import create_app
@@ -117,7 +122,7 @@ def play_episodes(base: str, key: str, domain: str, episodes: int, console: Cons
             live = np.flatnonzero(alive)
             if live.size == 0:
                 break
-            items = [
+            items: list[dict[str, Any]] = [
                 {
                     "state": dict(zip(spec.state_names, map(float, obs[i]), strict=True)),
                     "goal": goal.targets,
@@ -139,7 +144,10 @@ def play_episodes(base: str, key: str, domain: str, episodes: int, console: Cons
             )
             for i, d in zip(live, decisions, strict=True):
                 act = d["action"]
-                actions[i] = act["index"] if spec.discrete else [act["values"][n] for n in spec.actions.names]
+                if isinstance(spec.actions, BoxActions):
+                    actions[i] = [act["values"][n] for n in spec.actions.names]
+                else:
+                    actions[i] = act["index"]
             obs, rewards, terminated = dynamics.step(actions, rng)
             outcome = obs[:, spec.outcome_index]
             values, mask = goal.vector(spec)

@@ -21,7 +21,7 @@ import typing
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, cast
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from decision_core.schema import BoxActions, DomainSpec
 
 from .nets import (
     MLP,
+    Critic,
     EnsembleMLP,
     PolicyDistribution,
     PolicyOutput,
@@ -538,7 +539,7 @@ class Agent(ABC):
         (path / "agent.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         torch.save(self.nets.state_dict(), path / "weights.pt")
         # Optimiser moments and the training generator, so fine-tuning resumes exactly where training stopped.
-        training_state = {"optimizers": {k: o.state_dict() for k, o in self.optimizers.items()}}
+        training_state: dict[str, Any] = {"optimizers": {k: o.state_dict() for k, o in self.optimizers.items()}}
         training_state["generator"] = self.generator.get_state()
         torch.save(training_state, path / "optim.pt")
         return path
@@ -616,7 +617,7 @@ class AdvantageExtractionAgent(Agent):
         if not self.closed_form:
             return out
         assert out.logits is not None
-        q = self.nets["critic"].all_actions(x).mean(0)
+        q = cast(Critic, self.nets["critic"]).all_actions(x).mean(0)
         return PolicyOutput(logits=tilted_logits(out.logits, q, self.beta, self.extraction_config.support))
 
 

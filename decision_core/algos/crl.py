@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -96,9 +97,10 @@ class CRLAgent(Agent):
         s = self.norm_states(states)
         if not self.spec.discrete:
             assert actions is not None
-            return self.nets["phi"](torch.cat([s, self.nets["scaler"].to_unit(actions)], dim=-1))
+            scaler = cast(ActionScaler, self.nets["scaler"])
+            return self.nets["phi"](torch.cat([s, scaler.to_unit(actions)], dim=-1))
         u = self.nets["phi"](s)  # (n, B, R)
-        e = self.nets["action_embedding"].weight  # (n, K, R)
+        e = cast(_Embedding, self.nets["action_embedding"]).weight  # (n, K, R)
         if actions is None:
             return u.unsqueeze(2) * e.unsqueeze(1)
         return u * e[:, actions]

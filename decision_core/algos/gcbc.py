@@ -8,10 +8,11 @@ Discrete actions: categorical over masked logits; continuous: tanh-squashed Gaus
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from torch import Tensor, nn
 
-from decision_core.algos.base import Agent, GoalConditionedConfig
+from decision_core.algos.base import Agent, AgentConfig, GoalConditionedConfig
 from decision_core.algos.nets import PolicyNet, PolicyOutput
 from decision_core.data.dataset import Batch
 from decision_core.data.goals import GoalSamplerConfig
@@ -33,7 +34,7 @@ class GCBCConfig(GoalConditionedConfig):
 class GCBCAgent(Agent):
     name = "gcbc"
     goal_conditioned = True
-    config_class = GCBCConfig
+    config_class: ClassVar[type[AgentConfig]] = GCBCConfig
     config: GCBCConfig
 
     def build_networks(self) -> dict[str, nn.Module]:

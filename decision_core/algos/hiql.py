@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -107,6 +108,10 @@ class HIQLAgent(Agent):
     config_class = HIQLConfig
     config: HIQLConfig
 
+    @property
+    def _value_net(self) -> _ValueWithRep:
+        return cast(_ValueWithRep, self.nets["value"])
+
     def build_networks(self) -> dict[str, nn.Module]:
         c = self.config
         s, g = self.spec.state_dim, 2 * self.n_outcomes
@@ -162,7 +167,7 @@ class HIQLAgent(Agent):
             adv = self.values("value", batch.next_states, sub, full).mean(0) - self.values(
                 "value", batch.states, sub, full
             ).mean(0)
-            rep = self.nets["value"].goal_rep(self.norm_states(batch.states), self.encode_goals(sub, full))
+            rep = self._value_net.goal_rep(self.norm_states(batch.states), self.encode_goals(sub, full))
         weights = awr_weights(adv, self.config.low_temperature, self.config.max_weight)
         log_prob = self.dist.log_prob(self.low(batch.states, rep), batch.actions, batch.action_masks)
         loss = -(weights * log_prob).mean()
@@ -176,7 +181,7 @@ class HIQLAgent(Agent):
             adv = self.values("value", batch.high_target_states, g, m).mean(0) - self.values(
                 "value", batch.states, g, m
             ).mean(0)
-            target = self.nets["value"].goal_rep(
+            target = self._value_net.goal_rep(
                 self.norm_states(batch.states), self.encode_goals(batch.high_targets, self._full(batch.high_targets))
             )
         weights = awr_weights(adv, self.config.high_temperature, self.config.max_weight)

@@ -162,6 +162,9 @@ class Critic(nn.Module):
 class ActionScaler(nn.Module):
     """Maps Box actions to [-1, 1] and back (identity for discrete spaces)."""
 
+    center: Tensor
+    half_range: Tensor
+
     def __init__(self, spec: DomainSpec) -> None:
         super().__init__()
         acts = spec.actions
@@ -280,8 +283,8 @@ def expectile_loss(adv: Tensor, diff: Tensor, expectile: float) -> Tensor:
 @torch.no_grad()
 def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """``target <- (1 - tau) * target + tau * source`` over all parameters, in one fused call."""
-    t_params = list(target.parameters())
-    s_params = list(source.parameters())
+    t_params: list[Tensor] = list(target.parameters())
+    s_params: list[Tensor] = list(source.parameters())
     torch._foreach_lerp_(t_params, s_params, tau)
 
 
@@ -329,6 +332,8 @@ class RewardScale(nn.Module):
     builds its sampler), so one temperature or conservative weight means the same on domains whose rewards
     differ in scale by orders of magnitude. A fixed factor from the config is stored the same way.
     """
+
+    scale: Tensor
 
     def __init__(self, fixed: float | None = None) -> None:
         super().__init__()

@@ -342,7 +342,7 @@ def register_envs() -> list[str]:
     from decision_core.envs import SIMULATORS
 
     ids = []
-    wanted = [(name, "", {}) for name in SIMULATORS.names()]
+    wanted: list[tuple[str, str, dict[str, Any]]] = [(name, "", {}) for name in SIMULATORS.names()]
     wanted += [v for v in VARIANTS if v[0] in SIMULATORS.names()]
     for domain, suffix, options in wanted:
         env_id = gym_id(domain, suffix)

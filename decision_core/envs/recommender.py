@@ -235,7 +235,7 @@ class RecommenderDynamics(BatchDynamics):
         self.recent_click = np.zeros((b, WINDOW), np.int64)
         self.recent_engagement = np.full((b, WINDOW), PRIOR_ENGAGEMENT)
         self.last_click_cat = np.full(b, -1, np.int64)
-        self.last = {
+        self.last: dict[str, np.ndarray] = {
             "click": np.zeros(b, np.int8),
             "purchase": np.zeros(b, np.int8),
             "dwell_seconds": np.zeros(b),

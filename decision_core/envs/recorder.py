@@ -53,6 +53,7 @@ def _observation_dim(space: spaces.Space) -> tuple[int, str]:
         flat = spaces.flatten_space(space)
     except NotImplementedError as exc:
         raise SpecError(f"cannot record observations of space {space}: it has no flat vector form") from exc
+    assert flat.shape is not None  # a flattened space is a Box
     if isinstance(space, spaces.MultiBinary):
         return int(np.prod(flat.shape)), "bool"
     return int(np.prod(flat.shape)), "float"
