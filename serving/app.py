@@ -28,10 +28,11 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
+from decision_core.schema import DomainSpec
 from decision_core.store import DecisionStore
 from serving.auth import HEADER, check_key
 from serving.errors import InvalidInput, Unavailable, UnknownDecision, install_error_handlers
-from serving.feedback import FeedbackEvent, FeedbackResult, FeedbackWriter
+from serving.feedback import FeedbackEvent, FeedbackResult, FeedbackWriter, decisions_table
 from serving.finetune import FineTuner
 from serving.hooks import HookManager
 from serving.metrics import MetricsMiddleware, ServingMetrics
@@ -254,6 +255,23 @@ def parse_body(model: type[B], raw: bytes) -> B:
 
 
 # -- the app ----------------------------------------------------------------------------------------------------------
+def recent_episode_actions(
+    spec: DomainSpec, settings: ServingSettings
+) -> Callable[[DecisionStore], list[tuple[str, list[int]]]]:
+    """A writer call that reads the actions of the ``episode_memory`` most recently served episodes (oldest
+    first) from the logged decisions; requests that named no episode are left out."""
+
+    def read(store: DecisionStore) -> list[tuple[str, list[int]]]:
+        rows = store.con.execute(
+            f"SELECT episode_id, list(CAST(action[1] AS INTEGER)) FROM {decisions_table(spec)} "
+            "WHERE episode_id <> decision_id GROUP BY episode_id ORDER BY max(created_at) DESC LIMIT ?",
+            [settings.episode_memory],
+        ).fetchall()
+        return [(e, list(a)) for e, a in reversed(rows)]
+
+    return read
+
+
 def create_app(settings: ServingSettings | None = None, *, hooks: HookManager | None = None) -> FastAPI:
     """The service for ``settings`` (read from the environment when None); ``hooks`` adds in-code plugins."""
     settings = settings if settings is not None else ServingSettings()
@@ -306,7 +324,18 @@ def create_app(settings: ServingSettings | None = None, *, hooks: HookManager | 
             champion, hooks=hook_manager, metrics=metrics, set_registry_alias=set_alias, load_version=load_version
         )
         finetuner = FineTuner(settings, catalog, writer, on_result=lambda r: metrics.finetune_runs.labels(r).inc())
-        batcher = DecisionBatcher(catalog, writer, hooks=hook_manager, metrics=metrics, seed=settings.seed)
+        batcher = DecisionBatcher(
+            catalog,
+            writer,
+            hooks=hook_manager,
+            metrics=metrics,
+            seed=settings.seed,
+            episode_memory=settings.episode_memory,
+        )
+        if spec.once_per_episode:  # episodes under way when the server last stopped keep their rule
+            for episode_id, actions in await asyncio.wrap_future(writer.call(recent_episode_actions(spec, settings))):
+                for a in actions:
+                    batcher.episodes.add(episode_id, a)
         batcher.start()
         app.state.ctx = ServingContext(
             settings=settings,

@@ -18,9 +18,10 @@ import math
 import re
 import secrets
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -377,6 +378,64 @@ class RequestEncoder:
         return Exploration(epsilon=epsilon, temperature=temperature)
 
 
+# -- once-per-episode actions ------------------------------------------------------------------------------------------
+class EpisodeActions:
+    """The actions served in recent episodes, for domains that allow each action once per episode.
+
+    A request that names its ``episode_id`` gets the episode's earlier actions masked out (on top of its own
+    ``action_mask``), so a client need not track them, and served episodes stay valid training data (the store
+    derives the same rule when it loads them). Bounded: the ``capacity`` most recently served episodes are kept;
+    the app fills it from the logged decisions at start, so a restart does not forget an episode under way.
+    Used on the event loop only (no lock).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._taken: OrderedDict[str, set[int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._taken)
+
+    def restrict(self, items: list[Prepared], spec: DomainSpec) -> list[Prepared]:
+        """``items`` with the actions already taken in their episodes masked out."""
+        out = items
+        for j, item in enumerate(items):
+            taken = self._taken.get(item.episode_id) if item.episode_id is not None else None
+            if not taken:
+                continue
+            mask = list(item.action_mask) if item.action_mask is not None else [True] * spec.n_actions
+            for a in taken:
+                mask[a] = False
+            if not any(mask):
+                p = f"items[{j}]." if len(items) > 1 else ""
+                raise InvalidInput(
+                    f"{p}episode_id '{_safe(item.episode_id or '')}': every action still allowed was already taken "
+                    f"in this episode, and domain '{spec.name}' allows each action once per episode; "
+                    "end the episode or start a new one",
+                    field=f"{p}episode_id",
+                )
+            if out is items:
+                out = list(items)
+            out[j] = replace(item, action_mask=mask)
+        return out
+
+    def record(self, decided: Sequence[Decided], items: Sequence[Prepared]) -> None:
+        """Remember the actions of decisions made for requests that named their episode."""
+        for d, item in zip(decided, items, strict=True):
+            if item.episode_id is not None:
+                self.add(d.episode_id, int(d.action[0]))
+
+    def add(self, episode_id: str, action: int) -> None:
+        taken = self._taken.get(episode_id)
+        if taken is None:
+            taken = self._taken[episode_id] = set()
+            if len(self._taken) > self.capacity:
+                self._taken.popitem(last=False)
+        else:
+            self._taken.move_to_end(episode_id)
+        taken.add(action)
+
+
 # -- inference --------------------------------------------------------------------------------------------------------
 class _Submission:
     __slots__ = ("future", "items")
@@ -410,8 +469,11 @@ class DecisionBatcher:
         metrics: ServingMetrics,
         seed: int | None = None,
         inline_max: int = INLINE_MAX_ROWS,
+        episode_memory: int = 100_000,
     ) -> None:
         self.catalog = catalog
+        #: Actions served per episode (used only when the domain allows each action once per episode).
+        self.episodes = EpisodeActions(episode_memory)
         self.writer = writer
         self.hooks = hooks
         self.metrics = metrics
@@ -441,6 +503,14 @@ class DecisionBatcher:
         self._executor.shutdown(wait=True)
 
     async def decide(self, items: list[Prepared]) -> list[Decided]:
+        spec = self.catalog.champion.agent.spec
+        if not spec.once_per_episode:
+            return await self._decide(items)
+        decided = await self._decide(self.episodes.restrict(items, spec))
+        self.episodes.record(decided, items)
+        return decided
+
+    async def _decide(self, items: list[Prepared]) -> list[Decided]:
         loop = self._loop
         if loop is None:
             raise Unavailable("the decision worker is not running")

@@ -82,6 +82,12 @@ class ServingSettings(BaseSettings):
     decision_cache: int = Field(
         default=1_000_000, ge=1024, description="Recent decisions kept in memory to join feedback without a query."
     )
+    episode_memory: int = Field(
+        default=100_000,
+        ge=1,
+        description="Domains that allow each action once per episode: how many recently served episodes' actions "
+        "the server remembers, to mask them out of the episode's later requests.",
+    )
 
     # -- fine-tuning ------------------------------------------------------------------------------------------
     finetune_every: int = Field(
