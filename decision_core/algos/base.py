@@ -365,10 +365,15 @@ class Agent(ABC):
             sampler = GoalSampler(dataset, goals, discount=self.config.discount, seed=seed)
         else:
             sampler = TransitionSampler(dataset, seed=seed, require_rewards=self.needs_rewards)
+        self.fit_reward_scale(dataset.rewards)
+        return sampler
+
+    def fit_reward_scale(self, rewards: Tensor | np.ndarray) -> None:
+        """Fit a reward scale among the networks that is not set yet to ``rewards`` (every training step's
+        reward; under data-parallel training the whole dataset's, not one process's shard)."""
         for module in self.nets.values():
             if isinstance(module, RewardScale) and not module.is_set:
-                module.fit(dataset.rewards)
-        return sampler
+                module.fit(torch.as_tensor(rewards, dtype=torch.float32))
 
     #: Whether training needs a reward on every step (reward-task agents); BC does not.
     needs_rewards: ClassVar[bool] = True

@@ -356,6 +356,10 @@ def train(
                 raise TrainingError(f"run {resume} already trained {start} steps; pass a larger --steps to continue it")
         else:
             agent = create_agent(config.algo, arrays.spec, stats, config.agent, seed=config.seed)
+            if ctx.enabled:  # like the feature statistics, the reward scale comes from all the data
+                all_rewards = _training_rewards(agent_cls, arrays, config)
+                if all_rewards is not None:
+                    agent.fit_reward_scale(all_rewards)
             sampler = make_sampler(agent)
         agent.to(ctx.device).set_precision(config.precision)
         if ctx.enabled:

@@ -75,6 +75,29 @@ def test_torchrun_two_processes_trains_one_loadable_model(settings: CoreSettings
     assert acts.shape == (2,) and set(acts.tolist()) <= {0, 1}
 
 
+@pytest.mark.slow
+def test_torchrun_fits_the_reward_scale_on_all_the_data_not_one_shard(settings: CoreSettings) -> None:
+    from decision_core.reward import rewards_for
+    from decision_core.store import DecisionStore
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(DECISION_CORE_HOME=str(settings.home), DECISION_CORE_THREADS="1", OMP_NUM_THREADS="1")
+    env.update(DECISION_CORE_DIST_BACKEND="gloo")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
+        "-m", "decision_core", "train", "--domain", "chain", "--algo", "iql", "--steps", "10",
+        "--db", str(settings.db_path), "--no-progress", "--set", "agent.hidden_dims=[16, 16]",
+        "--set", "fqe_steps=10", "--set", "ope_episodes=20",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with DecisionStore(settings.db_path, read_only=True) as store:
+        rewards = rewards_for(store.load_arrays("chain"))
+    expected = 1.0 / float(torch.from_numpy(rewards).double().std())
+    agent, _ = load_agent_from_uri("models:/chain@champion", settings)
+    assert float(agent.nets["reward_scale"].scale) == pytest.approx(expected, rel=1e-6)
+
+
 _EQUIVALENCE = r"""
 # Under DDP two ranks training on their own shards must hold identical weights after every step; where an update
 # is deterministic given its batch, they must equal one process training on both ranks' batches joined.
