@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from decision_core.schema import DiscreteActions, DomainSpec, Feature, OutcomeFeature
+from decision_core.schema import DiscreteActions, DomainSpec
 from decision_core.store import DecisionStore
 from serving.app import create_app
 from serving.errors import InvalidInput
@@ -17,17 +19,9 @@ KEY = "test-key-1"  # the key the conftest's settings configure
 
 
 @pytest.fixture
-def spec() -> DomainSpec:
+def spec(spec: DomainSpec) -> DomainSpec:
     """The conftest's walk, but each move may be made once per episode (like a recommender's items)."""
-    return DomainSpec(
-        name="walk",
-        version="1",
-        state=(Feature("level"), Feature("noise"), Feature("time")),
-        outcomes=(OutcomeFeature("level", tolerance=0.5),),
-        actions=DiscreteActions(labels=("down", "stay", "up"), once_per_episode=True),
-        reward="next.level",
-        goals={"high": {"level": 4.0}},
-    )
+    return replace(spec, actions=DiscreteActions(labels=("down", "stay", "up"), once_per_episode=True))
 
 
 def act(client: TestClient, step: int, episode: str | None = "e1", **body: object) -> dict:
