@@ -19,7 +19,7 @@ import json
 import os
 import typing
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Self, cast
 
@@ -134,10 +134,16 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     unknown = sorted(set(data) - known)
     if unknown:
         raise SpecError(f"{cls.__name__}: unknown fields {unknown}; known fields: {', '.join(sorted(known))}")
+    defaults = {f.name: f.default_factory for f in fields(cls) if f.default_factory is not MISSING}
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         kind = hints[name]
         if isinstance(kind, type) and is_dataclass(kind) and isinstance(value, dict):
+            # A partial nested dict changes those fields of this class's own default (an algorithm's goal
+            # mixture), not of the nested class's generic defaults.
+            base = defaults[name]() if name in defaults else None
+            if base is not None and is_dataclass(base) and not isinstance(base, type):
+                value = {**asdict(base), **value}
             value = _from_dict(kind, value)
         elif typing.get_origin(kind) is tuple and isinstance(value, list | tuple):
             value = tuple(value)

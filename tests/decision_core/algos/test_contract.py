@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -229,6 +230,10 @@ def test_config_is_typed_validated_and_json_round_trips(name: str) -> None:
         cls.config_class.from_dict({"no_such_field": 1})
     with pytest.raises(ValueError, match="discount"):
         cls.config_class(discount=1.5)
+    goals = getattr(config, "goals", None)
+    if goals is not None:  # a partial goal mixture changes that field of this algorithm's own mixture
+        changed = cls.config_class.from_dict({"goals": {"p_partial": 0.123}})
+        assert changed.goals == replace(goals, p_partial=0.123)
 
 
 def test_squashed_gaussian_density_integrates_to_one() -> None:
