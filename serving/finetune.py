@@ -208,6 +208,7 @@ class FineTuner:
             "estimator": s.finetune_estimator,
             "confidence": s.finetune_confidence,
             "min_episodes": s.finetune_min_episodes,
+            "min_ess": s.finetune_min_ess,
             "exploration": {"epsilon": s.epsilon, "temperature": s.temperature},
             "home": str(core.home.resolve()),
             "tracking_uri": core.mlflow_uri,
@@ -351,9 +352,17 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             cand, champ = est["candidate"], est["champion"]
             reasons.append(
                 f"{task.description}: candidate {cand.value:.4g} [{cand.ci_low:.4g}, {cand.ci_high:.4g}] vs "
-                f"champion {champ.value:.4g} ({estimator})"
+                f"champion {champ.value:.4g} ({estimator}, candidate's effective sample size {cand.ess:.3g} of "
+                f"{cand.n_episodes} episodes)"
             )
-            if cand.ci_high < champ.value:
+            min_ess = float(job.get("min_ess", 0.0))
+            if cand.ess < min_ess:
+                accepted = False
+                reasons[-1] = (
+                    f"not evaluable (effective sample size below finetune_min_ess {min_ess:g}; serve more episodes "
+                    "or explore more) on " + reasons[-1]
+                )
+            elif cand.ci_high < champ.value:
                 accepted = False
                 reasons[-1] = "worse on " + reasons[-1]
     except OPEError as exc:

@@ -19,7 +19,10 @@ H = {"X-API-Key": KEY}
 
 
 @pytest.mark.slow
-def test_ingest_train_serve_feedback_finetune_promote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("min_ess", [0.0, 1e6], ids=["guard-judges", "too-little-evidence"])
+def test_ingest_train_serve_feedback_finetune_promote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, min_ess: float
+) -> None:
     from adapters import get_adapter
     from adapters.ingest import ingest
     from decision_core.envs import get_simulator
@@ -61,6 +64,7 @@ def test_ingest_train_serve_feedback_finetune_promote(tmp_path: Path, monkeypatc
         epsilon=0.3,
         finetune_steps=5,
         finetune_min_episodes=3,
+        finetune_min_ess=min_ess,
     )
     goal = sim.goal_set()[0].targets
     rng = np.random.default_rng(0)
@@ -103,7 +107,13 @@ def test_ingest_train_serve_feedback_finetune_promote(tmp_path: Path, monkeypatc
         assert c.post("/v1/act", json=items[0]).status_code == 200
         ctx = c.app.state.ctx  # type: ignore[attr-defined]
         run = ctx.finetuner.wait(600)
+        if min_ess > 0:  # more evidence asked for than 12 served episodes can give: not promoted, and said why
+            assert run is not None and run.status == "rejected", run
+            assert "not evaluable (effective sample size below finetune_min_ess" in run.detail, run.detail
+            assert c.get("/v1/models", headers=H).json()["champion"]["version"] == trained.registered_version
+            return
         assert run is not None and run.status == "promoted", run
+        assert "effective sample size" in run.detail and "of 12 episodes" in run.detail, run.detail
         models = c.get("/v1/models", headers=H).json()
         new = models["champion"]["version"]
         assert new != trained.registered_version
