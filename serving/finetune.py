@@ -309,6 +309,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     if explore["epsilon"] > 0 or explore["temperature"] is not None:
         exploration = Exploration(epsilon=float(explore["epsilon"]), temperature=explore["temperature"])
     estimator = job["estimator"]
+    min_ess = float(job.get("min_ess", 0.0))
     metrics: dict[str, float] = {"finetune/train_seconds": train_s, "finetune/new_feedback": job["new_feedback"]}
     for k, points in history.items():
         metrics[f"finetune/{k}"] = points[-1][1]
@@ -355,7 +356,6 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                 f"champion {champ.value:.4g} ({estimator}, candidate's effective sample size {cand.ess:.3g} of "
                 f"{cand.n_episodes} episodes)"
             )
-            min_ess = float(job.get("min_ess", 0.0))
             if cand.ess < min_ess:
                 accepted = False
                 reasons[-1] = (

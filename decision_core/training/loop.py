@@ -459,12 +459,13 @@ def _loop(
     latest.update(final)
     if keeper is not None:
         keeper.offer(agent, config.steps, final)
-        # The checkpoint was written before this evaluation: its kept weights get the last step's offer too.
-        partial = ckpt_dir / (KEPT_FILE + ".tmp")
-        torch.save(keeper.state_dict(), partial)
-        partial.replace(ckpt_dir / KEPT_FILE)
-        tracker.mlflow.log_artifact(str(ckpt_dir / KEPT_FILE), CHECKPOINT_ARTIFACT)
         kept = keeper.step
+        if kept == config.steps:
+            # The checkpoint was written before this evaluation, holding an earlier best: the last step beat it.
+            partial = ckpt_dir / (KEPT_FILE + ".tmp")
+            torch.save(keeper.state_dict(), partial)
+            partial.replace(ckpt_dir / KEPT_FILE)
+            tracker.mlflow.log_artifact(str(ckpt_dir / KEPT_FILE), CHECKPOINT_ARTIFACT)
         tracker.mlflow.set_tags({"decision_core.kept_step": str(kept), "decision_core.kept_by": config.keep})
         if kept != config.steps:
             # The logged model is the best evaluation's weights; its full evaluation (OPE reports included) is

@@ -9,7 +9,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from decision_core.schema import DiscreteActions, DomainSpec
-from decision_core.store import DecisionStore
 from serving.app import create_app
 from serving.errors import InvalidInput
 from serving.policy import EpisodeActions, Prepared
@@ -100,8 +99,11 @@ def test_episode_memory_forgets_the_least_recently_served_episode(spec: DomainSp
         memory.restrict([_item("a"), _item("c")], spec)
 
 
-def test_a_store_without_served_decisions_starts_an_empty_memory(settings: ServingSettings) -> None:
-    with DecisionStore(settings.core.db_path):
-        pass
+def test_a_restart_reloads_only_the_episodes_that_requests_named(settings: ServingSettings) -> None:
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        assert len(client.app.state.ctx.batcher.episodes) == 0  # type: ignore[attr-defined]
+        for _ in range(3):
+            act(client, 0, None)  # no episode named: each decision is an episode of its own, nothing to remember
+        act(client, 0, "named")
+        assert len(client.app.state.ctx.batcher.episodes) == 1  # type: ignore[attr-defined]
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        assert len(client.app.state.ctx.batcher.episodes) == 1  # type: ignore[attr-defined]
