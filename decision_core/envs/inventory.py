@@ -28,7 +28,6 @@ from typing import ClassVar
 
 import numpy as np
 import polars as pl
-from scipy.special import ndtr, ndtri
 
 from decision_core.envs.base import BatchDynamics, DomainSimulator, EpisodeBatch, Goal, SimPolicy
 from decision_core.schema import BoxActions, DiscreteActions, DomainSpec, Feature, OutcomeFeature
@@ -302,6 +301,9 @@ class BehaviourPolicy(SimPolicy):
         dyn = _inventory(dynamics)
         b = len(observations)
         if dyn.continuous:
+            # Imported here: the adapter reads this module's spec, and scipy would add 0.2 s to every ingest.
+            from scipy.special import ndtr, ndtri
+
             want = self.target(observations, self.COVER_DAYS_BULK)
             mu = np.clip(want, 0.0, MAX_ORDER)
             lo, hi = ndtr(-mu / self.SPREAD), ndtr((MAX_ORDER - mu) / self.SPREAD)
