@@ -12,6 +12,7 @@ setting); small passes of a numpy copy of the policy run on the loop, the rest o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
@@ -19,7 +20,7 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -386,12 +387,48 @@ class EpisodeActions:
     ``action_mask``), so a client need not track them, and served episodes stay valid training data (the store
     derives the same rule when it loads them). Bounded: the ``capacity`` most recently served episodes are kept;
     the app fills it from the logged decisions at start, so a restart does not forget an episode under way.
-    Used on the event loop only (no lock).
+    Decisions for one episode are made one at a time (:meth:`hold`), so two concurrent requests cannot both be
+    given the same action. Used on the event loop only (no lock).
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._taken: OrderedDict[str, set[int]] = OrderedDict()
+        #: Episodes with a decision in flight, and what completes when it is recorded.
+        self._busy: dict[str, asyncio.Future[None]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, items: Sequence[Prepared]) -> AsyncIterator[None]:
+        """Waits until no decision is in flight for the episodes ``items`` name, then holds them until the block
+        exits. All of them are taken at once (never some while waiting for others), so holders cannot deadlock.
+        Two items of one request naming the same episode are refused: each would be decided at the same state.
+        """
+        episodes: dict[str, int] = {}
+        for j, item in enumerate(items):
+            if item.episode_id is None:
+                continue
+            first = episodes.setdefault(item.episode_id, j)
+            if first != j:
+                raise InvalidInput(
+                    f"items[{first}] and items[{j}] both name episode_id '{_safe(item.episode_id)}', in a domain "
+                    "that allows each action once per episode; an episode's decisions are made one step at a "
+                    "time: send the second after the first is answered",
+                    field=f"items[{j}].episode_id",
+                )
+        if not episodes:
+            yield
+            return
+        while busy := [self._busy[e] for e in episodes if e in self._busy]:
+            await asyncio.wait(busy)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for e in episodes:
+            self._busy[e] = done
+        try:
+            yield
+        finally:
+            for e in episodes:
+                del self._busy[e]
+            done.set_result(None)
 
     def __len__(self) -> int:
         return len(self._taken)
@@ -506,8 +543,9 @@ class DecisionBatcher:
         spec = self.catalog.champion.agent.spec
         if not spec.once_per_episode:
             return await self._decide(items)
-        decided = await self._decide(self.episodes.restrict(items, spec))
-        self.episodes.record(decided, items)
+        async with self.episodes.hold(items):
+            decided = await self._decide(self.episodes.restrict(items, spec))
+            self.episodes.record(decided, items)
         return decided
 
     async def _decide(self, items: list[Prepared]) -> list[Decided]:

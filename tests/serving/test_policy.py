@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import numpy as np
@@ -12,6 +13,7 @@ from decision_core.schema import DiscreteActions, DomainSpec
 from serving.app import create_app
 from serving.errors import InvalidInput
 from serving.policy import EpisodeActions, Prepared
+from serving.schemas import ActRequest
 from serving.settings import ServingSettings
 
 KEY = "test-key-1"  # the key the conftest's settings configure
@@ -48,6 +50,28 @@ def test_the_clients_mask_and_the_episodes_rule_combine(client: TestClient) -> N
     assert first in (0, 1)
     second = act(client, 1, action_mask=[True, True, False])["action"]["index"]
     assert second == 1 - first
+
+
+def test_concurrent_requests_for_one_episode_get_different_actions(client: TestClient) -> None:
+    ctx = client.app.state.ctx  # type: ignore[attr-defined]
+
+    async def three_at_once(episode: str) -> list[int]:
+        # Started in one loop iteration: the second and third are decided together, after the first.
+        body = {"state": {"level": 0.0, "noise": 0.0, "time": 0.0}, "episode_id": episode}
+        prepared = [ctx.encoder.prepare(ctx.catalog.champion.agent, ActRequest.model_validate(body)) for _ in range(3)]
+        decided = await asyncio.gather(*(ctx.batcher.decide([p]) for p in prepared))
+        return [int(d.action[0]) for [d] in decided]
+
+    for i in range(5):
+        assert sorted(client.portal.call(three_at_once, f"race-{i}")) == [0, 1, 2]
+
+
+def test_a_batch_naming_one_episode_twice_is_refused(client: TestClient) -> None:
+    items = [{"state": {"level": 0.0, "noise": 0.0, "time": 0.0}, "episode_id": e} for e in ("a", "b", "a")]
+    r = client.post("/v1/act:batch", json={"items": items})
+    assert r.status_code == 422
+    assert "items[0] and items[2] both name episode_id 'a'" in r.text
+    assert len(client.app.state.ctx.batcher.episodes) == 0  # type: ignore[attr-defined]  # nothing was decided
 
 
 def test_batch_requests_and_restarts_keep_the_rule(settings: ServingSettings) -> None:
