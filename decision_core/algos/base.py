@@ -81,6 +81,10 @@ class AgentConfig:
     #: Discount of future rewards; also sets the geometric goal offsets of goal-conditioned sampling.
     discount: float = 0.99
 
+    #: Values of fields added after agents were first saved, for a saved config that lacks them: what those
+    #: agents were trained with (a new default applies to new agents only, and the saved weights fit the old).
+    saved_before: ClassVar[dict[str, Any]] = {}
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -565,7 +569,7 @@ class Agent(ABC):
         agent = cls(
             DomainSpec.from_dict(meta["spec"]),
             FeatureStats.from_dict(meta["stats"]),
-            cls.config_class.from_dict(meta["config"]),
+            cls.config_class.from_dict({**cls.config_class.saved_before, **meta["config"]}),
             seed=int(meta.get("seed", 0)),
         )
         try:

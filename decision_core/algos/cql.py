@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -78,6 +78,11 @@ class CQLConfig(AgentConfig):
     n_critics: int = 2
     #: LayerNorm in the critic networks.
     layer_norm: bool = True
+    #: Discrete actions: weight of the penalty that keeps each action's critic head near one shared by all actions
+    #: (0: a plain head per action); see ``IQLConfig.action_shrink``.
+    action_shrink: float = 0.01
+
+    saved_before: ClassVar[dict[str, Any]] = {"action_shrink": 0.0}  # agents saved before the shared head
     #: Continuous: sampled actions per source (uniform, policy at s, policy at s') in the logsumexp estimate.
     n_action_samples: int = 10
     #: Continuous: Adam learning rate of the actor.
@@ -107,6 +112,7 @@ class CQLConfig(AgentConfig):
         self.require(self.temperature_lr > 0.0, "temperature_lr", "must be > 0")
         self.require(self.initial_temperature > 0.0, "initial_temperature", "must be > 0")
         self.require(self.reward is None or bool(str(self.reward).strip()), "reward", "must not be empty")
+        self.require(self.action_shrink >= 0.0, "action_shrink", "must be >= 0")
 
 
 class LogTemperature(nn.Module):
@@ -151,8 +157,9 @@ class CQLAgent(AdvantageExtractionAgent):
 
     def build_networks(self) -> dict[str, nn.Module]:
         c, s = self.config, self.input_dim
-        critic = Critic(self.spec, s, c.hidden_dims, n=c.n_critics, layer_norm=c.layer_norm)
-        target = Critic(self.spec, s, c.hidden_dims, n=c.n_critics, layer_norm=c.layer_norm)
+        shared = c.action_shrink > 0.0
+        critic = Critic(self.spec, s, c.hidden_dims, n=c.n_critics, layer_norm=c.layer_norm, shared_action_head=shared)
+        target = Critic(self.spec, s, c.hidden_dims, n=c.n_critics, layer_norm=c.layer_norm, shared_action_head=shared)
         target.load_state_dict(critic.state_dict())
         nets: dict[str, nn.Module] = {
             "critic": critic,
@@ -220,7 +227,8 @@ class CQLAgent(AdvantageExtractionAgent):
             loss = loss + actor_loss
             info["actor/loss"] = actor_loss
 
-        self.step("critic", loss)
+        shrink = self.critic().penalty()
+        self.step("critic", loss if shrink is None else loss + c.action_shrink * shrink)
         polyak_update(self.nets["target_critic"], self.nets["critic"], c.tau)
         return self.finish_update(info)
 

@@ -22,7 +22,7 @@ The reward is resolved once into the dataset's rewards array before training (``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -73,6 +73,13 @@ class IQLConfig(AgentConfig):
     n_critics: int = 2
     #: LayerNorm in the critic and value networks (stabilises bootstrapped targets).
     layer_norm: bool = True
+    #: Discrete actions: the critic's per-action outputs are one head shared by all actions plus a residual per
+    #: action, whose squared norm is added to the loss times this weight (0: a plain head per action). Actions the
+    #: logs rarely take then keep values near the shared estimate, so the policy does not chase the ones whose few
+    #: samples made them look best (recommender, 240 items: +3.8 points over 8 seeds; see docs/algorithms.md).
+    action_shrink: float = 0.01
+
+    saved_before: ClassVar[dict[str, Any]] = {"action_shrink": 0.0}  # agents saved before the shared head
 
     def validate(self) -> None:
         super().validate()
@@ -85,6 +92,7 @@ class IQLConfig(AgentConfig):
         self.require(self.n_critics >= 1, "n_critics", "must be >= 1")
         self.require(self.reward is None or bool(str(self.reward).strip()), "reward", "must not be empty")
         self.require(self.reward_scale is None or self.reward_scale > 0.0, "reward_scale", "must be > 0 (or None)")
+        self.require(self.action_shrink >= 0.0, "action_shrink", "must be >= 0")
 
 
 class IQLAgent(AdvantageExtractionAgent):
@@ -101,8 +109,9 @@ class IQLAgent(AdvantageExtractionAgent):
 
     def build_networks(self) -> dict[str, nn.Module]:
         c, s = self.config, self.input_dim
-        critic = Critic(self.spec, s, c.hidden_dims, n=c.n_critics, layer_norm=c.layer_norm)
-        target = Critic(self.spec, s, c.hidden_dims, n=c.n_critics, layer_norm=c.layer_norm)
+        shared = c.action_shrink > 0.0
+        critic = Critic(self.spec, s, c.hidden_dims, n=c.n_critics, layer_norm=c.layer_norm, shared_action_head=shared)
+        target = Critic(self.spec, s, c.hidden_dims, n=c.n_critics, layer_norm=c.layer_norm, shared_action_head=shared)
         target.load_state_dict(critic.state_dict())
         return {
             "critic": critic,
@@ -130,6 +139,7 @@ class IQLAgent(AdvantageExtractionAgent):
 
         q = self.nets["critic"](x, batch.actions)  # (n_critics, B)
         critic_loss = (q - td_target).pow(2).mean(1).sum()
+        shrink = cast(Critic, self.nets["critic"]).penalty()
 
         # Closed form: the actor is the behaviour prior pi_b (unweighted likelihood); the critic tilts it in policy().
         weights = torch.ones_like(adv) if self.closed_form else awr_weights(adv, self.beta, c.max_weight)
@@ -139,7 +149,8 @@ class IQLAgent(AdvantageExtractionAgent):
         log_prob = self.dist.log_prob(self.nets["actor"](x), batch.actions, masks)
         actor_loss = -(weights * log_prob).mean()
 
-        self.step("all", value_loss + critic_loss + actor_loss)
+        loss = value_loss + critic_loss + actor_loss
+        self.step("all", loss if shrink is None else loss + c.action_shrink * shrink)
         polyak_update(self.nets["target_critic"], self.nets["critic"], c.tau)
         return self.finish_update(
             {

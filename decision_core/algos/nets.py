@@ -103,6 +103,36 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
+class SharedResidualLinear(EnsembleLinear):
+    """An :class:`EnsembleLinear` whose outputs share one head: ``weight = shared + residual`` per output column.
+
+    A discrete critic's last layer, with one output per action: :meth:`penalty` (the residuals' squared norm, added
+    to the loss) pulls each action's own head toward the shared one as far as the data does not push it away, so
+    actions the logs rarely take keep values near the shared estimate instead of their own noisy fit. ``weight``
+    and ``bias`` are the effective parameters (what a plain layer would hold), so exporters read it like one.
+    """
+
+    def __init__(self, n: int, in_dim: int, out_dim: int) -> None:
+        nn.Module.__init__(self)
+        self.n = n
+        bound = 1.0 / math.sqrt(in_dim)
+        self.shared_weight = nn.Parameter(torch.empty(n, in_dim, 1).uniform_(-bound, bound))
+        self.shared_bias = nn.Parameter(torch.empty(n, 1, 1).uniform_(-bound, bound))
+        self.residual_weight = nn.Parameter(torch.empty(n, in_dim, out_dim).uniform_(-bound, bound))
+        self.residual_bias = nn.Parameter(torch.empty(n, 1, out_dim).uniform_(-bound, bound))
+
+    @property  # type: ignore[override]
+    def weight(self) -> Tensor:
+        return self.shared_weight + self.residual_weight
+
+    @property  # type: ignore[override]
+    def bias(self) -> Tensor:
+        return self.shared_bias + self.residual_bias
+
+    def penalty(self) -> Tensor:
+        return self.residual_weight.pow(2).sum() + self.residual_bias.pow(2).sum()
+
+
 class EnsembleMLP(nn.Module):
     """An ensemble of ``n`` MLPs with identical shapes; output (n, B, out_dim)."""
 
@@ -136,7 +166,14 @@ class Critic(nn.Module):
     """
 
     def __init__(
-        self, spec: DomainSpec, in_dim: int, hidden: Sequence[int], *, n: int = 2, layer_norm: bool = True
+        self,
+        spec: DomainSpec,
+        in_dim: int,
+        hidden: Sequence[int],
+        *,
+        n: int = 2,
+        layer_norm: bool = True,
+        shared_action_head: bool = False,
     ) -> None:
         super().__init__()
         self.discrete = spec.discrete
@@ -144,6 +181,15 @@ class Critic(nn.Module):
         extra = 0 if self.discrete else spec.action_dim
         out = spec.n_actions if self.discrete else 1
         self.net = EnsembleMLP(n, in_dim + extra, hidden, out, layer_norm=layer_norm)
+        if shared_action_head and self.discrete:
+            # One head shared by every action plus a residual per action (see SharedResidualLinear.penalty).
+            last = len(self.net.net) - 1
+            self.net.net[last] = SharedResidualLinear(n, ([in_dim, *hidden])[-1], out)
+
+    def penalty(self) -> Tensor | None:
+        """The squared norm of the per-action residual heads (None without a shared head)."""
+        last = self.net.net[len(self.net.net) - 1]
+        return last.penalty() if isinstance(last, SharedResidualLinear) else None
 
     def forward(self, x: Tensor, actions: Tensor) -> Tensor:
         """(n, B) Q-values of ``actions`` ((B,) long for discrete, (B, A) for continuous)."""

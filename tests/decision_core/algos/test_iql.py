@@ -6,6 +6,8 @@ reward is stated as an expression over the features, resolved once into the data
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -114,3 +116,24 @@ def test_config_is_validated_and_the_reward_travels_with_the_model(tmp_path) -> 
     np.testing.assert_array_equal(
         agent.act(states, None, None, rng=rng).actions, loaded.act(states, None, None, rng=rng).actions
     )
+
+
+@pytest.mark.parametrize("algo", ["iql", "cql"])
+def test_an_agent_saved_before_the_shared_action_head_loads_as_it_was_trained(algo: str, tmp_path) -> None:
+    arrays = grid_arrays(16, 8, size=SIZE, discrete=True, seed=0)
+    dataset = OfflineDataset(arrays, rewards=rewards_for(arrays, TO_FAR_CORNER))
+    agent = create_agent(algo, arrays.spec, dataset.stats, config={**FAST, "action_shrink": 0.0})
+    agent.update(agent.sampler(dataset).sample(32))
+    path = agent.save(tmp_path / algo)
+    meta = json.loads((path / "agent.json").read_text())
+    del meta["config"]["action_shrink"]  # as such agents were written, before the field existed
+    (path / "agent.json").write_text(json.dumps(meta))
+    loaded = load_agent(path)
+    assert loaded.config.action_shrink == 0.0  # type: ignore[attr-defined]
+    states = arrays.states[:50]
+    np.testing.assert_array_equal(agent.action_probs(states), loaded.action_probs(states))
+    # New agents get the shared head, and it survives a save.
+    fresh = create_agent(algo, arrays.spec, dataset.stats, config=FAST)
+    assert fresh.config.action_shrink > 0  # type: ignore[attr-defined]
+    again = load_agent(fresh.save(tmp_path / f"{algo}-new"))
+    np.testing.assert_array_equal(fresh.action_probs(states), again.action_probs(states))

@@ -1,4 +1,5 @@
-"""Shared policy math: tanh-squashed Gaussian densities stay exact and finite where the mean saturates."""
+"""Shared network math: tanh-squashed Gaussian densities stay exact and finite where the mean saturates; a critic's
+shared action head keeps rarely taken actions near the others."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import math
 
 import torch
 
-from decision_core.algos.nets import PolicyDistribution, PolicyOutput
-from decision_core.schema import BoxActions, DomainSpec, Feature, OutcomeFeature
+from decision_core.algos.nets import Critic, PolicyDistribution, PolicyOutput
+from decision_core.schema import BoxActions, DiscreteActions, DomainSpec, Feature, OutcomeFeature
 
 SPEC = DomainSpec(
     name="box",
@@ -46,3 +47,45 @@ def test_log_prob_of_given_actions_matches_the_sampled_density():
     noise = torch.randn(16, 2, generator=torch.Generator().manual_seed(1))
     actions, logp = dist.rsample(out, noise)
     torch.testing.assert_close(dist.log_prob(out, actions), logp, rtol=1e-4, atol=1e-3)
+
+
+def _fit_critic(shrink: float) -> Critic:
+    """A one-step critic of four actions; the last one appears 3 times in 3,000 with reward 2, the others pay 0."""
+    spec = DomainSpec(
+        name="k",
+        version="1",
+        state=(Feature("x"),),
+        outcomes=(OutcomeFeature("x", 0.1),),
+        actions=DiscreteActions(labels=("a", "b", "c", "rare")),
+    )
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 1, generator=g)
+    actions = torch.randint(0, 3, (3000,), generator=g)
+    actions[:3] = 3
+    rewards = 2.0 * (actions == 3).float() + 0.1 * torch.randn(3000, generator=g)
+    torch.manual_seed(0)
+    critic = Critic(spec, 1, (32,), n=1, layer_norm=False, shared_action_head=shrink > 0)
+    opt = torch.optim.Adam(critic.parameters(), lr=1e-2)
+    for _ in range(400):
+        loss = (critic(x, actions)[0] - rewards).pow(2).mean()
+        penalty = critic.penalty()
+        opt.zero_grad()
+        (loss if penalty is None else loss + shrink * penalty).backward()
+        opt.step()
+    return critic
+
+
+def test_a_shared_action_head_keeps_a_rarely_taken_action_near_the_others():
+    plain, shared = _fit_critic(0.0), _fit_critic(0.01)
+    assert plain.penalty() is None
+    x = torch.zeros(1, 1)
+    with torch.no_grad():
+        q_plain, q_shared = plain.all_actions(x)[0, 0], shared.all_actions(x)[0, 0]
+    # Both fit the common actions; only the plain head believes the rare action's three samples.
+    assert q_plain[:3].abs().max() < 0.1 and q_shared[:3].abs().max() < 0.1
+    assert q_plain[3] > 1.5
+    assert q_shared[3] < 0.5 * q_plain[3]
+    # The effective last layer is what a plain layer would hold (what the numpy serving copy reads).
+    last = shared.net.net[-1]
+    torch.testing.assert_close(last.weight, last.shared_weight + last.residual_weight)
+    torch.testing.assert_close(shared.all_actions(x), torch.baddbmm(last.bias, shared.net.net[:-1](x), last.weight))
