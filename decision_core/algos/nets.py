@@ -121,12 +121,12 @@ class SharedResidualLinear(EnsembleLinear):
         self.residual_weight = nn.Parameter(torch.empty(n, in_dim, out_dim).uniform_(-bound, bound))
         self.residual_bias = nn.Parameter(torch.empty(n, 1, out_dim).uniform_(-bound, bound))
 
-    @property  # type: ignore[override]
-    def weight(self) -> Tensor:
+    @property
+    def weight(self) -> Tensor:  # type: ignore[override]
         return self.shared_weight + self.residual_weight
 
-    @property  # type: ignore[override]
-    def bias(self) -> Tensor:
+    @property
+    def bias(self) -> Tensor:  # type: ignore[override]
         return self.shared_bias + self.residual_bias
 
     def penalty(self) -> Tensor:
