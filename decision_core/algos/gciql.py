@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -57,6 +58,9 @@ class GCIQLConfig(GoalConditionedConfig):
     layer_norm: bool = True
     #: Critic ensemble size (2 = twin critics, min taken for the value target).
     n_critics: int = 2
+    #: Discrete actions: weight of the penalty that keeps each action's critic head near one shared by all actions
+    #: (0: a plain head per action); see ``IQLConfig.action_shrink``.
+    action_shrink: float = 0.0
     #: Value goals: 20% the transition's own outcome, 50% later in the episode (geometric), 30% random;
     #: actor goals: later in the episode, uniform (OGBench's GCIQL mixture). An episode that ends without the
     #: goal counts as never reaching it: the closed-form policy follows the critic closely, and would otherwise
@@ -88,6 +92,7 @@ class GCIQLConfig(GoalConditionedConfig):
         self.require(self.max_weight > 0.0, "max_weight", "must be > 0")
         self.require(0.0 < self.tau <= 1.0, "tau", "must be in (0, 1]")
         self.require(self.n_critics >= 1, "n_critics", "must be >= 1")
+        self.require(self.action_shrink >= 0.0, "action_shrink", "must be >= 0")
 
 
 class GCIQLAgent(AdvantageExtractionAgent):
@@ -99,7 +104,14 @@ class GCIQLAgent(AdvantageExtractionAgent):
 
     def build_networks(self) -> dict[str, nn.Module]:
         c = self.config
-        critic = Critic(self.spec, self.input_dim, c.hidden_dims, n=c.n_critics, layer_norm=c.layer_norm)
+        critic = Critic(
+            self.spec,
+            self.input_dim,
+            c.hidden_dims,
+            n=c.n_critics,
+            layer_norm=c.layer_norm,
+            shared_action_head=c.action_shrink > 0.0,
+        )
         return {
             "critic": critic,
             "target_critic": copy.deepcopy(critic),
@@ -124,7 +136,9 @@ class GCIQLAgent(AdvantageExtractionAgent):
         target = batch.value_rewards + self.config.discount * batch.value_masks * next_v
         q = self.nets["critic"](x, batch.actions)
         loss = (q - target).pow(2).mean(-1).sum()
-        return loss, {"critic/loss": loss, "critic/q_mean": q.mean(), "critic/q_max": q.max()}
+        shrink = cast(Critic, self.nets["critic"]).penalty()
+        total = loss if shrink is None else loss + self.config.action_shrink * shrink
+        return total, {"critic/loss": loss, "critic/q_mean": q.mean(), "critic/q_max": q.max()}
 
     def actor_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         x = self.inputs(batch.states, batch.actor_goals, batch.actor_goal_masks)
