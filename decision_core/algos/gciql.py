@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -59,8 +59,11 @@ class GCIQLConfig(GoalConditionedConfig):
     #: Critic ensemble size (2 = twin critics, min taken for the value target).
     n_critics: int = 2
     #: Discrete actions: weight of the penalty that keeps each action's critic head near one shared by all actions
-    #: (0: a plain head per action); see ``IQLConfig.action_shrink``.
-    action_shrink: float = 0.0
+    #: (0: a plain head per action); see ``IQLConfig.action_shrink``. Goal success, 3 seeds, 30 CPU-s: recommender
+    #: 26.2% -> 34.6%, inventory 58.4% -> 70.2%, dialogue 71.2% -> 69.2%.
+    action_shrink: float = 0.01
+
+    saved_before: ClassVar[dict[str, Any]] = {"action_shrink": 0.0}  # agents saved before the shared head
     #: Value goals: 20% the transition's own outcome, 50% later in the episode (geometric), 30% random;
     #: actor goals: later in the episode, uniform (OGBench's GCIQL mixture). An episode that ends without the
     #: goal counts as never reaching it: the closed-form policy follows the critic closely, and would otherwise

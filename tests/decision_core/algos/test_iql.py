@@ -118,10 +118,11 @@ def test_config_is_validated_and_the_reward_travels_with_the_model(tmp_path) -> 
     )
 
 
-@pytest.mark.parametrize("algo", ["iql", "cql"])
+@pytest.mark.parametrize("algo", ["iql", "cql", "gciql"])
 def test_an_agent_saved_before_the_shared_action_head_loads_as_it_was_trained(algo: str, tmp_path) -> None:
     arrays = grid_arrays(16, 8, size=SIZE, discrete=True, seed=0)
-    dataset = OfflineDataset(arrays, rewards=rewards_for(arrays, TO_FAR_CORNER))
+    rewards = None if algo == "gciql" else rewards_for(arrays, TO_FAR_CORNER)
+    dataset = OfflineDataset(arrays, rewards=rewards)
     agent = create_agent(algo, arrays.spec, dataset.stats, config={**FAST, "action_shrink": 0.0})
     agent.update(agent.sampler(dataset).sample(32))
     path = agent.save(tmp_path / algo)
