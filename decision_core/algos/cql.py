@@ -81,8 +81,6 @@ class CQLConfig(AgentConfig):
     #: Discrete actions: weight of the penalty that keeps each action's critic head near one shared by all actions
     #: (0: a plain head per action); see ``IQLConfig.action_shrink``.
     action_shrink: float = 0.01
-
-    saved_before: ClassVar[dict[str, Any]] = {"action_shrink": 0.0}  # agents saved before the shared head
     #: Continuous: sampled actions per source (uniform, policy at s, policy at s') in the logsumexp estimate.
     n_action_samples: int = 10
     #: Continuous: Adam learning rate of the actor.
@@ -93,6 +91,8 @@ class CQLConfig(AgentConfig):
     initial_temperature: float = 1.0
     #: Continuous: entropy the temperature is tuned towards; None = -(action dimensions).
     target_entropy: float | None = None
+
+    saved_before: ClassVar[dict[str, Any]] = {"action_shrink": 0.0}  # agents saved before the shared head
 
     def validate(self) -> None:
         super().validate()
@@ -227,8 +227,7 @@ class CQLAgent(AdvantageExtractionAgent):
             loss = loss + actor_loss
             info["actor/loss"] = actor_loss
 
-        shrink = self.critic().penalty()
-        self.step("critic", loss if shrink is None else loss + c.action_shrink * shrink)
+        self.step("critic", self.critic().with_penalty(loss, c.action_shrink))
         polyak_update(self.nets["target_critic"], self.nets["critic"], c.tau)
         return self.finish_update(info)
 

@@ -62,8 +62,6 @@ class GCIQLConfig(GoalConditionedConfig):
     #: (0: a plain head per action); see ``IQLConfig.action_shrink``. Goal success, 3 seeds, 30 CPU-s: recommender
     #: 26.2% -> 34.6%, inventory 58.4% -> 70.2%, dialogue 71.2% -> 69.2%.
     action_shrink: float = 0.01
-
-    saved_before: ClassVar[dict[str, Any]] = {"action_shrink": 0.0}  # agents saved before the shared head
     #: Value goals: 20% the transition's own outcome, 50% later in the episode (geometric), 30% random;
     #: actor goals: later in the episode, uniform (OGBench's GCIQL mixture). An episode that ends without the
     #: goal counts as never reaching it: the closed-form policy follows the critic closely, and would otherwise
@@ -81,6 +79,8 @@ class GCIQLConfig(GoalConditionedConfig):
             terminal_failure=True,
         )
     )
+
+    saved_before: ClassVar[dict[str, Any]] = {"action_shrink": 0.0}  # agents saved before the shared head
 
     def validate(self) -> None:
         super().validate()
@@ -139,8 +139,7 @@ class GCIQLAgent(AdvantageExtractionAgent):
         target = batch.value_rewards + self.config.discount * batch.value_masks * next_v
         q = self.nets["critic"](x, batch.actions)
         loss = (q - target).pow(2).mean(-1).sum()
-        shrink = cast(Critic, self.nets["critic"]).penalty()
-        total = loss if shrink is None else loss + self.config.action_shrink * shrink
+        total = cast(Critic, self.nets["critic"]).with_penalty(loss, self.config.action_shrink)
         return total, {"critic/loss": loss, "critic/q_mean": q.mean(), "critic/q_max": q.max()}
 
     def actor_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:

@@ -139,7 +139,6 @@ class IQLAgent(AdvantageExtractionAgent):
 
         q = self.nets["critic"](x, batch.actions)  # (n_critics, B)
         critic_loss = (q - td_target).pow(2).mean(1).sum()
-        shrink = cast(Critic, self.nets["critic"]).penalty()
 
         # Closed form: the actor is the behaviour prior pi_b (unweighted likelihood); the critic tilts it in policy().
         weights = torch.ones_like(adv) if self.closed_form else awr_weights(adv, self.beta, c.max_weight)
@@ -150,7 +149,7 @@ class IQLAgent(AdvantageExtractionAgent):
         actor_loss = -(weights * log_prob).mean()
 
         loss = value_loss + critic_loss + actor_loss
-        self.step("all", loss if shrink is None else loss + c.action_shrink * shrink)
+        self.step("all", cast(Critic, self.nets["critic"]).with_penalty(loss, c.action_shrink))
         polyak_update(self.nets["target_critic"], self.nets["critic"], c.tau)
         return self.finish_update(
             {

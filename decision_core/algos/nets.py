@@ -191,6 +191,11 @@ class Critic(nn.Module):
         last = self.net.net[len(self.net.net) - 1]
         return last.penalty() if isinstance(last, SharedResidualLinear) else None
 
+    def with_penalty(self, loss: Tensor, weight: float) -> Tensor:
+        """``loss`` plus ``weight`` times :meth:`penalty` (``loss`` itself without a shared head)."""
+        penalty = self.penalty()
+        return loss if penalty is None else loss + weight * penalty
+
     def forward(self, x: Tensor, actions: Tensor) -> Tensor:
         """(n, B) Q-values of ``actions`` ((B,) long for discrete, (B, A) for continuous)."""
         if self.discrete:
