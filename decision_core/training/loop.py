@@ -460,14 +460,14 @@ def _loop(
     if keeper is not None:
         keeper.offer(agent, config.steps, final)
         kept = keeper.step
+        tracker.mlflow.set_tags({"decision_core.kept_step": str(kept), "decision_core.kept_by": config.keep})
         if kept == config.steps:
             # The checkpoint was written before this evaluation, holding an earlier best: the last step beat it.
             partial = ckpt_dir / (KEPT_FILE + ".tmp")
             torch.save(keeper.state_dict(), partial)
             partial.replace(ckpt_dir / KEPT_FILE)
             tracker.mlflow.log_artifact(str(ckpt_dir / KEPT_FILE), CHECKPOINT_ARTIFACT)
-        tracker.mlflow.set_tags({"decision_core.kept_step": str(kept), "decision_core.kept_by": config.keep})
-        if kept != config.steps:
+        else:
             # The logged model is the best evaluation's weights; its full evaluation (OPE reports included) is
             # logged under "kept/" so the run's curves keep the last weights' figures at the last step.
             keeper.restore(agent)

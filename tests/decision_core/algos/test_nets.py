@@ -68,9 +68,8 @@ def _fit_critic(shrink: float) -> Critic:
     opt = torch.optim.Adam(critic.parameters(), lr=1e-2)
     for _ in range(400):
         loss = (critic(x, actions)[0] - rewards).pow(2).mean()
-        penalty = critic.penalty()
         opt.zero_grad()
-        (loss if penalty is None else loss + shrink * penalty).backward()
+        critic.with_penalty(loss, shrink).backward()
         opt.step()
     return critic
 
