@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--truth-episodes", type=int, default=1000)
     parser.add_argument("--train-steps", type=int, default=3000)
     parser.add_argument("--fqe-steps", type=int, default=3000)
+    parser.add_argument("--model-steps", type=int, default=6000, help="gradient steps of mb's dynamics model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON results go")
     args = parser.parse_args()
@@ -84,6 +85,7 @@ def main() -> None:
     from decision_core.algos import configure_torch_threads
     from decision_core.envs import get_simulator
     from decision_core.ope.fqe import FQEConfig
+    from decision_core.ope.model import ModelConfig
     from decision_core.ope.validate import log_behaviour, validate
 
     configure_torch_threads(1)
@@ -103,6 +105,7 @@ def main() -> None:
                 truth_episodes=args.truth_episodes,
                 seed=args.seed,
                 fqe=FQEConfig(steps=args.fqe_steps),
+                model=ModelConfig(steps=args.model_steps),
                 progress=progress,
             )
         elapsed = time.perf_counter() - started

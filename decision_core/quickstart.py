@@ -194,7 +194,15 @@ def run(
     from decision_core.training import TrainConfig, train
 
     result = train(
-        TrainConfig(domain=domain, algo=algo, steps=steps, eval_episodes=50, ope_episodes=500, fqe_steps=300),
+        TrainConfig(
+            domain=domain,
+            algo=algo,
+            steps=steps,
+            eval_episodes=50,
+            ope_episodes=500,
+            fqe_steps=300,
+            model_steps=300,
+        ),
         settings,
     )
     console.print(

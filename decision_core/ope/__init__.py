@@ -1,8 +1,8 @@
 """Offline policy evaluation: how well would a policy do, judged only from logs of another one.
 
 :func:`evaluate_policy` runs the estimators of :mod:`decision_core.ope.estimators` (IPS, SNIPS, per-decision
-weighted IS, doubly robust, weighted DR, FQE) on a domain's logged data for one :class:`TargetPolicy`, each with a
-bootstrap confidence interval and an effective sample size.
+weighted IS, doubly robust, weighted DR, FQE, model-based) on a domain's logged data for one
+:class:`TargetPolicy`, each with a bootstrap confidence interval and an effective sample size.
 
 The task being evaluated is either a reward (the domain's reward expression, any expression over its features,
 or ``"logged"``) or a goal: for a goal, the return of an episode is 1 if it reaches the goal within the logged
@@ -20,6 +20,7 @@ import numpy as np
 
 from decision_core.ope.estimators import (
     ESTIMATORS,
+    NEEDS_DYNAMICS,
     NEEDS_PROPENSITIES,
     NEEDS_Q_MODEL,
     Estimate,
@@ -29,15 +30,18 @@ from decision_core.ope.estimators import (
     on_policy_value,
 )
 from decision_core.ope.fqe import FittedQ, FQEConfig, fit_fqe
+from decision_core.ope.model import DynamicsModel, ModelConfig, fit_model, model_values
 from decision_core.ope.policy import AgentPolicy, MixturePolicy, TargetPolicy, UniformPolicy
 
 __all__ = [
     "ESTIMATORS",
     "AgentPolicy",
+    "DynamicsModel",
     "Estimate",
     "FQEConfig",
     "FittedQ",
     "MixturePolicy",
+    "ModelConfig",
     "OPEError",
     "OPEInputs",
     "OPEReport",
@@ -46,6 +50,7 @@ __all__ = [
     "UniformPolicy",
     "estimate",
     "evaluate_policy",
+    "fit_task_model",
     "goal_task",
     "reward_task",
     "supported_estimators",
@@ -178,6 +183,8 @@ def evaluate_policy(
     fqe: FQEConfig | None = None,
     max_episodes: int | None = None,
     fqe_refits: int = 0,
+    model: ModelConfig | None = None,
+    dynamics: DynamicsModel | None = None,
 ) -> OPEReport:
     """Estimate ``policy``'s value on ``task`` (default: the reward task) from the logged ``arrays``.
 
@@ -188,6 +195,10 @@ def evaluate_policy(
     ``fqe``'s interval by default resamples only the episodes' start values under one fitted model, which
     ignores the model's own uncertainty; ``fqe_refits > 0`` refits the model that many times on bootstrap
     resamples of the episodes and takes the interval from those refits (slower, honest).
+
+    ``mb`` fits a dynamics model of the task (``model`` configures it) unless ``dynamics`` passes one fitted by
+    :func:`fit_task_model` on the same arrays and task: the model does not depend on the policy, so one fit serves
+    every policy evaluated on that task. Like ``fqe``'s default, its interval resamples episodes under one model.
     """
     if estimators is None:
         names, skipped = supported_estimators(arrays, policy)
@@ -199,7 +210,7 @@ def evaluate_policy(
         if any(e in NEEDS_PROPENSITIES for e in names) and not policy.stochastic:
             raise OPEError(
                 f"policy '{policy.name}' is deterministic over continuous actions, so importance sampling "
-                f"is undefined; evaluate a stochastic policy or use only 'fqe'"
+                f"is undefined; evaluate a stochastic policy or use only 'fqe' and 'mb'"
             )
     if not names:
         raise OPEError(f"no estimator can run on this data: {skipped}")
@@ -241,6 +252,14 @@ def evaluate_policy(
             rng=rng,
         )
         inputs.q_sa, inputs.v_s, inputs.v0 = fitted.q_sa, fitted.v_s, fitted.v0
+    if any(e in NEEDS_DYNAMICS for e in names):
+        if dynamics is None:
+            dynamics = fit_task_model(arrays, task, config=model, rng=rng)
+        start_masks = None if masks is None else masks[starts]
+        horizons = _rollout_horizons(arrays, starts, ends, rows)
+        inputs.model_v0 = model_values(
+            dynamics, policy, states[starts], horizons, start_masks=start_masks, gamma=gamma, rng=rng
+        )
     results = {name: estimate(name, inputs, rng=rng, n_bootstrap=n_bootstrap, confidence=confidence) for name in names}
     if "fqe" in results and fqe_refits > 0:
         results["fqe"] = _refit_interval(
@@ -303,6 +322,44 @@ def _refit_interval(
         n_episodes=point.n_episodes,
         confidence=point.confidence,
     )
+
+
+def fit_task_model(
+    arrays: Any, task: OPETask, *, config: ModelConfig | None = None, rng: np.random.Generator
+) -> DynamicsModel:
+    """The dynamics, reward and end model of ``task``'s logged steps, for the ``mb`` estimator.
+
+    An episode's last step ends it where the logs say it terminated there, or where the task cut the episode
+    (the step that reached a goal); any other last step is where the logs stop, not where the episode ended.
+    """
+    rows, ends = task.rows, task.episode_ends
+    return fit_model(
+        arrays.spec,
+        arrays.states[rows],
+        arrays.actions[rows],
+        task.rewards,
+        arrays.next_states[rows],
+        task.episode_starts,
+        ends,
+        _ended(arrays, rows, ends),
+        config=config,
+        rng=rng,
+    )
+
+
+def _ended(arrays: Any, rows: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """(E,) whether each task episode's last step ended it: a logged termination, or a cut by the task."""
+    starts, stops = np.asarray(arrays.episode_starts), np.asarray(arrays.episode_ends)
+    stop_of_row = np.repeat(stops, stops - starts)
+    last = rows[ends - 1]
+    return np.asarray(arrays.terminated, np.bool_)[last] | (last + 1 < stop_of_row[last])
+
+
+def _rollout_horizons(arrays: Any, starts: np.ndarray, ends: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Steps to roll each episode out for: its logged length where the logs just stop, else the longest logged
+    episode (where it ended, the model's end probability decides when a rollout stops)."""
+    longest = int(np.max(np.asarray(arrays.episode_ends) - np.asarray(arrays.episode_starts)))
+    return np.where(_ended(arrays, rows, ends), longest, ends - starts).astype(np.int64)
 
 
 def _with_gamma(config: FQEConfig | None, gamma: float) -> FQEConfig:

@@ -15,7 +15,9 @@ episodes of unequal length.
 - ``dr``: per-decision doubly robust with a learned Q model (Jiang & Li 2016), unbiased if either the weights
   or the model are right;
 - ``wdr``: the same with per-step self-normalised weights (Thomas & Brunskill 2016);
-- ``fqe``: the direct method, ``mean_i V(s_i0)`` from fitted Q evaluation (see :mod:`decision_core.ope.fqe`).
+- ``fqe``: the direct method, ``mean_i V(s_i0)`` from fitted Q evaluation (see :mod:`decision_core.ope.fqe`);
+- ``mb``: model-based, the mean return of rollouts from each episode's first state in a learned model of the
+  logs' dynamics (see :mod:`decision_core.ope.model`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from decision_core.errors import DecisionCoreError
 NEEDS_PROPENSITIES = frozenset({"ips", "snips", "pdwis", "dr", "wdr"})
 #: Estimators that need a learned Q model (fitted Q evaluation).
 NEEDS_Q_MODEL = frozenset({"dr", "wdr", "fqe"})
-ESTIMATORS: tuple[str, ...] = ("ips", "snips", "pdwis", "dr", "wdr", "fqe")
+#: Estimators that need a learned model of the dynamics.
+NEEDS_DYNAMICS = frozenset({"mb"})
+ESTIMATORS: tuple[str, ...] = ("ips", "snips", "pdwis", "dr", "wdr", "fqe", "mb")
 
 #: Importance ratios are clipped here per step so one near-zero logged propensity cannot produce inf.
 MAX_STEP_RATIO = 1e3
@@ -64,7 +68,8 @@ class OPEInputs:
     ``target_logp`` is the log-probability (discrete) or log-density (continuous) of each logged action under
     the target policy; ``behaviour_p`` the logged propensity (probability or density), NaN where not logged.
     ``q_sa`` / ``v_s`` are a learned model's ``Q(s_t, a_t)`` and ``E_{a~pi} Q(s_t, a)`` (for ``dr``/``wdr``),
-    ``v0`` the model's value of each episode's first state (for ``fqe``).
+    ``v0`` the model's value of each episode's first state (for ``fqe``), ``model_v0`` the mean rollout return
+    from each episode's first state in the learned dynamics model (for ``mb``).
     """
 
     rewards: np.ndarray
@@ -76,6 +81,7 @@ class OPEInputs:
     q_sa: np.ndarray | None = None
     v_s: np.ndarray | None = None
     v0: np.ndarray | None = None
+    model_v0: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = int(np.shape(self.rewards)[0])
@@ -108,7 +114,7 @@ def check_propensities(behaviour_p: np.ndarray | None, estimator: str) -> np.nda
     if behaviour_p is None:
         raise OPEError(
             f"estimator '{estimator}' needs the behaviour policy's propensities, and the logs have none; "
-            f"log the probability of each action in the 'propensity' column, or use 'fqe' (needs none)"
+            f"log the probability of each action in the 'propensity' column, or use 'fqe' or 'mb' (they need none)"
         )
     bad = ~np.isfinite(behaviour_p) | (behaviour_p <= 0)
     if bad.any():
@@ -116,7 +122,7 @@ def check_propensities(behaviour_p: np.ndarray | None, estimator: str) -> np.nda
         raise OPEError(
             f"estimator '{estimator}' needs a positive logged propensity on every step, but {rows.size} of "
             f"{behaviour_p.size} steps have none or a non-positive one (first at step row {int(rows[0])}); "
-            f"log the propensity of each action, or use 'fqe' (needs none)"
+            f"log the propensity of each action, or use 'fqe' or 'mb' (they need none)"
         )
     return behaviour_p
 
@@ -245,12 +251,14 @@ def _dr(inputs: OPEInputs, weighted: bool) -> _Statistic:
     return _Statistic(x, combine, _per_step_ess(w, valid))
 
 
-def _fqe(inputs: OPEInputs) -> _Statistic:
-    if inputs.v0 is None:
-        raise OPEError("estimator 'fqe' needs the fitted Q model's value of each episode's first state (v0)")
-    v0 = np.asarray(inputs.v0, np.float64)
+def _direct(inputs: OPEInputs, estimator: str, field: str, source: str) -> _Statistic:
+    """A direct method: the mean over episodes of a model's value of each episode's first state."""
+    values = getattr(inputs, field)
+    if values is None:
+        raise OPEError(f"estimator '{estimator}' needs {source} of each episode's first state ({field})")
+    v0 = np.asarray(values, np.float64)
     if v0.shape != (inputs.n_episodes,):
-        raise OPEError(f"v0 must have one value per episode ({inputs.n_episodes}), got shape {v0.shape}")
+        raise OPEError(f"{field} must have one value per episode ({inputs.n_episodes}), got shape {v0.shape}")
     x = np.stack([v0, np.ones_like(v0)], axis=1)
     return _Statistic(x, lambda s: s[:, 0] / s[:, 1], float(inputs.n_episodes))
 
@@ -261,7 +269,8 @@ _STATISTICS: dict[str, Callable[[OPEInputs], _Statistic]] = {
     "pdwis": _pdwis,
     "dr": lambda i: _dr(i, weighted=False),
     "wdr": lambda i: _dr(i, weighted=True),
-    "fqe": _fqe,
+    "fqe": lambda i: _direct(i, "fqe", "v0", "the fitted Q model's value"),
+    "mb": lambda i: _direct(i, "mb", "model_v0", "the dynamics model's rollout return"),
 }
 
 

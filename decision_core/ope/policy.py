@@ -172,7 +172,8 @@ class AgentPolicy(TargetPolicy):
         if self.greedy:
             raise OPEError(
                 f"policy '{self.name}' is deterministic over continuous actions, so it has no density and "
-                f"importance sampling is undefined; evaluate its stochastic version (temperature 1) or use 'fqe'"
+                f"importance sampling is undefined; evaluate its stochastic version (temperature 1) or use 'fqe' "
+                f"or 'mb'"
             )
         states = np.asarray(states, np.float32)
         actions = np.asarray(actions, np.float32)

@@ -16,8 +16,9 @@ import numpy as np
 
 from decision_core.envs.base import BatchDynamics, DomainSimulator, EpisodeBatch, SimPolicy
 from decision_core.envs.rollout import rollout
-from decision_core.ope import OPEReport, TargetPolicy, evaluate_policy, reward_task
+from decision_core.ope import OPEReport, TargetPolicy, evaluate_policy, fit_task_model, reward_task
 from decision_core.ope.fqe import FQEConfig
+from decision_core.ope.model import ModelConfig
 from decision_core.store import DomainArrays
 
 
@@ -173,19 +174,27 @@ def validate(
     truth_episodes: int = 2000,
     seed: int = 0,
     fqe: FQEConfig | None = None,
+    model: ModelConfig | None = None,
     n_bootstrap: int = 200,
     progress: Any = None,
 ) -> ValidationReport:
-    """OPE on ``logs`` vs the simulated truth for every policy."""
+    """OPE on ``logs`` vs the simulated truth for every policy (one dynamics model serves them all)."""
     named = dict(policies) if isinstance(policies, Mapping) else {p.name: p for p in policies}
     checks = []
     task = reward_task(logs, "logged")
+    dynamics = fit_task_model(logs, task, config=model, rng=np.random.default_rng([seed, 7]))
     bar = progress.add_task(f"OPE vs truth: {sim.domain}", total=len(named)) if progress else None
     for name, policy in named.items():
         truth, se = true_value(sim, policy, truth_episodes, seed)
         # The simulator's own reward (logged with each step) is what its returns sum, so OPE uses it too.
         report = evaluate_policy(
-            logs, policy, rng=np.random.default_rng([seed, 5]), task=task, fqe=fqe, n_bootstrap=n_bootstrap
+            logs,
+            policy,
+            rng=np.random.default_rng([seed, 5]),
+            task=task,
+            fqe=fqe,
+            dynamics=dynamics,
+            n_bootstrap=n_bootstrap,
         )
         checks.append(PolicyCheck(name, truth, se, report))
         if progress:

@@ -111,7 +111,8 @@ def ope_cmd(
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 500,
     confidence: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.9,
     fqe_steps: Annotated[int, typer.Option(help="Gradient steps of FQE's Q model.")] = 3000,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and FQE.")] = 0,
+    model_steps: Annotated[int, typer.Option(help="Gradient steps of the mb estimator's dynamics model.")] = 6000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the models.")] = 0,
     db: Annotated[Path | None, typer.Option("--db", help="DuckDB store.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -121,7 +122,7 @@ def ope_cmd(
     try:
         from decision_core.algos import Exploration
         from decision_core.errors import SpecError
-        from decision_core.ope import AgentPolicy, FQEConfig, evaluate_policy, goal_task, reward_task
+        from decision_core.ope import AgentPolicy, FQEConfig, ModelConfig, evaluate_policy, goal_task, reward_task
         from decision_core.settings import CoreSettings
         from decision_core.training.config import TrainConfig
         from decision_core.training.loop import _simulator, evaluation_goals, load_domain
@@ -173,6 +174,7 @@ def ope_cmd(
                 n_bootstrap=bootstrap,
                 confidence=confidence,
                 fqe=FQEConfig(steps=fqe_steps),
+                model=ModelConfig(steps=model_steps),
                 max_episodes=episodes,
             )
             for policy, t in jobs

@@ -68,6 +68,8 @@ class TrainConfig:
     ope_episodes: int = 2000
     #: Gradient steps of the fitted Q model used by FQE and DR.
     fqe_steps: int = 2000
+    #: Gradient steps of the dynamics model used by the model-based estimator (mb).
+    model_steps: int = 6000
     #: Exploration of the evaluated (served) policy: epsilon-greedy and/or softmax temperature; both off = greedy.
     ope_epsilon: float = 0.0
     ope_temperature: float | None = None
@@ -109,6 +111,7 @@ class TrainConfig:
             (0.0 < self.ope_gamma <= 1.0, "ope_gamma", "must be in (0, 1]"),
             (self.ope_episodes >= 2, "ope_episodes", "must be >= 2"),
             (self.fqe_steps >= 1, "fqe_steps", "must be >= 1"),
+            (self.model_steps >= 1, "model_steps", "must be >= 1"),
             (0.0 <= self.ope_epsilon <= 1.0, "ope_epsilon", "must be in [0, 1]"),
             (self.ope_temperature is None or self.ope_temperature > 0, "ope_temperature", "must be > 0"),
             (
@@ -185,7 +188,7 @@ class TrainConfig:
             raise SpecError(f"{source}: missing {missing}; give them in the file or as --domain/--algo")
         values = dict(data)
         for name in ("steps", "seed", "log_every", "eval_every", "checkpoint_every", "eval_episodes",
-                     "ope_episodes", "fqe_steps"):  # fmt: skip
+                     "ope_episodes", "fqe_steps", "model_steps"):  # fmt: skip
             if name in values and not (isinstance(values[name], int) and not isinstance(values[name], bool)):
                 raise SpecError(f"{source}: '{name}' must be an integer, got {values[name]!r}")
         for name in ("ope_gamma", "ope_epsilon", "ope_temperature"):

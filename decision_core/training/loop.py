@@ -156,7 +156,7 @@ def run_ope(
 ) -> tuple[dict[str, float], list[Any]]:
     """OPE of the agent's served policy: on its reward task, or averaged over the evaluation goals."""
     from decision_core.algos import Exploration
-    from decision_core.ope import AgentPolicy, FQEConfig, evaluate_policy, goal_task, reward_task
+    from decision_core.ope import AgentPolicy, FQEConfig, ModelConfig, evaluate_policy, goal_task, reward_task
 
     exploration = None
     if config.ope_epsilon > 0 or config.ope_temperature is not None:
@@ -183,6 +183,7 @@ def run_ope(
             task=task,
             gamma=config.ope_gamma,
             fqe=fqe,
+            model=ModelConfig(steps=config.model_steps),
             max_episodes=config.ope_episodes,
             confidence=confidence,
         )

@@ -49,6 +49,7 @@ def test_ingest_train_serve_feedback_finetune_promote(
             eval_episodes=2,
             ope_episodes=20,
             fqe_steps=20,
+            model_steps=20,
             agent={"hidden_dims": [32], "batch_size": 64},
         ),
         core,

@@ -8,6 +8,7 @@ import pytest
 from decision_core.ope import (
     FQEConfig,
     MixturePolicy,
+    ModelConfig,
     OPEError,
     OPEInputs,
     TargetPolicy,
@@ -95,13 +96,16 @@ def logs() -> DomainArrays:
 
 
 FAST_FQE = FQEConfig(hidden=(32, 32), steps=1500, batch_size=256, learning_rate=3e-3, tau=0.05)
+FAST_MODEL = ModelConfig(hidden=(32, 32), steps=1500, learning_rate=3e-3)
 
 
 @pytest.mark.parametrize("p_target", [0.3, 0.8])
 def test_every_estimator_recovers_the_exact_value(logs: DomainArrays, p_target: float) -> None:
     truth = true_value(p_target)
-    report = evaluate_policy(logs, RightProb(p_target), rng=np.random.default_rng(1), fqe=FAST_FQE, n_bootstrap=300)
-    assert set(report.estimates) == {"ips", "snips", "pdwis", "dr", "wdr", "fqe"}
+    report = evaluate_policy(
+        logs, RightProb(p_target), rng=np.random.default_rng(1), fqe=FAST_FQE, model=FAST_MODEL, n_bootstrap=300
+    )
+    assert set(report.estimates) == {"ips", "snips", "pdwis", "dr", "wdr", "fqe", "mb"}
     for name, e in report.estimates.items():
         assert abs(e.value - truth) < 0.06, (name, e.value, truth)
         assert e.ci_low - 1e-9 <= e.value <= e.ci_high + 1e-9
@@ -131,14 +135,15 @@ def test_on_policy_weights_are_one_and_ess_is_the_episode_count(logs: DomainArra
     assert far.estimates["ips"].ess < 0.2 * logs.n_episodes
 
 
-def test_missing_propensities_give_a_clear_error_and_fqe_still_runs(logs: DomainArrays) -> None:
+def test_missing_propensities_give_a_clear_error_and_the_model_estimators_still_run(logs: DomainArrays) -> None:
     unlogged = DomainArrays(**{**logs.__dict__, "propensities": np.full(logs.n_steps, np.nan, np.float32)})
-    with pytest.raises(OPEError, match="propensit.*'fqe'"):
+    with pytest.raises(OPEError, match="propensit.*'fqe' or 'mb'"):
         evaluate_policy(unlogged, RightProb(0.8), rng=np.random.default_rng(0), estimators=["snips"])
-    report = evaluate_policy(unlogged, RightProb(0.8), rng=np.random.default_rng(0), fqe=FAST_FQE)
-    assert list(report.estimates) == ["fqe"]
+    report = evaluate_policy(unlogged, RightProb(0.8), rng=np.random.default_rng(0), fqe=FAST_FQE, model=FAST_MODEL)
+    assert list(report.estimates) == ["fqe", "mb"]
     assert set(report.skipped) == {"ips", "snips", "pdwis", "dr", "wdr"}
-    assert abs(report.estimates["fqe"].value - true_value(0.8)) < 0.06
+    for name in ("fqe", "mb"):
+        assert abs(report.estimates[name].value - true_value(0.8)) < 0.06, name
 
 
 def test_bootstrap_is_reproducible_with_the_same_generator(logs: DomainArrays) -> None:

@@ -89,6 +89,7 @@ TINY = {
     "log_every": 10,
     "checkpoint_every": 20,
     "fqe_steps": 200,
+    "model_steps": 200,
     "ope_episodes": 150,
     "agent": {"batch_size": 32, "hidden_dims": [16, 16]},
 }

@@ -55,7 +55,7 @@ def test_torchrun_two_processes_trains_one_loadable_model(settings: CoreSettings
         "-m", "decision_core", "train", "--domain", "chain", "--algo", "bc", "--steps", "30",
         "--db", str(settings.db_path), "--no-progress",
         "--set", "log_every=10", "--set", "agent.hidden_dims=[16, 16]", "--set", "agent.batch_size=32",
-        "--set", "fqe_steps=100", "--set", "ope_episodes=100",
+        "--set", "fqe_steps=100", "--set", "model_steps=100", "--set", "ope_episodes=100",
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -87,7 +87,7 @@ def test_torchrun_fits_the_reward_scale_on_all_the_data_not_one_shard(settings: 
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
         "-m", "decision_core", "train", "--domain", "chain", "--algo", "iql", "--steps", "10",
         "--db", str(settings.db_path), "--no-progress", "--set", "agent.hidden_dims=[16, 16]",
-        "--set", "fqe_steps=10", "--set", "ope_episodes=20",
+        "--set", "fqe_steps=10", "--set", "model_steps=10", "--set", "ope_episodes=20",
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

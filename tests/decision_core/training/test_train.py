@@ -134,7 +134,8 @@ def test_cli_trains_and_evaluates_offline(settings: CoreSettings, monkeypatch: p
     r = runner.invoke(
         app,
         ["train", "--domain", "chain", "--algo", "bc", "--steps", "30", "--no-progress", *db,
-         "--set", "agent.hidden_dims=[16, 16]", "--set", "fqe_steps=100", "--set", "ope_episodes=100"],
+         "--set", "agent.hidden_dims=[16, 16]", "--set", "fqe_steps=100", "--set", "model_steps=100",
+         "--set", "ope_episodes=100"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "registered as chain v1 (candidate, champion)" in r.output

@@ -1,0 +1,244 @@
+"""Model-based OPE: learn the logs' dynamics once, then roll any target policy out in the learned model.
+
+One network, fitted on the logged transitions of a task, predicts from ``(s, a)``:
+
+- the change of state ``s' - s`` as a diagonal Gaussian (mean and log-variance, per normalised feature), so
+  rollouts keep the randomness of the world (demand, user behaviour) that a mean model would average away;
+- the expected reward;
+- the probability that the episode ends there (a logged termination, or the task's own end such as reaching a
+  goal; an episode that stops at a time limit is not an end).
+
+A policy's value is then the mean over the logged episodes' first states of its simulated return: each rollout
+runs for the episode's logged length when the logs truncated it, else for the longest logged horizon, and every
+step's reward is weighted by the probability of not having ended before it (no sampled termination, so no extra
+variance). Rolled-out states, and predicted rewards, are kept within the logged range widened by ``margin`` of
+its width on each side; the network sees states scaled by at least a tenth of that range, so a rarely set flag
+cannot enter far out.
+
+Unlike FQE, the model does not depend on the evaluated policy: :func:`fit_model` runs once per task and
+:func:`model_values` evaluates any number of policies with it. Because the model generalises over states and
+actions rather than bootstrapping values, it can rank policies that drive the system far from the logged
+states (where importance weights explode and FQE extrapolates its values), as long as the dynamics themselves
+extrapolate; see ``docs/ope.md`` for where it is and is not the best estimator.
+
+Action masks in rollouts: the first step uses the logged mask of the episode's first state; under the domain's
+once-per-episode rule each chosen action is then removed, as the rule says. Other logged per-step masks cannot be
+predicted, so after the first step those domains treat every action as available.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from decision_core.ope.estimators import OPEError
+from decision_core.ope.policy import TargetPolicy
+from decision_core.schema import BoxActions, DomainSpec
+
+#: Log-variance bounds of the predicted state change (in normalised units).
+_LOGVAR_RANGE = (-10.0, 4.0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of the model-based estimator."""
+
+    #: Hidden layer widths of the dynamics network.
+    hidden: tuple[int, ...] = (128, 128)
+    #: Gradient steps.
+    steps: int = 6000
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    #: Rolled-out states and rewards are clipped to the logged range widened by this fraction of its width per side.
+    margin: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"model steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if self.learning_rate <= 0.0:
+            raise ValueError(f"model learning_rate must be > 0, got {self.learning_rate}")
+        if self.margin < 0.0:
+            raise ValueError(f"model margin must be >= 0, got {self.margin}")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ValueError(f"model hidden widths must be positive, got {self.hidden}")
+
+
+def _mlp(inp: int, hidden: tuple[int, ...], out: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(inp, h), nn.ReLU()]
+        inp = h
+    layers.append(nn.Linear(inp, out))
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class DynamicsModel:
+    """A fitted model of one task's logged dynamics, reward and episode ends."""
+
+    spec: DomainSpec
+    net: nn.Module
+    state_center: np.ndarray
+    state_scale: np.ndarray
+    delta_mean: np.ndarray
+    delta_std: np.ndarray
+    reward_mean: float
+    reward_std: float
+    low: np.ndarray  # rolled-out states are clipped to [low, high]
+    high: np.ndarray
+    reward_low: float  # and predicted rewards to [reward_low, reward_high]
+    reward_high: float
+    final_loss: float
+
+    def _inputs(self, states: np.ndarray, actions: np.ndarray) -> torch.Tensor:
+        x = (np.asarray(states, np.float64) - self.state_center) / self.state_scale
+        return torch.from_numpy(np.concatenate([x, encode_actions(self.spec, actions)], axis=1).astype(np.float32))
+
+    def step(
+        self, states: np.ndarray, actions: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A sampled next state, the expected reward and the probability the episode ends, for each row."""
+        s = len(self.state_center)
+        with torch.no_grad():
+            out = self.net(self._inputs(states, actions)).numpy().astype(np.float64)
+        mu, logvar = out[:, :s], np.clip(out[:, s : 2 * s], *_LOGVAR_RANGE)
+        delta = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape)
+        next_states = np.asarray(states, np.float64) + delta * self.delta_std + self.delta_mean
+        next_states = np.clip(next_states, self.low, self.high)
+        reward = np.clip(out[:, 2 * s] * self.reward_std + self.reward_mean, self.reward_low, self.reward_high)
+        p_end = 1.0 / (1.0 + np.exp(-out[:, 2 * s + 1]))
+        return next_states, reward, p_end
+
+
+def encode_actions(spec: DomainSpec, actions: np.ndarray) -> np.ndarray:
+    """Discrete actions as one-hot rows; continuous ones rescaled from the Box to [-1, 1]."""
+    actions = np.asarray(actions)
+    n = len(actions)
+    if spec.discrete:
+        idx = actions.reshape(n, -1)[:, 0].astype(np.int64)
+        onehot = np.zeros((n, spec.n_actions), np.float32)
+        onehot[np.arange(n), idx] = 1.0
+        return onehot
+    box = spec.actions
+    assert isinstance(box, BoxActions)
+    low, high = np.asarray(box.low, np.float64), np.asarray(box.high, np.float64)
+    scaled = 2.0 * (actions.reshape(n, -1).astype(np.float64) - low) / np.maximum(high - low, 1e-12) - 1.0
+    return scaled.astype(np.float32)
+
+
+def fit_model(
+    spec: DomainSpec,
+    states: np.ndarray,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    next_states: np.ndarray,
+    episode_starts: np.ndarray,
+    episode_ends: np.ndarray,
+    ends_episode: np.ndarray,
+    *,
+    config: ModelConfig | None = None,
+    rng: np.random.Generator,
+) -> DynamicsModel:
+    """Fit the dynamics, reward and end model on logged transitions (episodes back to back).
+
+    ``ends_episode`` (E,) says whether each episode's last logged step ended it (a termination or the task's own
+    end) rather than a time limit cutting it short.
+    """
+    cfg = config or ModelConfig()
+    n = len(states)
+    if n == 0:
+        raise OPEError("model-based evaluation needs logged steps; the data has none")
+    s = np.asarray(states, np.float64)
+    delta = np.asarray(next_states, np.float64) - s
+    r = np.asarray(rewards, np.float64)
+    end = np.zeros(n, np.float32)
+    end[np.asarray(episode_ends) - 1] = np.asarray(ends_episode, np.float32)
+    lo = np.minimum(s.min(axis=0), np.asarray(next_states).min(axis=0))
+    hi = np.maximum(s.max(axis=0), np.asarray(next_states).max(axis=0))
+    width = hi - lo
+    r_width = float(r.max() - r.min())
+    model = DynamicsModel(
+        spec=spec,
+        net=nn.Identity(),
+        state_center=s.mean(axis=0),
+        # The standard deviation, but at least a tenth of the range: a rarely set flag (sd 0.01) would otherwise
+        # enter at 100 once a rollout wanders, where the network's extrapolation is arbitrary.
+        state_scale=np.maximum(s.std(axis=0), width / 10.0) + 1e-6,
+        delta_mean=delta.mean(axis=0),
+        delta_std=delta.std(axis=0) + 1e-6,
+        reward_mean=float(r.mean()),
+        reward_std=float(r.std()) or 1.0,
+        low=lo - cfg.margin * width,
+        high=hi + cfg.margin * width,
+        reward_low=float(r.min()) - cfg.margin * r_width,
+        reward_high=float(r.max()) + cfg.margin * r_width,
+        final_loss=float("nan"),
+    )
+    x = model._inputs(s, actions)
+    y_delta = torch.from_numpy(((delta - model.delta_mean) / model.delta_std).astype(np.float32))
+    y_reward = torch.from_numpy(((r - model.reward_mean) / model.reward_std).astype(np.float32))
+    y_end = torch.from_numpy(end)
+    dim = s.shape[1]
+    torch_gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    # Weight initialisation draws from torch's default generator; fork it so the caller's state is untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(rng.integers(2**31)))
+        net = _mlp(x.shape[1], cfg.hidden, 2 * dim + 2)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
+    loss_value = float("nan")
+    for _ in range(cfg.steps):
+        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=torch_gen)
+        out = net(x[idx])
+        mu, logvar = out[:, :dim], out[:, dim : 2 * dim].clamp(*_LOGVAR_RANGE)
+        nll = ((y_delta[idx] - mu).pow(2) * torch.exp(-logvar) + logvar).mean()
+        loss = (
+            nll
+            + (out[:, 2 * dim] - y_reward[idx]).pow(2).mean()
+            + nn.functional.binary_cross_entropy_with_logits(out[:, 2 * dim + 1], y_end[idx])
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_value = float(loss.detach())
+    if not np.isfinite(loss_value):
+        raise OPEError("the dynamics model diverged (non-finite loss); lower the model's learning_rate")
+    net.eval()
+    model.net = net
+    model.final_loss = loss_value
+    return model
+
+
+def model_values(
+    model: DynamicsModel,
+    policy: TargetPolicy,
+    start_states: np.ndarray,
+    horizons: np.ndarray,
+    *,
+    start_masks: np.ndarray | None = None,
+    gamma: float = 1.0,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """(E,) expected discounted return of ``policy`` from each start state over its horizon, in the model."""
+    states = np.asarray(start_states, np.float64)
+    horizons = np.asarray(horizons, np.int64)
+    values = np.zeros(len(states))
+    alive = np.ones(len(states))  # probability the episode has not ended before this step
+    masks = None if start_masks is None else np.asarray(start_masks, np.bool_).copy()
+    track = model.spec.once_per_episode and masks is not None
+    for t in range(int(horizons.max(initial=0))):
+        running = t < horizons
+        actions, _ = policy.sample(states.astype(np.float32), masks, rng)
+        next_states, reward, p_end = model.step(states, actions, rng)
+        values += np.where(running, gamma**t * alive * reward, 0.0)
+        alive *= 1.0 - p_end
+        states = next_states
+        if track:
+            assert masks is not None
+            masks[np.arange(len(masks)), np.asarray(actions).reshape(len(masks), -1)[:, 0].astype(np.int64)] = False
+            masks[~masks.any(axis=1)] = True  # every action used: nothing left to forbid
+        else:
+            masks = None
+    return values

@@ -1,0 +1,248 @@
+"""The model-based estimator: fitted once per task, rolled out per policy, within the logs' rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from decision_core.ope import (
+    ModelConfig,
+    OPEError,
+    OPETask,
+    TargetPolicy,
+    UniformPolicy,
+    _rollout_horizons,
+    evaluate_policy,
+    fit_task_model,
+    goal_task,
+    reward_task,
+)
+from decision_core.ope.model import model_values
+from decision_core.schema import BoxActions, DiscreteActions, DomainSpec, Feature, OutcomeFeature
+from decision_core.store import DomainArrays
+
+LINE = DomainSpec(
+    name="line",
+    version="1",
+    state=(Feature("x"),),
+    outcomes=(OutcomeFeature("x", tolerance=0.1),),
+    actions=BoxActions(names=("push",), low=(-1.0,), high=(1.0,)),
+    reward="logged",
+)
+STEPS, NOISE = 10, 0.1
+
+
+def line_step(x: np.ndarray, a: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """x' = x + a + noise; the reward is -|x'| (stay near 0)."""
+    nx = x + np.clip(a, -1.0, 1.0) + rng.normal(0.0, NOISE, x.shape)
+    return nx, -np.abs(nx)
+
+
+def line_logs(episodes: int, rng: np.random.Generator) -> DomainArrays:
+    """Uniformly random pushes from x0 ~ U(-2, 2); every episode stops after STEPS steps (a time limit)."""
+    x = rng.uniform(-2.0, 2.0, episodes)
+    states, actions, rewards, nexts = [], [], [], []
+    for _ in range(STEPS):
+        a = rng.uniform(-1.0, 1.0, episodes)
+        nx, r = line_step(x, a, rng)
+        states.append(x), actions.append(a), rewards.append(r), nexts.append(nx)
+        x = nx
+
+    def flat(cols: list[np.ndarray]) -> np.ndarray:
+        return np.stack(cols, axis=1).reshape(-1).astype(np.float32)
+
+    n = episodes * STEPS
+    truncated = np.zeros((episodes, STEPS), np.bool_)
+    truncated[:, -1] = True
+    ends = np.arange(1, episodes + 1, dtype=np.int64) * STEPS
+    return DomainArrays(
+        spec=LINE,
+        states=flat(states)[:, None],
+        actions=flat(actions)[:, None],
+        next_states=flat(nexts)[:, None],
+        rewards=flat(rewards),
+        propensities=np.full(n, 0.5, np.float32),
+        terminated=np.zeros(n, np.bool_),
+        truncated=truncated.reshape(-1),
+        action_masks=None,
+        episode_starts=ends - STEPS,
+        episode_ends=ends,
+    )
+
+
+class Gain(TargetPolicy):
+    """The deterministic push ``a = -gain * x``: it has no density, so importance sampling cannot judge it."""
+
+    def __init__(self, gain: float) -> None:
+        self.spec, self.gain, self.name = LINE, gain, f"gain {gain:g}"
+
+    def sample(
+        self, states: np.ndarray, action_mask: np.ndarray | None, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return np.clip(-self.gain * states[:, :1], -1.0, 1.0).astype(np.float32), np.ones(len(states), np.float32)
+
+    def log_prob(self, states: np.ndarray, actions: np.ndarray, action_mask: np.ndarray | None = None) -> np.ndarray:
+        raise OPEError("deterministic")
+
+    @property
+    def stochastic(self) -> bool:
+        return False
+
+
+def line_truth(gain: float, rng: np.random.Generator, episodes: int = 20000) -> float:
+    x = rng.uniform(-2.0, 2.0, episodes)
+    total = np.zeros(episodes)
+    for _ in range(STEPS):
+        x, r = line_step(x, np.clip(-gain * x, -1.0, 1.0), rng)
+        total += r
+    return float(total.mean())
+
+
+FAST = ModelConfig(hidden=(64, 64), steps=2000, learning_rate=3e-3)
+
+
+def test_the_model_ranks_deterministic_continuous_policies_that_importance_sampling_cannot_judge() -> None:
+    logs = line_logs(600, np.random.default_rng(0))
+    task = reward_task(logs)
+    dynamics = fit_task_model(logs, task, config=FAST, rng=np.random.default_rng(1))
+    gains = [-0.5, 0.0, 0.3, 1.0]  # pushing away from 0, idle, a weak and the best pull back
+    truths = [line_truth(g, np.random.default_rng(2)) for g in gains]
+    assert truths == sorted(truths)
+    with pytest.raises(OPEError, match="'fqe' and 'mb'"):
+        evaluate_policy(logs, Gain(1.0), rng=np.random.default_rng(0), estimators=["snips", "mb"], task=task)
+    estimates = []
+    for g, truth in zip(gains, truths, strict=True):
+        report = evaluate_policy(
+            logs, Gain(g), rng=np.random.default_rng(3), estimators=["mb"], task=task, dynamics=dynamics
+        )
+        e = report.estimates["mb"]
+        assert e.ess == logs.n_episodes
+        assert e.ci_low <= e.value <= e.ci_high
+        assert abs(e.value - truth) < 0.15 * abs(truth), (g, e.value, truth)
+        estimates.append(e.value)
+    assert estimates == sorted(estimates)
+
+
+def test_fitting_is_seeded_and_leaves_the_global_torch_generator_alone() -> None:
+    logs = line_logs(100, np.random.default_rng(0))
+    task = reward_task(logs)
+    cfg = ModelConfig(hidden=(16,), steps=50)
+    before = torch.random.get_rng_state()
+    a = fit_task_model(logs, task, config=cfg, rng=np.random.default_rng(5))
+    b = fit_task_model(logs, task, config=cfg, rng=np.random.default_rng(5))
+    assert torch.equal(before, torch.random.get_rng_state())
+    for pa, pb in zip(a.net.parameters(), b.net.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    starts = logs.states[logs.episode_starts]
+    horizons = np.full(len(starts), STEPS)
+    va = model_values(a, Gain(1.0), starts, horizons, rng=np.random.default_rng(9))
+    vb = model_values(b, Gain(1.0), starts, horizons, rng=np.random.default_rng(9))
+    np.testing.assert_array_equal(va, vb)
+
+
+ITEMS = DomainSpec(
+    name="items",
+    version="1",
+    state=(Feature("shown"),),
+    outcomes=(OutcomeFeature("shown", tolerance=0.5),),
+    actions=DiscreteActions(labels=tuple(f"item{i}" for i in range(6)), once_per_episode=True),
+    reward="logged",
+)
+
+
+class Recording(TargetPolicy):
+    """Uniform over the available items; remembers the masks and choices of every call."""
+
+    def __init__(self) -> None:
+        self.spec, self.name = ITEMS, "recording"
+        self.masks: list[np.ndarray | None] = []
+        self.actions: list[np.ndarray] = []
+
+    def probs(self, states: np.ndarray, action_mask: np.ndarray | None = None) -> np.ndarray:
+        return UniformPolicy(ITEMS).probs(states, action_mask)
+
+    def sample(
+        self, states: np.ndarray, action_mask: np.ndarray | None, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        actions, p = super().sample(states, action_mask, rng)
+        self.masks.append(None if action_mask is None else action_mask.copy())
+        self.actions.append(actions)
+        return actions, p
+
+
+def test_once_per_episode_rollouts_start_from_the_logged_mask_and_never_repeat_an_item() -> None:
+    rng = np.random.default_rng(0)
+    episodes, length = 40, 4
+    actions = np.stack([rng.permutation(6)[:length] for _ in range(episodes)]).reshape(-1)
+    shown = np.tile(np.arange(length, dtype=np.float32), episodes)
+    n = episodes * length
+    ends = np.arange(1, episodes + 1, dtype=np.int64) * length
+    logs = DomainArrays(
+        spec=ITEMS,
+        states=shown[:, None],
+        actions=actions.astype(np.float32)[:, None],
+        next_states=(shown + 1)[:, None],
+        rewards=(actions < 2).astype(np.float32),
+        propensities=np.full(n, 0.2, np.float32),
+        terminated=np.zeros(n, np.bool_),
+        truncated=np.zeros(n, np.bool_),
+        action_masks=None,
+        episode_starts=ends - length,
+        episode_ends=ends,
+    ).with_derived_masks()
+    # Start the evaluated episodes one step in, where the logged mask already excludes the first item shown.
+    later = np.concatenate([np.arange(s + 1, e) for s, e in zip(logs.episode_starts, logs.episode_ends, strict=True)])
+    task_ends = np.cumsum(np.full(episodes, length - 1))
+    task = OPETask("reward: logged", later, logs.rewards[later].astype(np.float64), task_ends - (length - 1), task_ends)
+    policy = Recording()
+    evaluate_policy(
+        logs, policy, rng=np.random.default_rng(1), estimators=["mb"], task=task, model=ModelConfig((8,), steps=20)
+    )
+    assert policy.masks[0] is not None
+    np.testing.assert_array_equal(policy.masks[0], logs.action_masks[later[task.episode_starts]])
+    used = ~policy.masks[0]
+    for mask, chosen in zip(policy.masks[1:], policy.actions[:-1], strict=True):
+        used[np.arange(episodes), chosen] = True
+        assert mask is not None
+        np.testing.assert_array_equal(mask, ~used)
+
+
+def test_rollouts_run_to_the_logged_length_where_the_logs_stop_and_to_the_longest_where_episodes_ended() -> None:
+    # Episode 0 terminates after 2 steps, episode 1 stops after 3 (no flag), episode 2 is truncated after 5.
+    lengths = np.array([2, 3, 5])
+    ends = np.cumsum(lengths)
+    n = int(ends[-1])
+    terminated = np.zeros(n, np.bool_)
+    terminated[ends[0] - 1] = True
+    truncated = np.zeros(n, np.bool_)
+    truncated[ends[2] - 1] = True
+    x = np.concatenate([np.arange(k, dtype=np.float32) for k in lengths])
+    logs = DomainArrays(
+        spec=ITEMS,
+        states=x[:, None],
+        actions=np.zeros((n, 1), np.float32),
+        next_states=(x + 1)[:, None],
+        rewards=np.zeros(n, np.float32),
+        propensities=np.full(n, 0.5, np.float32),
+        terminated=terminated,
+        truncated=truncated,
+        action_masks=None,
+        episode_starts=ends - lengths,
+        episode_ends=ends,
+    )
+    task = reward_task(logs)
+    np.testing.assert_array_equal(_rollout_horizons(logs, task.episode_starts, task.episode_ends, task.rows), [5, 3, 5])
+    # A goal task (shown reaches 2) cuts episodes 1 and 2 after their second step: those cuts are ends.
+    cut = goal_task(logs, np.array([2.0], np.float32), np.array([True]))
+    np.testing.assert_array_equal(_rollout_horizons(logs, cut.episode_starts, cut.episode_ends, cut.rows), [5, 5, 5])
+    assert list(cut.episode_ends - cut.episode_starts) == [2, 2, 2]
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="steps"):
+        ModelConfig(steps=0)
+    with pytest.raises(ValueError, match="margin"):
+        ModelConfig(margin=-1.0)
+    with pytest.raises(ValueError, match="hidden"):
+        ModelConfig(hidden=())
