@@ -12,7 +12,7 @@ A policy's value is then the mean over the logged episodes' first states of its 
 runs for the episode's logged length when the logs truncated it, else for the longest logged horizon, and every
 step's reward is weighted by the probability of not having ended before it (no sampled termination, so no extra
 variance). Rolled-out states, and predicted rewards, are kept within the logged range widened by ``margin`` of
-its width on each side; the network sees states scaled by at least a tenth of that range, so a rarely set flag
+its width on each side; the network sees states scaled by at least a 30th of that range, so a rarely set flag
 cannot enter far out.
 
 Unlike FQE, the model does not depend on the evaluated policy: :func:`fit_model` runs once per task and
@@ -164,9 +164,9 @@ def fit_model(
         spec=spec,
         net=nn.Identity(),
         state_center=s.mean(axis=0),
-        # The standard deviation, but at least a tenth of the range: a rarely set flag (sd 0.01) would otherwise
-        # enter at 100 once a rollout wanders, where the network's extrapolation is arbitrary.
-        state_scale=np.maximum(s.std(axis=0), width / 10.0) + 1e-6,
+        # The standard deviation, but at least a 30th of the range: a flag set in fewer than 1 in 1000 rows would
+        # otherwise enter at 30 or more once a rollout wanders, where the network's extrapolation is arbitrary.
+        state_scale=np.maximum(s.std(axis=0), width / 30.0) + 1e-6,
         delta_mean=delta.mean(axis=0),
         delta_std=delta.std(axis=0) + 1e-6,
         reward_mean=float(r.mean()),

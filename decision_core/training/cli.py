@@ -96,7 +96,7 @@ def ope_cmd(
     estimators: Annotated[
         list[str] | None,
         typer.Option(
-            "--estimator", help="Estimator(s): ips, snips, pdwis, dr, wdr, fqe (default: all the data supports)."
+            "--estimator", help="Estimator(s): ips, snips, pdwis, dr, wdr, fqe, mb (default: all the data supports)."
         ),
     ] = None,
     task: Annotated[str | None, typer.Option("--task", help="Reward task: expression or 'logged'.")] = None,
