@@ -109,7 +109,7 @@ class DynamicsModel:
         next_states = np.asarray(states, np.float64) + delta * self.delta_std + self.delta_mean
         next_states = np.clip(next_states, self.low, self.high)
         reward = np.clip(out[:, 2 * s] * self.reward_std + self.reward_mean, self.reward_low, self.reward_high)
-        p_end = 1.0 / (1.0 + np.exp(-out[:, 2 * s + 1]))
+        p_end = 1.0 / (1.0 + np.exp(-np.clip(out[:, 2 * s + 1], -50.0, 50.0)))
         return next_states, reward, p_end
 
 
