@@ -12,7 +12,7 @@ which is exactly the success rate the simulator evaluation measures.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,6 +184,7 @@ def evaluate_policy(
     max_episodes: int | None = None,
     fqe_refits: int = 0,
     model: ModelConfig | None = None,
+    model_refits: int = 0,
     dynamics: DynamicsModel | None = None,
 ) -> OPEReport:
     """Estimate ``policy``'s value on ``task`` (default: the reward task) from the logged ``arrays``.
@@ -198,7 +199,8 @@ def evaluate_policy(
 
     ``mb`` fits a dynamics model of the task (``model`` configures it) unless ``dynamics`` passes one fitted by
     :func:`fit_task_model` on the same arrays and task: the model does not depend on the policy, so one fit serves
-    every policy evaluated on that task. Like ``fqe``'s default, its interval resamples episodes under one model.
+    every policy evaluated on that task. Like ``fqe``'s default, its interval resamples episodes under one model;
+    ``model_refits > 0`` takes it from that many models refitted on bootstrap resamples instead.
     """
     if estimators is None:
         names, skipped = supported_estimators(arrays, policy)
@@ -262,9 +264,43 @@ def evaluate_policy(
         )
     results = {name: estimate(name, inputs, rng=rng, n_bootstrap=n_bootstrap, confidence=confidence) for name in names}
     if "fqe" in results and fqe_refits > 0:
-        results["fqe"] = _refit_interval(
-            results["fqe"], arrays, policy, rows, rewards, starts, ends, _with_gamma(fqe, gamma), fqe_refits, rng
-        )
+
+        def fqe_value(local: np.ndarray, new_starts: np.ndarray, new_ends: np.ndarray) -> float:
+            r = rows[local]
+            fitted = fit_fqe(
+                arrays.spec,
+                arrays.states[r],
+                arrays.actions[r],
+                rewards[local],
+                arrays.next_states[r],
+                new_starts,
+                new_ends,
+                policy,
+                action_masks=None if arrays.action_masks is None else arrays.action_masks[r],
+                config=_with_gamma(fqe, gamma),
+                rng=rng,
+            )
+            return float(np.mean(fitted.v0))
+
+        results["fqe"] = _refit_interval(results["fqe"], starts, ends, fqe_refits, fqe_value, rng)
+    if "mb" in results and model_refits > 0:
+
+        def mb_value(local: np.ndarray, new_starts: np.ndarray, new_ends: np.ndarray) -> float:
+            r = rows[local]
+            resampled = OPETask(task.description, r, rewards[local], new_starts, new_ends)
+            refit = fit_task_model(arrays, resampled, config=model, rng=rng)
+            values = model_values(
+                refit,
+                policy,
+                arrays.states[r[new_starts]],
+                _rollout_horizons(arrays, new_starts, new_ends, r),
+                start_masks=None if arrays.action_masks is None else arrays.action_masks[r[new_starts]],
+                gamma=gamma,
+                rng=rng,
+            )
+            return float(np.mean(values))
+
+        results["mb"] = _refit_interval(results["mb"], starts, ends, model_refits, mb_value, rng)
     return OPEReport(
         policy=policy.name,
         task=task.description,
@@ -279,42 +315,28 @@ def evaluate_policy(
 
 def _refit_interval(
     point: Estimate,
-    arrays: Any,
-    policy: TargetPolicy,
-    rows: np.ndarray,
-    rewards: np.ndarray,
     starts: np.ndarray,
     ends: np.ndarray,
-    config: FQEConfig,
     refits: int,
+    value_of: Callable[[np.ndarray, np.ndarray, np.ndarray], float],
     rng: np.random.Generator,
 ) -> Estimate:
-    """FQE's interval from models refitted on bootstrap resamples of the episodes."""
+    """A model-based estimator's interval from models refitted on bootstrap resamples of the episodes.
+
+    ``value_of(local, starts, ends)`` refits on the steps ``local`` (indices into the evaluated steps, episodes
+    back to back with the given boundaries) and returns the refitted model's estimate.
+    """
     replicates = []
     for _ in range(refits):
         chosen = rng.integers(0, len(starts), size=len(starts))
         lengths = (ends - starts)[chosen]
         local = np.concatenate([np.arange(starts[e], ends[e]) for e in chosen])
         new_ends = np.cumsum(lengths)
-        r = rows[local]
-        fitted = fit_fqe(
-            arrays.spec,
-            arrays.states[r],
-            arrays.actions[r],
-            rewards[local],
-            arrays.next_states[r],
-            new_ends - lengths,
-            new_ends,
-            policy,
-            action_masks=None if arrays.action_masks is None else arrays.action_masks[r],
-            config=config,
-            rng=rng,
-        )
-        replicates.append(float(np.mean(fitted.v0)))
+        replicates.append(value_of(local, new_ends - lengths, new_ends))
     alpha = (1.0 - point.confidence) / 2.0
     low, high = np.quantile(np.asarray(replicates + [point.value]), [alpha, 1.0 - alpha])
     return Estimate(
-        estimator="fqe",
+        estimator=point.estimator,
         value=point.value,
         ci_low=float(min(low, point.value)),
         ci_high=float(max(high, point.value)),

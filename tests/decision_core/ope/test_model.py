@@ -246,3 +246,16 @@ def test_bad_settings_are_refused() -> None:
         ModelConfig(margin=-1.0)
     with pytest.raises(ValueError, match="hidden"):
         ModelConfig(hidden=())
+
+
+def test_refits_give_an_interval_that_reflects_the_model_uncertainty() -> None:
+    logs = line_logs(60, np.random.default_rng(3))
+    cfg = ModelConfig(hidden=(16,), steps=150)
+    one = evaluate_policy(logs, Gain(1.0), rng=np.random.default_rng(0), estimators=["mb"], model=cfg)
+    refit = evaluate_policy(
+        logs, Gain(1.0), rng=np.random.default_rng(0), estimators=["mb"], model=cfg, model_refits=4
+    ).estimates["mb"]
+    e = one.estimates["mb"]
+    assert refit.value == e.value  # the same point estimate; only the interval changes
+    assert refit.ci_low <= refit.value <= refit.ci_high
+    assert refit.ci_high - refit.ci_low > e.ci_high - e.ci_low
