@@ -197,7 +197,8 @@ def evaluate_policy(
     ignores the model's own uncertainty; ``fqe_refits > 0`` refits the model that many times on bootstrap
     resamples of the episodes and takes the interval from those refits (slower, honest).
 
-    ``mb`` fits a dynamics model of the task (``model`` configures it) unless ``dynamics`` passes one fitted by
+    ``mb`` fits a dynamics model on all of the task's steps (``model`` configures it; also when ``max_episodes``
+    evaluates a subset) unless ``dynamics`` passes one fitted by
     :func:`fit_task_model` on the same arrays and task: the model does not depend on the policy, so one fit serves
     every policy evaluated on that task. Like ``fqe``'s default, its interval resamples episodes under one model;
     ``model_refits > 0`` takes it from that many models refitted on bootstrap resamples instead.
@@ -257,6 +258,12 @@ def evaluate_policy(
     if any(e in NEEDS_DYNAMICS for e in names):
         if dynamics is None:
             dynamics = fit_task_model(arrays, task, config=model, rng=rng)
+        elif dynamics.spec != arrays.spec:
+            raise OPEError(
+                f"the dynamics model was fitted on domain '{dynamics.spec.name}' (version {dynamics.spec.version}), "
+                f"not on these logs' '{arrays.spec.name}' (version {arrays.spec.version}); fit it with "
+                f"fit_task_model on the same arrays and task"
+            )
         start_masks = None if masks is None else masks[starts]
         horizons = _rollout_horizons(arrays, starts, ends, rows)
         inputs.model_v0 = model_values(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -259,3 +261,13 @@ def test_refits_give_an_interval_that_reflects_the_model_uncertainty() -> None:
     assert refit.value == e.value  # the same point estimate; only the interval changes
     assert refit.ci_low <= refit.value <= refit.ci_high
     assert refit.ci_high - refit.ci_low > e.ci_high - e.ci_low
+
+
+def test_a_model_fitted_on_another_domain_is_refused() -> None:
+    logs = line_logs(20, np.random.default_rng(0))
+    fitted = fit_task_model(
+        logs, reward_task(logs), config=ModelConfig(hidden=(8,), steps=5), rng=np.random.default_rng(0)
+    )
+    other = dataclasses.replace(logs, spec=dataclasses.replace(LINE, name="other"))
+    with pytest.raises(OPEError, match="fitted on domain 'line'.*fit_task_model"):
+        evaluate_policy(other, Gain(1.0), rng=np.random.default_rng(0), estimators=["mb"], dynamics=fitted)
