@@ -1,6 +1,7 @@
 """Model-based OPE: learn the logs' dynamics once, then roll any target policy out in the learned model.
 
-One network, fitted on the logged transitions of a task, predicts from ``(s, a)``:
+An ensemble of networks (``members``, 5 by default), each fitted on its own batches of the logged transitions
+of a task, predicts from ``(s, a)``:
 
 - the change of state ``s' - s`` as a diagonal Gaussian (mean and log-variance, per normalised feature), so
   rollouts keep the randomness of the world (demand, user behaviour) that a mean model would average away;
@@ -8,8 +9,12 @@ One network, fitted on the logged transitions of a task, predicts from ``(s, a)`
 - the probability that the episode ends there (a logged termination, or the task's own end such as reaching a
   goal; an episode that stops at a time limit is not an end).
 
-A policy's value is then the mean over the logged episodes' first states of its simulated return: each rollout
-runs for the episode's logged length when the logs truncated it, else for the longest logged horizon, and every
+A policy's value is then the mean over the logged episodes' first states of its simulated return, each rollout
+run in one member picked at random for the whole of it (a member per step would add the members' disagreement to
+every trajectory as if it were the world's noise), so the value averages over the members where the logs leave
+the dynamics open. One network alone is not enough: three fits of one network from different seeds ranked
+inventory's benchmark policies at Spearman 0.86, 0.98 and 0.24; five members at 0.95, 1.00 and 0.98. Each rollout
+runs for the episode's logged length when the logs just stop, else for the longest logged horizon, and every
 step's reward is weighted by the probability of not having ended before it (no sampled termination, so no extra
 variance). Rolled-out states, and predicted rewards, are kept within the logged range widened by ``margin`` of
 its width on each side; the network sees states scaled by at least a 30th of that range, so a rarely set flag
@@ -29,11 +34,13 @@ predicted, so after the first step those domains treat every action as available
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
 from torch import nn
 
+from decision_core.algos.nets import EnsembleMLP
 from decision_core.ope.estimators import OPEError
 from decision_core.ope.policy import TargetPolicy
 from decision_core.schema import BoxActions, DomainSpec
@@ -48,6 +55,9 @@ class ModelConfig:
 
     #: Hidden layer widths of the dynamics network.
     hidden: tuple[int, ...] = (128, 128)
+    #: Independently initialised networks, each fitted on its own batches; each rollout runs in one of them, so
+    #: the value averages over their disagreement where the logs leave the dynamics open.
+    members: int = 5
     #: Gradient steps.
     steps: int = 6000
     batch_size: int = 256
@@ -56,23 +66,16 @@ class ModelConfig:
     margin: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"model steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if self.steps < 1 or self.batch_size < 1 or self.members < 1:
+            raise ValueError(
+                f"model steps, batch_size and members must be >= 1, got {self.steps}, {self.batch_size}, {self.members}"
+            )
         if self.learning_rate <= 0.0:
             raise ValueError(f"model learning_rate must be > 0, got {self.learning_rate}")
         if self.margin < 0.0:
             raise ValueError(f"model margin must be >= 0, got {self.margin}")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ValueError(f"model hidden widths must be positive, got {self.hidden}")
-
-
-def _mlp(inp: int, hidden: tuple[int, ...], out: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for h in hidden:
-        layers += [nn.Linear(inp, h), nn.ReLU()]
-        inp = h
-    layers.append(nn.Linear(inp, out))
-    return nn.Sequential(*layers)
 
 
 @dataclass
@@ -97,13 +100,21 @@ class DynamicsModel:
         x = (np.asarray(states, np.float64) - self.state_center) / self.state_scale
         return torch.from_numpy(np.concatenate([x, encode_actions(self.spec, actions)], axis=1).astype(np.float32))
 
+    @property
+    def members(self) -> int:
+        return int(cast(EnsembleMLP, self.net).n)
+
     def step(
-        self, states: np.ndarray, actions: np.ndarray, rng: np.random.Generator
+        self, states: np.ndarray, actions: np.ndarray, rng: np.random.Generator, member: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A sampled next state, the expected reward and the probability the episode ends, for each row."""
+        """A sampled next state, the expected reward and the probability the episode ends, for each row, from the
+        ensemble member ``member[i]`` of row ``i`` (default: one at random per row)."""
         s = len(self.state_center)
         with torch.no_grad():
-            out = self.net(self._inputs(states, actions)).numpy().astype(np.float64)
+            every = self.net(self._inputs(states, actions)).numpy().astype(np.float64)  # (members, B, 2S+2)
+        if member is None:
+            member = rng.integers(0, len(every), len(states))
+        out = every[member, np.arange(len(states))]
         mu, logvar = out[:, :s], np.clip(out[:, s : 2 * s], *_LOGVAR_RANGE)
         delta = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape)
         next_states = np.asarray(states, np.float64) + delta * self.delta_std + self.delta_mean
@@ -186,18 +197,18 @@ def fit_model(
     # Weight initialisation draws from torch's default generator; fork it so the caller's state is untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(rng.integers(2**31)))
-        net = _mlp(x.shape[1], cfg.hidden, 2 * dim + 2)
+        net = EnsembleMLP(cfg.members, x.shape[1], cfg.hidden, 2 * dim + 2)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
     loss_value = float("nan")
     for _ in range(cfg.steps):
-        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=torch_gen)
-        out = net(x[idx])
-        mu, logvar = out[:, :dim], out[:, dim : 2 * dim].clamp(*_LOGVAR_RANGE)
+        idx = torch.randint(0, n, (cfg.members, min(cfg.batch_size, n)), generator=torch_gen)
+        out = net(x[idx])  # (members, batch, 2S+2): each member its own batch
+        mu, logvar = out[..., :dim], out[..., dim : 2 * dim].clamp(*_LOGVAR_RANGE)
         nll = ((y_delta[idx] - mu).pow(2) * torch.exp(-logvar) + logvar).mean()
         loss = (
             nll
-            + (out[:, 2 * dim] - y_reward[idx]).pow(2).mean()
-            + nn.functional.binary_cross_entropy_with_logits(out[:, 2 * dim + 1], y_end[idx])
+            + (out[..., 2 * dim] - y_reward[idx]).pow(2).mean()
+            + nn.functional.binary_cross_entropy_with_logits(out[..., 2 * dim + 1], y_end[idx])
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -228,10 +239,11 @@ def model_values(
     alive = np.ones(len(states))  # probability the episode has not ended before this step
     masks = None if start_masks is None else np.asarray(start_masks, np.bool_).copy()
     track = model.spec.once_per_episode and masks is not None
+    member = rng.integers(0, model.members, len(states))  # one member per rollout, for the whole of it
     for t in range(int(horizons.max(initial=0))):
         running = t < horizons
         actions, _ = policy.sample(states.astype(np.float32), masks, rng)
-        next_states, reward, p_end = model.step(states, actions, rng)
+        next_states, reward, p_end = model.step(states, actions, rng, member)
         values += np.where(running, gamma**t * alive * reward, 0.0)
         alive *= 1.0 - p_end
         states = next_states
