@@ -34,7 +34,6 @@ predicted, so after the first step those domains treat every action as available
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
 import numpy as np
 import torch
@@ -83,7 +82,7 @@ class DynamicsModel:
     """A fitted model of one task's logged dynamics, reward and episode ends."""
 
     spec: DomainSpec
-    net: nn.Module
+    net: EnsembleMLP
     state_center: np.ndarray
     state_scale: np.ndarray
     delta_mean: np.ndarray
@@ -102,7 +101,7 @@ class DynamicsModel:
 
     @property
     def members(self) -> int:
-        return int(cast(EnsembleMLP, self.net).n)
+        return self.net.n
 
     def step(
         self, states: np.ndarray, actions: np.ndarray, rng: np.random.Generator, member: np.ndarray | None = None
@@ -171,9 +170,16 @@ def fit_model(
     hi = np.maximum(s.max(axis=0), np.asarray(next_states).max(axis=0))
     width = hi - lo
     r_width = float(r.max() - r.min())
+    dim = s.shape[1]
+    in_dim = dim + (spec.n_actions if spec.discrete else np.asarray(actions).reshape(n, -1).shape[1])
+    torch_gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    # Weight initialisation draws from torch's default generator; fork it so the caller's state is untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(rng.integers(2**31)))
+        net = EnsembleMLP(cfg.members, in_dim, cfg.hidden, 2 * dim + 2)
     model = DynamicsModel(
         spec=spec,
-        net=nn.Identity(),
+        net=net,
         state_center=s.mean(axis=0),
         # The standard deviation, but at least a 30th of the range: a flag set in fewer than 1 in 1000 rows would
         # otherwise enter at 30 or more once a rollout wanders, where the network's extrapolation is arbitrary.
@@ -192,12 +198,6 @@ def fit_model(
     y_delta = torch.from_numpy(((delta - model.delta_mean) / model.delta_std).astype(np.float32))
     y_reward = torch.from_numpy(((r - model.reward_mean) / model.reward_std).astype(np.float32))
     y_end = torch.from_numpy(end)
-    dim = s.shape[1]
-    torch_gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    # Weight initialisation draws from torch's default generator; fork it so the caller's state is untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(rng.integers(2**31)))
-        net = EnsembleMLP(cfg.members, x.shape[1], cfg.hidden, 2 * dim + 2)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
     loss_value = float("nan")
     for _ in range(cfg.steps):
@@ -217,7 +217,6 @@ def fit_model(
     if not np.isfinite(loss_value):
         raise OPEError("the dynamics model diverged (non-finite loss); lower the model's learning_rate")
     net.eval()
-    model.net = net
     model.final_loss = loss_value
     return model
 
