@@ -42,6 +42,7 @@ from .nets import (
     RewardScale,
     full_precision,
     masked_logits,
+    seeded,
     tilted_logits,
 )
 
@@ -247,10 +248,7 @@ class Agent(ABC):
         #: Per optimiser key, the ``DistributedDataParallel`` module that averages its parameters' gradients
         #: across processes (set by :func:`decision_core.training.distributed.data_parallel`; empty otherwise).
         self.data_parallel: dict[str, nn.Module] = {}
-        # Initialise from the seed without touching torch's global generator.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            self.nets = nn.ModuleDict(self.build_networks())
+        self.nets = seeded(self.seed, lambda: nn.ModuleDict(self.build_networks()))
         for key, module in self.nets.items():
             if key.startswith("target"):
                 module.requires_grad_(False)

@@ -12,10 +12,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +45,17 @@ def full_precision() -> Iterator[None]:
         yield
     finally:
         _FULL_PRECISION.reset(token)
+
+
+_Built = TypeVar("_Built")
+
+
+def seeded(seed: int, build: Callable[[], _Built]) -> _Built:
+    """``build()`` (networks whose initialisation draws from torch's default generator) with that generator seeded
+    by ``seed``, on a fork of it, so the caller's generator state is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
 
 
 def mixed_precision_forward(net: nn.Sequential, x: Tensor, dtype: torch.dtype | None) -> Tensor:

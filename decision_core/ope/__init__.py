@@ -264,6 +264,7 @@ def evaluate_policy(
                 f"not on these logs' '{arrays.spec.name}' (version {arrays.spec.version}); fit it with "
                 f"fit_task_model on the same arrays and task"
             )
+        model = dynamics.config  # refits (model_refits) use the settings of the model that was evaluated
         start_masks = None if masks is None else masks[starts]
         horizons = _rollout_horizons(arrays, starts, ends, rows)
         inputs.model_v0 = model_values(
@@ -368,7 +369,6 @@ def fit_task_model(
         arrays.actions[rows],
         task.rewards,
         arrays.next_states[rows],
-        task.episode_starts,
         ends,
         _ended(arrays, rows, ends),
         config=config,

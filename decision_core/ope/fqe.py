@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from decision_core.algos.nets import seeded
 from decision_core.ope.estimators import OPEError
 from decision_core.ope.policy import TargetPolicy
 from decision_core.schema import DomainSpec
@@ -72,10 +73,7 @@ def _mlp(inp: int, hidden: tuple[int, ...], out: int) -> nn.Sequential:
 
 
 def _seeded_mlp(seed: int, inp: int, hidden: tuple[int, ...], out: int) -> nn.Sequential:
-    # Weight initialisation draws from torch's default generator; fork it so the caller's state is untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return _mlp(inp, hidden, out)
+    return seeded(seed, lambda: _mlp(inp, hidden, out))
 
 
 def fit_fqe(

@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from decision_core.algos.nets import EnsembleMLP
+from decision_core.algos.nets import ActionScaler, EnsembleMLP, seeded
 from decision_core.ope.estimators import OPEError
 from decision_core.ope.policy import TargetPolicy
-from decision_core.schema import BoxActions, DomainSpec
+from decision_core.schema import DomainSpec
 
 #: Log-variance bounds of the predicted state change (in normalised units).
 _LOGVAR_RANGE = (-10.0, 4.0)
@@ -82,6 +82,7 @@ class DynamicsModel:
     """A fitted model of one task's logged dynamics, reward and episode ends."""
 
     spec: DomainSpec
+    config: ModelConfig
     net: EnsembleMLP
     state_center: np.ndarray
     state_scale: np.ndarray
@@ -93,7 +94,6 @@ class DynamicsModel:
     high: np.ndarray
     reward_low: float  # and predicted rewards to [reward_low, reward_high]
     reward_high: float
-    final_loss: float
 
     def _inputs(self, states: np.ndarray, actions: np.ndarray) -> torch.Tensor:
         x = (np.asarray(states, np.float64) - self.state_center) / self.state_scale
@@ -104,15 +104,13 @@ class DynamicsModel:
         return self.net.n
 
     def step(
-        self, states: np.ndarray, actions: np.ndarray, rng: np.random.Generator, member: np.ndarray | None = None
+        self, states: np.ndarray, actions: np.ndarray, member: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A sampled next state, the expected reward and the probability the episode ends, for each row, from the
-        ensemble member ``member[i]`` of row ``i`` (default: one at random per row)."""
+        ensemble member ``member[i]`` of row ``i``."""
         s = len(self.state_center)
         with torch.no_grad():
             every = self.net(self._inputs(states, actions)).numpy().astype(np.float64)  # (members, B, 2S+2)
-        if member is None:
-            member = rng.integers(0, len(every), len(states))
         out = every[member, np.arange(len(states))]
         mu, logvar = out[:, :s], np.clip(out[:, s : 2 * s], *_LOGVAR_RANGE)
         delta = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape)
@@ -124,7 +122,7 @@ class DynamicsModel:
 
 
 def encode_actions(spec: DomainSpec, actions: np.ndarray) -> np.ndarray:
-    """Discrete actions as one-hot rows; continuous ones rescaled from the Box to [-1, 1]."""
+    """Discrete actions as one-hot rows; continuous ones rescaled from the Box to [-1, 1] as the critics see them."""
     actions = np.asarray(actions)
     n = len(actions)
     if spec.discrete:
@@ -132,11 +130,8 @@ def encode_actions(spec: DomainSpec, actions: np.ndarray) -> np.ndarray:
         onehot = np.zeros((n, spec.n_actions), np.float32)
         onehot[np.arange(n), idx] = 1.0
         return onehot
-    box = spec.actions
-    assert isinstance(box, BoxActions)
-    low, high = np.asarray(box.low, np.float64), np.asarray(box.high, np.float64)
-    scaled = 2.0 * (actions.reshape(n, -1).astype(np.float64) - low) / np.maximum(high - low, 1e-12) - 1.0
-    return scaled.astype(np.float32)
+    unit = ActionScaler(spec).to_unit(torch.from_numpy(actions.reshape(n, -1).astype(np.float32)))
+    return unit.numpy()
 
 
 def fit_model(
@@ -145,7 +140,6 @@ def fit_model(
     actions: np.ndarray,
     rewards: np.ndarray,
     next_states: np.ndarray,
-    episode_starts: np.ndarray,
     episode_ends: np.ndarray,
     ends_episode: np.ndarray,
     *,
@@ -173,12 +167,10 @@ def fit_model(
     dim = s.shape[1]
     in_dim = dim + (spec.n_actions if spec.discrete else np.asarray(actions).reshape(n, -1).shape[1])
     torch_gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    # Weight initialisation draws from torch's default generator; fork it so the caller's state is untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(rng.integers(2**31)))
-        net = EnsembleMLP(cfg.members, in_dim, cfg.hidden, 2 * dim + 2)
+    net = seeded(int(rng.integers(2**31)), lambda: EnsembleMLP(cfg.members, in_dim, cfg.hidden, 2 * dim + 2))
     model = DynamicsModel(
         spec=spec,
+        config=cfg,
         net=net,
         state_center=s.mean(axis=0),
         # The standard deviation, but at least a 30th of the range: a flag set in fewer than 1 in 1000 rows would
@@ -192,7 +184,6 @@ def fit_model(
         high=hi + cfg.margin * width,
         reward_low=float(r.min()) - cfg.margin * r_width,
         reward_high=float(r.max()) + cfg.margin * r_width,
-        final_loss=float("nan"),
     )
     x = model._inputs(s, actions)
     y_delta = torch.from_numpy(((delta - model.delta_mean) / model.delta_std).astype(np.float32))
@@ -217,7 +208,6 @@ def fit_model(
     if not np.isfinite(loss_value):
         raise OPEError("the dynamics model diverged (non-finite loss); lower the model's learning_rate")
     net.eval()
-    model.final_loss = loss_value
     return model
 
 
@@ -242,7 +232,7 @@ def model_values(
     for t in range(int(horizons.max(initial=0))):
         running = t < horizons
         actions, _ = policy.sample(states.astype(np.float32), masks, rng)
-        next_states, reward, p_end = model.step(states, actions, rng, member)
+        next_states, reward, p_end = model.step(states, actions, member, rng)
         values += np.where(running, gamma**t * alive * reward, 0.0)
         alive *= 1.0 - p_end
         states = next_states

@@ -69,7 +69,7 @@ class TrainConfig:
     #: Gradient steps of the fitted Q model used by FQE and DR.
     fqe_steps: int = 2000
     #: Gradient steps of the dynamics model used by the model-based estimator (mb): one fit per task (per goal
-    #: for goal-conditioned agents), about 12 s for 3000 steps on 100k steps of logs with 2 cores.
+    #: for goal-conditioned agents), about 12 s for 3000 steps on 100k steps of logs on one thread.
     model_steps: int = 3000
     #: Exploration of the evaluated (served) policy: epsilon-greedy and/or softmax temperature; both off = greedy.
     ope_epsilon: float = 0.0

@@ -274,3 +274,21 @@ def test_a_model_fitted_on_another_domain_is_refused() -> None:
     other = dataclasses.replace(logs, spec=dataclasses.replace(LINE, name="other"))
     with pytest.raises(OPEError, match="fitted on domain 'line'.*fit_task_model"):
         evaluate_policy(other, Gain(1.0), rng=np.random.default_rng(0), estimators=["mb"], dynamics=fitted)
+
+
+def test_refits_use_the_settings_of_the_model_that_was_passed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import decision_core.ope as ope
+
+    logs = line_logs(40, np.random.default_rng(3))
+    small = ModelConfig(hidden=(8,), members=2, steps=30)
+    fitted = fit_task_model(logs, reward_task(logs), config=small, rng=np.random.default_rng(0))
+    used: list[ModelConfig | None] = []
+    real = ope.fit_task_model
+
+    def recording(*args: object, config: ModelConfig | None = None, **kwargs: object) -> object:
+        used.append(config)
+        return real(*args, config=config, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ope, "fit_task_model", recording)
+    evaluate_policy(logs, Gain(1.0), rng=np.random.default_rng(0), estimators=["mb"], dynamics=fitted, model_refits=2)
+    assert used == [small, small]  # not the default settings: the evaluated model's own
