@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-GOAL_ALGOS = ("gcbc", "gciql", "crl", "hiql")
+GOAL_ALGOS = ("gcbc", "gciql", "crl", "hiql", "qrl")
 REWARD_ALGOS = ("iql", "cql", "bc")
 
 

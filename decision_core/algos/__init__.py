@@ -1,6 +1,6 @@
 """Offline RL algorithms behind one agent contract (see ``decision_core.algos.base``).
 
-Goal-conditioned: ``gcbc``, ``gciql``, ``crl``, ``hiql``. Reward task: ``iql``, ``cql``, and ``bc`` (behaviour
+Goal-conditioned: ``gcbc``, ``gciql``, ``crl``, ``hiql``, ``qrl``. Reward task: ``iql``, ``cql``, and ``bc`` (behaviour
 cloning, the non-goal baseline). Third parties register agents under the entry-point group
 ``decision_core.algorithms`` (value: ``"package.module:AgentClass"``).
 """
@@ -54,6 +54,7 @@ ALGORITHMS.register("gcbc", "decision_core.algos.gcbc:GCBCAgent")
 ALGORITHMS.register("gciql", "decision_core.algos.gciql:GCIQLAgent")
 ALGORITHMS.register("crl", "decision_core.algos.crl:CRLAgent")
 ALGORITHMS.register("hiql", "decision_core.algos.hiql:HIQLAgent")
+ALGORITHMS.register("qrl", "decision_core.algos.qrl:QRLAgent")
 ALGORITHMS.register("iql", "decision_core.algos.iql:IQLAgent")
 ALGORITHMS.register("cql", "decision_core.algos.cql:CQLAgent")
 
