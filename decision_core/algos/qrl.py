@@ -27,7 +27,7 @@ head); Box actions (or ``extraction="awr"``) fit the actor by advantage-weighted
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -192,7 +192,7 @@ class QRLAgent(AdvantageExtractionAgent):
         """One Adam over every network; the multiplier in a parameter group of its own rate."""
         multiplier = list(self.nets["multiplier"].parameters())
         rest = [p for k, m in self.nets.items() if k != "multiplier" for p in m.parameters() if p.requires_grad]
-        groups = [{"params": rest}, {"params": multiplier, "lr": self.config.multiplier_lr}]
+        groups: list[dict[str, Any]] = [{"params": rest}, {"params": multiplier, "lr": self.config.multiplier_lr}]
         return {"all": torch.optim.Adam(groups, lr=self.config.lr, fused=True)}
 
     def policy(self, states: Tensor, goals: Tensor | None, goal_masks: Tensor | None) -> PolicyOutput:
