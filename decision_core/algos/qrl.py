@@ -38,13 +38,18 @@ from decision_core.algos.nets import EXTRACTIONS, MLP, Critic, PolicyNet, Policy
 from decision_core.data.dataset import Batch
 from decision_core.data.goals import GoalSamplerConfig
 
+#: The latent distances QRL can use (``QRLConfig.quasimetric``).
+QUASIMETRICS = ("iqe", "mrn")
+
 
 @dataclass(frozen=True)
 class QRLConfig(GoalConditionedConfig):
     #: Width of the latent space the state and goal encoders map into.
     latent_dim: int = 256
-    #: The latent distance: "iqe" (interval quasimetric embedding: sharper, a sort per distance) or "mrn" (metric
-    #: residual network: a Euclidean half plus an asymmetric max; about 10x cheaper on a CPU).
+    #: The latent distance: "mrn" (metric residual network: a Euclidean half plus an asymmetric max) or "iqe"
+    #: (interval quasimetric embedding, a sort per distance: 9.6 ms forward and backward against MRN's 0.83 at batch
+    #: 256 and width 256 on one CPU thread; goal success, one seed, 30 CPU-s, IQE at width 64 against MRN at 256:
+    #: inventory 65.0% vs 70.6%, dialogue 70.9% vs 65.3%).
     quasimetric: str = "mrn"
     #: IQE components: the latent is split into this many groups, each an interval-union distance; the distance
     #: is a learned mix of their maximum and mean.
@@ -151,9 +156,6 @@ class MetricResidual(nn.Module):
         sym = (x[..., :half] - y[..., :half]).pow(2).sum(-1).add(1e-8).sqrt()
         asym = F.relu(y[..., half:] - x[..., half:]).max(-1).values
         return sym + asym
-
-
-QUASIMETRICS = ("iqe", "mrn")
 
 
 class _Multiplier(nn.Module):
