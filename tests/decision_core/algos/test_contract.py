@@ -33,15 +33,6 @@ def _algorithm(name: str) -> type[Agent]:
     return ALGORITHMS.get(name)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny networks: extra intra-op threads only add synchronisation on a shared machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", params=["discrete", "continuous"])
 def data(request: pytest.FixtureRequest) -> tuple[OfflineDataset, object]:
     discrete = request.param == "discrete"

@@ -34,15 +34,6 @@ FAST_CONTINUOUS: dict[str, Any] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small networks train fastest on one thread; more only contend on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _train(arrays: DomainArrays, config: dict[str, Any], updates: int, seed: int = 0) -> CQLAgent:
     cfg = CQLConfig.from_dict({**config, "reward": TO_FAR_CORNER})
     dataset = OfflineDataset(arrays, rewards=rewards_for(arrays, cfg.reward))

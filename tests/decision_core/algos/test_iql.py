@@ -25,15 +25,6 @@ TO_ORIGIN = "-(abs(next.x) + abs(next.y)) / 8"
 FAST = {"batch_size": 128, "hidden_dims": [64, 64], "discount": 0.9, "lr": 1e-3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small networks train fastest on one thread; more only contend on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _train(discrete: bool, reward: str, updates: int, seed: int = 0) -> tuple[IQLAgent, OfflineDataset]:
     arrays = grid_arrays(64, 16, size=SIZE, discrete=discrete, masked=discrete, seed=seed)
     agent = create_agent("iql", arrays.spec, config={**FAST, "reward": reward}, seed=seed)

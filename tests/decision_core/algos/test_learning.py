@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from decision_core.algos import create_agent
 from decision_core.data import OfflineDataset
 from decision_core.data.synthetic import grid_arrays, grid_goal_success
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Small networks: extra intra-op threads only add synchronisation on a shared machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _random_policy(discrete: bool):

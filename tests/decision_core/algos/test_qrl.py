@@ -14,14 +14,6 @@ from decision_core.data import OfflineDataset
 from decision_core.data.synthetic import grid_arrays, grid_goal_success
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("metric", [IntervalQuasimetric(4), MetricResidual()], ids=["iqe", "mrn"])
 def test_distances_are_quasimetrics(metric: torch.nn.Module) -> None:
     gen = torch.Generator().manual_seed(0)
