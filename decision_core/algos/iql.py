@@ -32,7 +32,6 @@ from decision_core.algos.nets import (
     EXTRACTIONS,
     MLP,
     Critic,
-    EnsembleMLP,
     PolicyNet,
     PolicyOutput,
     RewardScale,
@@ -72,10 +71,6 @@ class IQLConfig(AgentConfig):
     tau: float = 0.005
     #: Critics in the ensemble; the value regresses to their minimum.
     n_critics: int = 2
-    #: Independent value estimates, each ``n_critics`` critics and a value network of its own, initialised apart and
-    #: trained on the same batches in one batched network; the policy tilts by their mean. Averaging them removes
-    #: part of each estimate's error in ranking rarely taken actions, at ``members`` times the critic's compute.
-    members: int = 1
     #: LayerNorm in the critic and value networks (stabilises bootstrapped targets).
     layer_norm: bool = True
     #: Discrete actions: the critic's per-action outputs are one head shared by all actions plus a residual per
@@ -95,7 +90,6 @@ class IQLConfig(AgentConfig):
         self.require(self.max_weight > 0.0, "max_weight", "must be > 0")
         self.require(0.0 < self.tau <= 1.0, "tau", "must be in (0, 1]")
         self.require(self.n_critics >= 1, "n_critics", "must be >= 1")
-        self.require(self.members >= 1, "members", "must be >= 1")
         self.require(self.reward is None or bool(str(self.reward).strip()), "reward", "must not be empty")
         self.require(self.reward_scale is None or self.reward_scale > 0.0, "reward_scale", "must be > 0 (or None)")
         self.require(self.action_shrink >= 0.0, "action_shrink", "must be >= 0")
@@ -116,19 +110,13 @@ class IQLAgent(AdvantageExtractionAgent):
     def build_networks(self) -> dict[str, nn.Module]:
         c, s = self.config, self.input_dim
         shared = c.action_shrink > 0.0
-        n = c.n_critics * c.members
-        critic = Critic(self.spec, s, c.hidden_dims, n=n, layer_norm=c.layer_norm, shared_action_head=shared)
-        target = Critic(self.spec, s, c.hidden_dims, n=n, layer_norm=c.layer_norm, shared_action_head=shared)
+        critic = Critic(self.spec, s, c.hidden_dims, n=c.n_critics, layer_norm=c.layer_norm, shared_action_head=shared)
+        target = Critic(self.spec, s, c.hidden_dims, n=c.n_critics, layer_norm=c.layer_norm, shared_action_head=shared)
         target.load_state_dict(critic.state_dict())
-        value: nn.Module = (
-            MLP(s, c.hidden_dims, 1, layer_norm=c.layer_norm)
-            if c.members == 1
-            else EnsembleMLP(c.members, s, c.hidden_dims, 1, layer_norm=c.layer_norm)
-        )
         return {
             "critic": critic,
             "target_critic": target,
-            "value": value,
+            "value": MLP(s, c.hidden_dims, 1, layer_norm=c.layer_norm),
             "actor": PolicyNet(self.spec, s, c.hidden_dims),
             "reward_scale": RewardScale(c.reward_scale),
         }
@@ -136,29 +124,21 @@ class IQLAgent(AdvantageExtractionAgent):
     def policy(self, states: Tensor, goals: Tensor | None, goal_masks: Tensor | None) -> PolicyOutput:
         return self.extracted_policy(self.norm_states(states))
 
-    def values(self, x: Tensor) -> Tensor:
-        """(members, B) V(x) of every member."""
-        v = self.nets["value"](x)
-        return v.squeeze(-1) if self.config.members > 1 else v.view(1, -1)
-
     def update(self, batch: Batch) -> dict[str, float]:
         c = self.config
         x = self.norm_states(batch.states)
         x_next = self.norm_states(batch.next_states)
-        m = c.members
         with torch.no_grad():
-            # (members, n_critics, B): each member's value regresses to the minimum of its own critics.
-            q_target = self.nets["target_critic"](x, batch.actions).view(m, c.n_critics, -1).min(1).values
+            q_target = self.nets["target_critic"](x, batch.actions).min(0).values
             rewards = self.nets["reward_scale"](batch.rewards)
-            td_target = rewards + c.discount * (1.0 - batch.terminals) * self.values(x_next)
+            td_target = rewards + c.discount * (1.0 - batch.terminals) * self.nets["value"](x_next).squeeze(-1)
 
-        v = self.values(x)  # (members, B)
+        v = self.nets["value"](x).squeeze(-1)
         adv = q_target - v
-        value_loss = expectile_loss(adv, adv, c.expectile).mean(-1).sum()
+        value_loss = expectile_loss(adv, adv, c.expectile).mean()
 
-        q = self.nets["critic"](x, batch.actions).view(m, c.n_critics, -1)
-        critic_loss = (q - td_target.unsqueeze(1)).pow(2).mean(-1).sum()
-        adv = adv.mean(0)
+        q = self.nets["critic"](x, batch.actions)  # (n_critics, B)
+        critic_loss = (q - td_target).pow(2).mean(1).sum()
 
         # Closed form: the actor is the behaviour prior pi_b (unweighted likelihood); the critic tilts it in policy().
         weights = torch.ones_like(adv) if self.closed_form else awr_weights(adv, self.beta, c.max_weight)
