@@ -34,6 +34,7 @@ from decision_core.errors import SpecError
 from decision_core.schema import BoxActions, DomainSpec
 
 from .nets import (
+    EXTRACTIONS,
     MLP,
     Critic,
     EnsembleMLP,
@@ -590,12 +591,28 @@ class Agent(ABC):
 
 
 class ExtractionConfig(typing.Protocol):
-    """What :class:`AdvantageExtractionAgent` reads from its config (IQLConfig and GCIQLConfig have these)."""
+    """What :class:`AdvantageExtractionAgent` reads from its config (IQLConfig, GCIQLConfig and QRLConfig have
+    these, and the inverse temperature under a name of their own)."""
 
     #: "closed_form" or "awr".
     extraction: str
     #: Actions below this share of the behaviour's most likely action's probability are excluded (0: none).
     support: float
+    #: Cap on the AWR weights.
+    max_weight: float
+
+
+def validate_extraction(config: AgentConfig, temperature_field: str) -> None:
+    """The rules of the advantage-extraction fields (the configs of IQL, GCIQL and QRL); ``temperature_field`` names
+    the config's inverse temperature (None there means the default)."""
+    c = typing.cast(ExtractionConfig, config)
+    temperature = getattr(config, temperature_field)
+    config.require(
+        temperature is None or temperature >= 0.0, temperature_field, "must be >= 0 (or None for the default)"
+    )
+    config.require(c.extraction in EXTRACTIONS, "extraction", f"must be one of {EXTRACTIONS}")
+    config.require(0.0 <= c.support < 1.0, "support", "must be in [0, 1)")
+    config.require(c.max_weight > 0.0, "max_weight", "must be > 0")
 
 
 class AdvantageExtractionAgent(Agent):

@@ -20,9 +20,8 @@ from typing import Any, ClassVar, cast
 import torch
 from torch import Tensor, nn
 
-from decision_core.algos.base import AdvantageExtractionAgent, GoalConditionedConfig
+from decision_core.algos.base import AdvantageExtractionAgent, GoalConditionedConfig, validate_extraction
 from decision_core.algos.nets import (
-    EXTRACTIONS,
     MLP,
     Critic,
     PolicyNet,
@@ -85,14 +84,7 @@ class GCIQLConfig(GoalConditionedConfig):
     def validate(self) -> None:
         super().validate()
         self.require(0.0 < self.expectile < 1.0, "expectile", "must be in (0, 1)")
-        self.require(
-            self.awr_temperature is None or self.awr_temperature >= 0.0,
-            "awr_temperature",
-            "must be >= 0 (or None for the default)",
-        )
-        self.require(self.extraction in EXTRACTIONS, "extraction", f"must be one of {EXTRACTIONS}")
-        self.require(0.0 <= self.support < 1.0, "support", "must be in [0, 1)")
-        self.require(self.max_weight > 0.0, "max_weight", "must be > 0")
+        validate_extraction(self, "awr_temperature")
         self.require(0.0 < self.tau <= 1.0, "tau", "must be in (0, 1]")
         self.require(self.n_critics >= 1, "n_critics", "must be >= 1")
         self.require(self.action_shrink >= 0.0, "action_shrink", "must be >= 0")

@@ -27,9 +27,8 @@ from typing import Any, ClassVar, cast
 import torch
 from torch import Tensor, nn
 
-from decision_core.algos.base import AdvantageExtractionAgent, AgentConfig
+from decision_core.algos.base import AdvantageExtractionAgent, AgentConfig, validate_extraction
 from decision_core.algos.nets import (
-    EXTRACTIONS,
     MLP,
     Critic,
     PolicyNet,
@@ -84,10 +83,7 @@ class IQLConfig(AgentConfig):
     def validate(self) -> None:
         super().validate()
         self.require(0.0 < self.expectile < 1.0, "expectile", "must be in (0, 1)")
-        self.require(self.beta is None or self.beta >= 0.0, "beta", "must be >= 0 (or None for the default)")
-        self.require(self.extraction in EXTRACTIONS, "extraction", f"must be one of {EXTRACTIONS}")
-        self.require(0.0 <= self.support < 1.0, "support", "must be in [0, 1)")
-        self.require(self.max_weight > 0.0, "max_weight", "must be > 0")
+        validate_extraction(self, "beta")
         self.require(0.0 < self.tau <= 1.0, "tau", "must be in (0, 1]")
         self.require(self.n_critics >= 1, "n_critics", "must be >= 1")
         self.require(self.reward is None or bool(str(self.reward).strip()), "reward", "must not be empty")

@@ -33,8 +33,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from decision_core.algos.base import AdvantageExtractionAgent, GoalConditionedConfig
-from decision_core.algos.nets import EXTRACTIONS, MLP, Critic, PolicyNet, PolicyOutput, awr_weights
+from decision_core.algos.base import AdvantageExtractionAgent, GoalConditionedConfig, validate_extraction
+from decision_core.algos.nets import MLP, Critic, PolicyNet, PolicyOutput, awr_weights, tilted_logits
 from decision_core.data.dataset import Batch
 from decision_core.data.goals import GoalSamplerConfig
 
@@ -69,7 +69,7 @@ class QRLConfig(GoalConditionedConfig):
     #: Box actions, which always use AWR).
     extraction: str = "closed_form"
     #: Closed form: actions the behaviour takes at ``s`` with less than this fraction of the probability of its most
-    #: likely action are never chosen (the latent model never saw them there; 0 = keep every action).
+    #: likely action are never chosen (the critic never saw them there; 0 = keep every action).
     support: float = 0.1
     #: Cap on the advantage weights (keeps the actor loss bounded).
     max_weight: float = 100.0
@@ -107,14 +107,7 @@ class QRLConfig(GoalConditionedConfig):
         self.require(self.eps > 0.0, "eps", "must be > 0")
         self.require(self.multiplier_lr > 0.0, "multiplier_lr", "must be > 0")
         self.require(self.distance_scale > 0.0, "distance_scale", "must be > 0")
-        self.require(
-            self.awr_temperature is None or self.awr_temperature >= 0.0,
-            "awr_temperature",
-            "must be >= 0 (or None for the default)",
-        )
-        self.require(self.extraction in EXTRACTIONS, "extraction", f"must be one of {EXTRACTIONS}")
-        self.require(0.0 <= self.support < 1.0, "support", "must be in [0, 1)")
-        self.require(self.max_weight > 0.0, "max_weight", "must be > 0")
+        validate_extraction(self, "awr_temperature")
         self.require(self.action_shrink >= 0.0, "action_shrink", "must be >= 0")
 
 
@@ -199,13 +192,14 @@ class QRLAgent(AdvantageExtractionAgent):
 
     def policy(self, states: Tensor, goals: Tensor | None, goal_masks: Tensor | None) -> PolicyOutput:
         x = self.inputs(states, goals, goal_masks)
-        if goals is None or goal_masks is None or not self.closed_form:
-            return self.nets["actor"](x)
-        # No goal specified: the behaviour prior alone (the critic's values there say nothing).
-        out = self.extracted_policy(x)
         prior = self.nets["actor"](x)
-        assert out.logits is not None and prior.logits is not None
-        return PolicyOutput(logits=torch.where(goal_masks.any(-1, keepdim=True), out.logits, prior.logits))
+        if goals is None or goal_masks is None or not self.closed_form:
+            return prior
+        assert prior.logits is not None
+        q = cast(Critic, self.nets["critic"]).all_actions(x)[0]
+        tilted = tilted_logits(prior.logits, q, self.beta, self.config.support)
+        # No goal specified: the behaviour prior alone (the critic's values there say nothing).
+        return PolicyOutput(logits=torch.where(goal_masks.any(-1, keepdim=True), tilted, prior.logits))
 
     # -- the metric -------------------------------------------------------------------------------------------
     def encode_states(self, states: Tensor) -> Tensor:
@@ -240,7 +234,9 @@ class QRLAgent(AdvantageExtractionAgent):
         }
 
     # -- the critic and the actor -----------------------------------------------------------------------------
-    def critic_loss(self, batch: Batch, x: Tensor, z: Tensor, z_next: Tensor) -> tuple[Tensor, Tensor, dict]:
+    def critic_loss(
+        self, batch: Batch, x: Tensor, z: Tensor, z_next: Tensor
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Q(s, a, g) regressed to ``-1 - d(psi(s'), phi(g))`` for the actor's goals; also returns the advantage."""
         assert batch.actor_goals is not None and batch.actor_goal_masks is not None
         with torch.no_grad():

@@ -12,7 +12,9 @@ import torch
 
 from decision_core.algos import create_agent
 from decision_core.algos.gciql import GCIQLConfig
+from decision_core.algos.iql import IQLConfig
 from decision_core.algos.nets import tilted_logits
+from decision_core.algos.qrl import QRLConfig
 from decision_core.data import GoalSampler, OfflineDataset
 from decision_core.data.synthetic import grid_arrays
 from decision_core.errors import SpecError
@@ -84,3 +86,18 @@ def test_an_episode_that_ends_without_the_goal_never_reaches_it() -> None:
     np.testing.assert_allclose(batch.value_rewards[failed_end].numpy(), -1.0 / (1.0 - 0.9), rtol=1e-6)
     torch.testing.assert_close(batch.value_rewards[~failed_end], ref.value_rewards[~failed_end])
     torch.testing.assert_close(batch.value_masks, ref.value_masks)
+
+
+@pytest.mark.parametrize(
+    ("config", "temperature"), [(GCIQLConfig, "awr_temperature"), (IQLConfig, "beta"), (QRLConfig, "awr_temperature")]
+)
+def test_every_extraction_config_refuses_bad_extraction_fields_by_name(config, temperature: str) -> None:
+    assert getattr(config(**{temperature: None}), temperature) is None  # None: the default temperature
+    for field, value, rule in (
+        (temperature, -1.0, "must be >= 0"),
+        ("extraction", "softmax", "must be one of"),
+        ("support", 1.0, r"must be in \[0, 1\)"),
+        ("max_weight", 0.0, "must be > 0"),
+    ):
+        with pytest.raises(ValueError, match=f"{config.__name__}.{field} {rule}"):
+            config(**{field: value})
