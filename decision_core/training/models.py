@@ -3,8 +3,11 @@
 A model's artifacts hold the agent directory at ``artifacts/agent/`` (``agent.json`` + ``weights.pt``) and a
 pyfunc wrapper logged as code (MLflow "models from code": no pickled Python objects), so the model also works
 with ``mlflow.pyfunc.load_model(uri).predict(frame)``: the frame has one column per state feature, optional
-``goal.<outcome>`` columns (NaN = unspecified) and, for masked domains, an ``action_mask`` column of lists;
-the result has ``action`` (the index, or one column per continuous action dimension) and ``propensity``.
+``goal.<outcome>`` columns (NaN = unspecified) and, where decisions are made under an availability mask (logged
+masks, or each action once per episode), an optional ``action_mask`` column of lists of booleans; the result has
+``action`` and ``action_label`` (or one ``action.<name>`` column per continuous action dimension) and
+``propensity``. The model's MLflow signature spells this out per domain (:func:`model_signature`), and MLflow
+enforces it: feature columns are floats (an integer column is refused by name; cast it first).
 
 Aliases: ``candidate`` marks the newest trained model, ``champion`` the one serving uses; the first model of a
 name becomes champion too, and ``decision-core select`` moves it afterwards.
@@ -128,7 +131,7 @@ class AgentModel(_pyfunc_base()):  # type: ignore[misc]
 
         self.agent = load_agent(context.artifacts[AGENT_ARTIFACT])
 
-    # A frame hint: MLflow takes the input as a frame and infers no schema from it (the columns are the domain's).
+    # The frame's columns are the domain's: the signature logged with the model (model_signature) describes them.
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         return predict_frame(self.agent, model_input)
 
@@ -154,7 +157,7 @@ def predict_frame(agent: Agent, frame: pd.DataFrame) -> pd.DataFrame:
         goal_mask = ~np.isnan(goals)
         goals = np.where(goal_mask, goals, 0.0).astype(np.float32)
     action_mask = None
-    if spec.masked and "action_mask" in frame.columns:
+    if spec.has_action_masks and "action_mask" in frame.columns:
         action_mask = np.stack([np.asarray(m, np.bool_) for m in frame["action_mask"]])
     result = agent.act(states, goals, goal_mask, action_mask, exploration=None, rng=np.random.default_rng(0))
     out: dict[str, Any] = {}
@@ -190,7 +193,7 @@ def log_agent_model(agent: Agent, *, registered_name: str | None) -> LoggedModel
             optim.unlink()
         code = Path(tmp) / "agent_model.py"
         code.write_text(_MODEL_CODE)
-        info = _log_model(mlflow, code, agent_dir, registered_name)
+        info = _log_model(mlflow, code, agent_dir, agent, registered_name)
     version = info.registered_model_version
     return LoggedModel(
         model_uri=info.model_uri,
@@ -200,13 +203,41 @@ def log_agent_model(agent: Agent, *, registered_name: str | None) -> LoggedModel
     )
 
 
-def _log_model(mlflow: Any, code: Path, agent_dir: Path, registered_name: str | None) -> Any:
+def model_signature(agent: Agent) -> tuple[Any, pd.DataFrame]:
+    """The pyfunc model's MLflow signature for ``agent``'s domain, and a one-row input example.
+
+    Inputs: every state feature (a required float column), each ``goal.<outcome>`` for a goal-conditioned agent and
+    ``action_mask`` where decisions are made under an availability mask (both optional). Outputs: ``action`` and
+    ``action_label``, or ``action.<name>`` per continuous dimension, and ``propensity``.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
+
+    spec = agent.spec
+    inputs: list[ColSpec | TensorSpec] = [ColSpec("double", n) for n in spec.state_names]
+    example: dict[str, Any] = {n: [0.0] for n in spec.state_names}
+    if agent.goal_conditioned:
+        inputs += [ColSpec("double", f"goal.{n}", required=False) for n in spec.outcome_names]
+    if spec.has_action_masks:
+        inputs.append(ColSpec(Array("boolean"), "action_mask", required=False))
+    if spec.discrete:
+        outputs: list[ColSpec | TensorSpec] = [ColSpec("long", "action"), ColSpec("string", "action_label")]
+    else:
+        outputs = [ColSpec("double", f"action.{n}") for n in spec.actions.names]  # type: ignore[union-attr]
+    outputs.append(ColSpec("double", "propensity"))
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs)), pd.DataFrame(example)
+
+
+def _log_model(mlflow: Any, code: Path, agent_dir: Path, agent: Agent, registered_name: str | None) -> Any:
+    signature, example = model_signature(agent)
     return mlflow.pyfunc.log_model(
         name=MODEL_NAME,
         python_model=str(code),
         artifacts={AGENT_ARTIFACT: str(agent_dir)},
         pip_requirements=["decision-core", "mlflow", "torch", "numpy", "pandas"],
         registered_model_name=registered_name,
+        signature=signature,
+        input_example=example,
     )
 
 
