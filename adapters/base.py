@@ -29,6 +29,23 @@ from decision_core.errors import SpecError
 from decision_core.schema import DomainSpec
 
 
+def sorted_by(frame: pl.DataFrame, by: list[str]) -> bool:
+    """Whether ``frame`` is already in ``by`` order (ascending, nulls last): one vectorised pass over adjacent rows,
+    several times cheaper than sorting, so a transform can skip the sort for a log written in episode order (as
+    simulators and most exports write it): ``frame if sorted_by(frame, by) else frame.sort(by, nulls_last=True)``."""
+    if frame.height < 2:
+        return True
+    in_order = pl.lit(False)  # the row comes strictly after its predecessor on some key
+    tied = pl.lit(True)  # the row equals its predecessor on every key so far
+    for c in by:
+        cur, prev = pl.col(c), pl.col(c).shift(1)
+        # nulls last: a value follows a value by comparison; a null follows a value; a value never follows a null
+        after = pl.when(cur.is_null()).then(prev.is_not_null()).otherwise(prev.is_not_null() & (cur > prev))
+        same = (cur.is_null() & prev.is_null()) | (cur == prev).fill_null(False)
+        in_order, tied = in_order | (tied & after), tied & same
+    return bool(frame.select((in_order | tied).slice(1).all()).item())
+
+
 @dataclass(frozen=True)
 class RawColumn:
     """A raw column an adapter reads: the dtype its text must parse as, and whether it must be present."""

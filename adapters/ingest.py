@@ -166,24 +166,60 @@ def _parse_types(
 _BOOLEAN_TEXT = {"true": True, "false": False, "1": True, "0": False, "True": True, "False": False}
 
 
-#: Timestamp layouts tried before polars infers one. A named layout parses in a frame expression on several threads
-#: (0.11 s wall per 1M ISO timestamps on 2 cores); inferring the layout runs on one (0.20 s).
-_DATETIME_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f")
+#: ISO 8601 date and time separators tried before polars infers a timestamp's layout.
+_DATETIME_SEPARATORS = ("T", " ")
+_FRACTION_DIGITS: dict[str, int] = {"ms": 3, "us": 6, "ns": 9}
+_DURATION_UNIT = {"ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+
+
+def _iso_seconds(column: str, separator: str, unit: TimeUnit) -> pl.Expr:
+    """``YYYY-mm-dd<separator>HH:MM:SS`` with an optional fraction of 1-9 digits, or null for any other shape.
+
+    polars parses a fixed layout without a fraction on a fast path (0.04 s per 1M values on 2 cores) and one with
+    ``%.f`` on a slow one (0.20 s): the first 19 characters go through the fast path and the fraction is added as
+    an integer count of ``unit`` (truncated to it, as ``%.f`` does), 0.11 s in all."""
+    text = pl.col(column)
+    length = text.str.len_bytes()
+    head = text.str.slice(0, 19).str.to_datetime(f"%Y-%m-%d{separator}%H:%M:%S", time_unit=unit, strict=False)
+    fraction = text.str.slice(20)
+    digits = _FRACTION_DIGITS[unit]
+    shaped = (length == 19) | (
+        (length >= 21)
+        & (length <= 29)
+        & (text.str.slice(19, 1) == ".")
+        & ~fraction.str.starts_with("+")  # an unsigned cast reads "+5" as 5; every other non-digit fails it
+        & fraction.cast(pl.UInt64, strict=False).is_not_null()
+    )
+    ticks = fraction.str.slice(0, digits).str.pad_end(digits, "0").cast(pl.Int64, strict=False)
+    return pl.when(shaped).then(head + pl.duration(**{_DURATION_UNIT[unit]: ticks}, time_unit=unit))
 
 
 def _parse_datetimes(frame: pl.DataFrame, column: str, unit: TimeUnit) -> pl.Series | None:
-    """``frame[column]`` parsed with the first of :data:`_DATETIME_FORMATS` that reads every value, or ``None``
-    (then the caller infers the layout, and reports a value that does not parse). Parsed through a frame
-    expression, which polars runs on several threads, not the Series method, which runs on one."""
+    """``frame[column]`` parsed as ISO 8601 (``T`` or a space between date and time, seconds with or without a
+    fraction) when every value is, or ``None`` (then the caller infers the layout, and reports a value that does
+    not parse). The separator is the first value's. Parsed through frame expressions, which polars runs on several
+    threads, not Series methods, which run on one."""
     text = frame[column]
-    first = text.drop_nulls().head(1)
-    for layout in _DATETIME_FORMATS:
-        if first.str.to_datetime(layout, time_unit=unit, strict=False).null_count():
-            continue
-        parsed = frame.select(pl.col(column).str.to_datetime(layout, time_unit=unit, strict=False)).to_series()
+    first = text.drop_nulls().head(1).to_list()
+    if not first or len(first[0]) < 19 or first[0][10] not in _DATETIME_SEPARATORS:
+        return None
+    separator = first[0][10]
+    candidates = [_iso_seconds(column, separator, unit)]
+    if len(first[0]) == 19:  # whole seconds: try the fast layout on the whole column first
+        layout = f"%Y-%m-%d{separator}%H:%M:%S"
+        candidates.insert(0, pl.col(column).str.to_datetime(layout, time_unit=unit, strict=False))
+    for parse in candidates:
+        parsed = frame.select(parse.alias(column)).to_series()
         if parsed.null_count() == text.null_count():
             return parsed
     return None
+
+
+def _parse_dates(frame: pl.DataFrame, column: str) -> pl.Series | None:
+    """``frame[column]`` parsed as ``YYYY-mm-dd`` when every value is (0.03 s per 1M values, against 0.17 s for
+    an inferred layout), or ``None``."""
+    parsed = frame.select(pl.col(column).str.to_date("%Y-%m-%d", strict=False)).to_series()
+    return parsed if parsed.null_count() == frame[column].null_count() else None
 
 
 def _parse_text(adapter: Adapter, path: Path, frame: pl.DataFrame, used: list[str]) -> pl.DataFrame:
@@ -210,8 +246,17 @@ def _parse_text(adapter: Adapter, path: Path, frame: pl.DataFrame, used: list[st
             if known is not None:
                 casts.append(pl.lit(known).alias(c))
                 continue
-            parsed = col.str.strip_chars().str.to_datetime(time_unit=unit, strict=False)
+            text = col.str.strip_chars()
+            parsed = pl.coalesce(
+                text.str.to_datetime(time_unit=unit, strict=False),
+                # With a UTC offset ("Z", "+02:00"): converted to UTC, stored without the zone.
+                text.str.to_datetime("%+", time_unit=unit, time_zone="UTC", strict=False).dt.replace_time_zone(None),
+            )
         elif frame.schema[c] == pl.String and dtype == pl.Date:
+            known = _parse_dates(frame, c)
+            if known is not None:
+                casts.append(pl.lit(known).alias(c))
+                continue
             parsed = col.str.strip_chars().str.to_date(strict=False)
         elif frame.schema[c] == pl.String and dtype != pl.String:
             parsed = col.str.strip_chars().cast(dtype, strict=False)

@@ -20,7 +20,7 @@ from typing import ClassVar
 import numpy as np
 import polars as pl
 
-from adapters.base import Adapter, RawColumn
+from adapters.base import Adapter, RawColumn, sorted_by
 from decision_core.envs.inventory import (
     CONTINUOUS_SPEC,
     DEMAND_WINDOW,
@@ -73,7 +73,10 @@ class InventoryAdapter(Adapter):
         names = raw.collect_schema().names()
         i = pl.int_range(pl.len(), dtype=pl.Int64)
         run = pl.col("sku").rle_id()
-        lf = raw.sort("sku", "period").with_columns(_i=i, _first=(run != run.shift(1)).fill_null(True))
+        # Records are usually exported SKU by SKU in period order; sorting is only done when they are not.
+        keys = raw.select("sku", "period").collect()
+        ordered = raw if sorted_by(keys, ["sku", "period"]) else raw.sort("sku", "period", nulls_last=True)
+        lf = ordered.with_columns(_i=i, _first=(run != run.shift(1)).fill_null(True))
         lf = lf.with_columns(_pos=pl.col("_i") - pl.when("_first").then("_i").forward_fill())
         pos, lead = pl.col("_pos"), pl.col("lead_time_days")
 

@@ -24,7 +24,7 @@ from datetime import timedelta
 
 import polars as pl
 
-from adapters.base import Adapter, RawColumn
+from adapters.base import Adapter, RawColumn, sorted_by
 from decision_core.envs.recommender import (
     CATEGORIES,
     ENGAGED_CLICKS,
@@ -50,22 +50,6 @@ RATING_LOW, RATING_HIGH = 1.0, 5.0
 #: carry, and the sum stays far from overflowing Int64 (eight 3-bit digits for WINDOW = 5).
 _DIGIT = 2 ** WINDOW.bit_length()
 _DIGIT_VALUES = [_DIGIT**k for k in range(len(CATEGORIES))]
-
-
-def _sorted_by(frame: pl.DataFrame, by: list[str]) -> bool:
-    """Whether ``frame`` is already in ``by`` order (nulls last): one vectorised pass over adjacent rows, so a
-    log written in session order (as simulators and most exports write it) skips the sort."""
-    if frame.height < 2:
-        return True
-    in_order = pl.lit(False)  # the row comes strictly after its predecessor on some key
-    tied = pl.lit(True)  # the row equals its predecessor on every key so far
-    for c in by:
-        cur, prev = pl.col(c), pl.col(c).shift(1)
-        # nulls last: a value follows a value by comparison; a null follows a value; a value never follows a null
-        after = pl.when(cur.is_null()).then(prev.is_not_null()).otherwise(prev.is_not_null() & (cur > prev))
-        same = (cur.is_null() & prev.is_null()) | (cur == prev).fill_null(False)
-        in_order, tied = in_order | (tied & after), tied & same
-    return bool(frame.select((in_order | tied).slice(1).all()).item())
 
 
 class RecommenderAdapter(Adapter):
@@ -166,7 +150,7 @@ class RecommenderAdapter(Adapter):
             # Sessionise: a new session starts at a user's first event and after every gap > SESSION_GAP.
             frame = lf.collect()
             by = ["user_id", "_time", "source_row"]
-            if not _sorted_by(frame, by):
+            if not sorted_by(frame, by):
                 frame = frame.sort(by, nulls_last=True)
             new = (pl.col("user_id") != pl.col("user_id").shift(1)).fill_null(True) | (
                 (pl.col("_time") - pl.col("_time").shift(1)) > SESSION_GAP
@@ -175,7 +159,7 @@ class RecommenderAdapter(Adapter):
             frame = frame.with_columns(episode_id=pl.col("user_id") + "/" + started)
         order = ["session_seq"] if "session_seq" in present else ["_time"] + (["slot"] if "slot" in present else [])
         by = ["episode_id", *order, "source_row"]
-        return frame if _sorted_by(frame, by) else frame.sort(by, nulls_last=True)
+        return frame if sorted_by(frame, by) else frame.sort(by, nulls_last=True)
 
     @staticmethod
     def _steps(lf: pl.LazyFrame, present: set[str]) -> pl.LazyFrame:

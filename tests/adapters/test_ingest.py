@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from adapters.base import ColumnMapping
-from adapters.ingest import _distinct_in_runs, ingest
+from adapters.ingest import _distinct_in_runs, _parse_dates, _parse_datetimes, ingest
 from decision_core.errors import IngestError, SpecError
 from decision_core.store import DecisionStore
 
@@ -194,6 +194,7 @@ def test_errors_in_a_partitioned_file_still_name_the_raw_row(thermostat, write_c
         ["2026-01-01T00:00", "2026-01-01T00:10", "2026-01-01T00:20"],  # no seconds: polars infers the layout
         ["2026-01-01", "2026-01-02", "2026-01-03"],
         ["2026-01-01T00:00:00", "2026-01-01 00:10:00", "2026-01-01T00:20:00"],  # mixed: inferred, as before
+        ["2026-01-01T00:00:00.1", "2026-01-01T00:10:00.123456789", "2026-01-01T00:20:00"],
     ],
 )
 def test_timestamps_are_read_in_the_layouts_polars_reads(thermostat, write_csv, store, stamps):
@@ -202,6 +203,55 @@ def test_timestamps_are_read_in_the_layouts_polars_reads(thermostat, write_csv, 
     got = store.con.execute("SELECT timestamp FROM steps_thermostat ORDER BY step").fetchall()
     expected = pl.Series(stamps).str.to_datetime(time_unit="us", strict=False).to_list()
     assert [r[0] for r in got] == expected and got[0][0] is not None
+
+
+def test_timestamps_with_a_utc_offset_are_stored_in_utc(thermostat, write_csv, store):
+    stamps = ["2026-01-01T00:00:00Z", "2026-01-01T02:10:00+02:00", "2026-01-01T00:20:00.5Z"]
+    lines = [f"r1,{i},18.0,1,0.5,{'true' if i == 2 else 'false'},{ts}" for i, ts in enumerate(stamps)]
+    ingest(thermostat, [write_csv("ts.csv", lines)], store)
+    got = store.con.execute("SELECT timestamp::VARCHAR FROM steps_thermostat ORDER BY step").fetchall()
+    assert [r[0] for r in got] == ["2026-01-01 00:00:00", "2026-01-01 00:10:00", "2026-01-01 00:20:00.5"]
+
+
+@pytest.mark.parametrize("unit", ["ms", "us", "ns"])
+@pytest.mark.parametrize("separator", ["T", " "])
+def test_iso_timestamps_parse_as_polars_own_layout_does(unit, separator) -> None:
+    stamps = [
+        f"2026-01-01{separator}00:00:00",
+        f"2026-02-28{separator}23:59:59.5",
+        f"2026-03-01{separator}12:00:00.123",
+        f"2026-03-01{separator}12:00:00.123456",
+        f"2026-03-01{separator}12:00:00.123456789",
+        None,
+    ]
+    frame = pl.DataFrame({"t": stamps})
+    expected = frame["t"].str.to_datetime(f"%Y-%m-%d{separator}%H:%M:%S%.f", time_unit=unit)
+    got = _parse_datetimes(frame, "t", unit)
+    assert got is not None and got.dtype == pl.Datetime(unit) and got.to_list() == expected.to_list()
+    whole = pl.DataFrame({"t": [s for s in stamps[:1] * 3]})  # whole seconds take the plain layout
+    assert _parse_datetimes(whole, "t", unit).to_list() == whole["t"].str.to_datetime(time_unit=unit).to_list()
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        "2026-01-01T00:00:00Z",  # a zone: polars infers the layout instead
+        "2026-01-01T00:00:00+02:00",
+        "2026-01-01T00:00:00.5Z",
+        "2026-01-01T00:00:00.+5",
+        "2026-01-01T00:00:00.",
+        "2026-01-01T00:00:00.1234567890",
+        "2026-01-01T00:00",
+        "2026-01-01T24:00:00",
+        "2026-13-01T00:00:00",
+        "2026-01-01",
+    ],
+)
+def test_timestamps_of_any_other_shape_are_left_to_polars_inference(odd) -> None:
+    for first in ("2026-01-01T00:00:00", "2026-01-01T00:00:00.25"):
+        assert _parse_datetimes(pl.DataFrame({"t": [first, odd]}), "t", "us") is None
+    assert _parse_dates(pl.DataFrame({"d": ["2026-01-02", "2026/01/03"]}), "d") is None
+    assert _parse_dates(pl.DataFrame({"d": ["2026-01-02", None]}), "d").to_list()[0].isoformat() == "2026-01-02"
 
 
 def test_the_fast_once_per_episode_check_defers_to_the_exact_one_when_unsure() -> None:

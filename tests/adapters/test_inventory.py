@@ -114,6 +114,17 @@ def test_large_files_ingest_in_partitions_with_the_same_result(tmp_path: Path) -
     assert len(a) == sum(int(n) for n in episodes.lengths) and a == b
 
 
+def test_a_log_out_of_order_ingests_as_the_ordered_one(tmp_path: Path) -> None:
+    ordered = write_raw(tmp_path, "ordered.csv", batch=4)
+    shuffled = write_raw(tmp_path, "shuffled.csv", lambda f: f.sample(fraction=1.0, shuffle=True, seed=1), batch=4)
+    query = "SELECT * EXCLUDE (source_file, source_row) FROM steps_inventory ORDER BY episode_id, step"
+    with DecisionStore(tmp_path / "a.duckdb") as a, DecisionStore(tmp_path / "b.duckdb") as b:
+        ingest(InventoryAdapter(), [ordered], a)
+        ingest(InventoryAdapter(), [shuffled], b)
+        rows = a.con.execute(query).fetchall()
+        assert len(rows) > 100 and rows == b.con.execute(query).fetchall()
+
+
 def test_reingesting_adds_nothing_and_a_renamed_log_ingests_with_a_mapping(tmp_path: Path, store) -> None:
     path = write_raw(tmp_path, "a.csv")
     first = ingest(InventoryAdapter(), [path], store)

@@ -10,7 +10,7 @@ import pytest
 
 from adapters import ColumnMapping, get_adapter
 from adapters.ingest import ingest
-from adapters.recommender import RecommenderAdapter, _sorted_by
+from adapters.recommender import RecommenderAdapter
 from decision_core.envs.recommender import CATEGORIES, RecommenderSimulator, catalogue
 from decision_core.envs.rollout import rollout
 from decision_core.errors import IngestError
@@ -192,21 +192,6 @@ def test_ratings_out_of_order_give_the_same_sessions(tmp_path: Path) -> None:
         ordered, restored = _stored(a), _stored(b)
     assert restored.height == ordered.height > 0
     assert restored.equals(ordered)
-
-
-def test_sortedness_check_agrees_with_sorting_nulls_last() -> None:
-    """The check that lets an ordered log skip the sort says 'sorted' exactly when sorting changes nothing."""
-    rng = np.random.default_rng(0)
-    for _ in range(200):
-        n = int(rng.integers(0, 6))
-        frame = pl.DataFrame(
-            {
-                "a": pl.Series([None if v < 0 else f"u{v}" for v in rng.integers(-1, 2, n)], dtype=pl.String),
-                "b": pl.Series([None if v < 0 else int(v) for v in rng.integers(-1, 2, n)], dtype=pl.Int64),
-            }
-        )
-        expected = frame.equals(frame.sort(["a", "b"], nulls_last=True, maintain_order=True))
-        assert _sorted_by(frame, ["a", "b"]) == expected, frame
 
 
 def test_an_item_shown_twice_in_a_session_is_refused_and_loading_masks_shown_items(simulated, tmp_path: Path) -> None:
