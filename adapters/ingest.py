@@ -569,8 +569,10 @@ def ingest(
                 # Which next states the store must keep (the rest are the following rows' states), marked here in
                 # one vectorised pass rather than by a window over the frame in DuckDB.
                 frame = frame.with_columns(next_state_needed(frame).alias("_keep_next"))
-                con.register("ingest_frame", frame)
                 con.register("ingest_summary", _summarise(frame))
+                # The provenance is one value per file: bound as constants, not read as a million strings each.
+                provenance = {c: frame[c][0] for c in _PROVENANCE} if frame.height else None
+                con.register("ingest_frame", frame.drop(_PROVENANCE) if provenance else frame)
                 # Episodes neither stored nor seen earlier in this ingest go in without the dedupe anti-join.
                 known = fetch_one(
                     con,
@@ -579,7 +581,9 @@ def ingest(
                     f"WHERE e.episode_id = s.episode_id)",
                 )[0]  # type: ignore[index]
                 con.execute("INSERT INTO ingest_episodes SELECT * FROM ingest_summary")
-                inserted += store.insert_steps(spec, "ingest_frame", con, dedupe=bool(known), keep_next="_keep_next")
+                inserted += store.insert_steps(
+                    spec, "ingest_frame", con, dedupe=bool(known), keep_next="_keep_next", constants=provenance
+                )
                 con.unregister("ingest_frame")
                 con.unregister("ingest_summary")
                 del frame

@@ -22,7 +22,7 @@ import dataclasses
 import mmap
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -326,6 +326,7 @@ class DecisionStore:
         ensure: bool = True,
         into: str = "",
         keep_next: str | None = None,
+        constants: Mapping[str, str] | None = None,
     ) -> int:
         """Insert the validated rows of table/view/frame ``relation`` (every column of the steps table) inside the
         caller's transaction, in the order given (write rows sorted by episode and step so reads stay contiguous).
@@ -335,7 +336,10 @@ class DecisionStore:
         (``"snapshot."``) to write to instead. A row's ``next_state`` is stored only when the row that follows it
         in ``relation`` is not its episode's next step with that state: a window pass over ``relation`` finds
         those rows, or, without ``dedupe``, ``keep_next`` names a boolean column of ``relation`` that already marks
-        them (:func:`next_state_needed`). Returns the number of rows inserted.
+        them (:func:`next_state_needed`). ``constants`` gives text columns that hold one value for every row (the
+        provenance of one file), bound as parameters instead of read from ``relation``, which then may lack them: a
+        million copies of a string cost DuckDB more to read than to write the constant. Returns the number of rows
+        inserted.
         """
         if ensure:
             self.ensure_domain(spec, con)
@@ -356,9 +360,11 @@ class DecisionStore:
                 f"WHERE e IS NULL OR e <> episode_id OR k <> step + 1 OR following <> next_state"
             )
         con.execute(f"INSERT INTO {explicit} {query}").fetchall()
-        cols = ", ".join(ROW_COLUMNS)
+        fixed = dict(constants or {})
+        cols = ", ".join(f"?::VARCHAR AS {c}" if c in fixed else c for c in ROW_COLUMNS)
+        params = [fixed[c] for c in ROW_COLUMNS if c in fixed]
         query = f"SELECT {cols} FROM {source} ORDER BY _order" if dedupe else f"SELECT {cols} FROM {relation}"
-        result = con.execute(f"INSERT INTO {rows} {query}").fetchall()
+        result = con.execute(f"INSERT INTO {rows} {query}", params).fetchall()
         return int(result[0][0]) if result else 0
 
     # -- reading ------------------------------------------------------------------------------------------

@@ -127,8 +127,20 @@ def test_mapping_file_errors_are_explained(tmp_path):
 
 
 def test_episodes_appended_later_are_read_back_in_order(thermostat, write_csv, store):
-    ingest(thermostat, [write_csv("a.csv", GOOD[3:] + GOOD[:2])], store)
-    ingest(thermostat, [write_csv("b.csv", GOOD[2:3])], store)  # r1 step 2 stored after r2
+    a, b = write_csv("a.csv", GOOD[3:] + GOOD[:2]), write_csv("b.csv", GOOD[2:3])
+    ingest(thermostat, [a], store)
+    ingest(thermostat, [b], store)  # r1 step 2 stored after r2 (its episode is known: the deduplicating insert)
+    provenance = store.con.execute(
+        "SELECT episode_id, step, source_adapter, adapter_version, source_file, source_row FROM steps_thermostat "
+        "ORDER BY episode_id, step"
+    ).fetchall()
+    assert provenance == [
+        ("r1", 0, "thermostat", "1.0", str(a), 2),
+        ("r1", 1, "thermostat", "1.0", str(a), 3),
+        ("r1", 2, "thermostat", "1.0", str(b), 0),
+        ("r2", 0, "thermostat", "1.0", str(a), 0),
+        ("r2", 1, "thermostat", "1.0", str(a), 1),
+    ]
     arrays = store.load_arrays("thermostat")
     assert arrays.n_episodes == 2
     lengths = sorted((arrays.episode_ends - arrays.episode_starts).tolist())
