@@ -1,7 +1,7 @@
 """Run every benchmark in this folder in turn (``make bench``); each prints its own figures and ratios.
 
-    python -m benchmarks              # all
-    python -m benchmarks store ingest # only bench_store and bench_ingest
+python -m benchmarks              # all
+python -m benchmarks store ingest # only bench_store and bench_ingest
 """
 
 from __future__ import annotations

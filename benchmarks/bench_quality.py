@@ -14,6 +14,7 @@ goal success by >= 15 points and beats GCBC; IQL/CQL reach a normalised score >=
 
     python -m benchmarks.bench_quality --budget-s 600 --seeds 3              # the full run (hours on 2 cores)
     python -m benchmarks.bench_quality --budget-s 20 --seeds 1 --log-steps 30000 --domains inventory  # a check
+    python -m benchmarks.bench_quality --updates 2000 --domains inventory --algos gciql,qrl   # the same work anywhere
 
 ``--memory-steps 10000000`` instead measures peak RSS while building a dataset of that many steps with
 ``--memory-features`` state features and running a few updates of each algorithm (target: < 4 GiB).
@@ -103,12 +104,20 @@ class PartialGoals:
 
 # -- training ------------------------------------------------------------------------------------------------------
 def train(
-    name: str, dataset: Any, seed: int, budget_s: float, config: dict[str, Any], precision: str = "fp32"
-) -> tuple[Any, int]:
-    """Train ``name`` on ``dataset`` for ``budget_s`` seconds of this process's CPU time; returns (agent, updates).
+    name: str,
+    dataset: Any,
+    seed: int,
+    budget_s: float,
+    config: dict[str, Any],
+    precision: str = "fp32",
+    updates: int | None = None,
+) -> tuple[Any, int, float]:
+    """Train ``name`` on ``dataset`` for ``budget_s`` seconds of this process's CPU time, or for exactly ``updates``
+    updates when given; returns (agent, updates, CPU seconds).
 
-    CPU time, not wall clock: on a shared machine the wall clock would measure the neighbours' load, and the
-    same budget would buy a different number of updates from run to run.
+    CPU time, not wall clock: on a shared machine the wall clock would measure the neighbours' load. A CPU budget
+    still buys a different number of updates on another machine or day (and some results move with it); a fixed
+    number of updates is the same work wherever it runs, and repeats exactly on one machine.
     """
     from decision_core.algos import create_agent
 
@@ -118,11 +127,15 @@ def train(
     batch = agent.config.batch_size
     start = time.process_time()
     steps = 0
-    while time.process_time() - start < budget_s:
-        for _ in range(25):
+    while steps < updates if updates is not None else time.process_time() - start < budget_s:
+        for _ in range(25 if updates is None else min(25, updates - steps)):
             agent.update(sampler.sample(batch))
-        steps += 25
-    return agent, steps
+            steps += 1
+    return agent, steps, time.process_time() - start
+
+
+def _training(args: argparse.Namespace) -> str:
+    return f"{args.updates} updates" if args.updates is not None else f"{args.budget_s:g} CPU-s training"
 
 
 def _fmt(values: Sequence[float], pct: bool = True) -> str:
@@ -171,14 +184,17 @@ def run_domain(domain: str, args: argparse.Namespace, workdir: Path, console: An
     }
     for seed in range(args.seeds):
         agents: dict[str, Any] = {}
+        work: dict[str, dict[str, float]] = {}  # updates and CPU seconds each learner trained for
         for name in algos:
             ds = reward_ds if name in reward_algos else goal_ds
             t = time.perf_counter()
-            agent, updates = train(name, ds, seed, args.budget_s, json.loads(args.config), args.precision)
+            agent, updates, cpu_s = train(
+                name, ds, seed, args.budget_s, json.loads(args.config), args.precision, args.updates
+            )
             agents[name] = agent
+            work[name] = {"updates": updates, "cpu_s": cpu_s}
             console.print(
-                f"  seed {seed} {name}: {updates} updates in {args.budget_s:g} CPU-s "
-                f"({time.perf_counter() - t:.0f}s wall)"
+                f"  seed {seed} {name}: {updates} updates in {cpu_s:.0f} CPU-s ({time.perf_counter() - t:.0f}s wall)"
             )
         exploration = None if args.temperature is None else Exploration(temperature=args.temperature)
         learned = {name: LearnedPolicy(agent, exploration=exploration) for name, agent in agents.items()}
@@ -197,6 +213,7 @@ def run_domain(domain: str, args: argparse.Namespace, workdir: Path, console: An
                     "steps_to_goal": r.steps_to_goal,
                     "partial_success": p.success_rate.mean if p is not None else float("nan"),
                     "normalised_score": r.normalised_score.mean,
+                    **work.get(name, {}),
                 }
             )
     table = Table(
@@ -206,7 +223,7 @@ def run_domain(domain: str, args: argparse.Namespace, workdir: Path, console: An
         "steps to goal",
         "partial-goal success %",
         "normalised score",
-        title=f"{domain}: {args.seeds} seed(s), {args.budget_s:g} CPU-s training per algorithm and seed, "
+        title=f"{domain}: {args.seeds} seed(s), {_training(args)} per algorithm and seed, "
         f"{arrays.n_steps} logged steps, {args.eval_episodes} eval episodes per goal"
         + ("" if args.temperature is None else f", learned policies sampled at temperature {args.temperature:g}"),
     )
@@ -320,6 +337,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reward-algos", default=",".join(REWARD_ALGOS), help="reward-task algorithms ('' = none)")
     parser.add_argument(
         "--budget-s", type=float, default=600.0, help="training CPU seconds per algorithm and seed (process time)"
+    )
+    parser.add_argument(
+        "--updates",
+        type=int,
+        default=None,
+        help="train exactly this many updates per algorithm and seed instead of --budget-s (the same work anywhere)",
     )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--log-steps", type=int, default=300_000, help="behaviour-log steps per domain")
