@@ -5,9 +5,9 @@ operations; the same arithmetic in numpy costs a fraction of that, which lets th
 on the event loop instead of paying a thread hop per batch (see :class:`serving.policy.DecisionBatcher`).
 
 :func:`export_policy` copies the weights of agents whose policy is one MLP head over the normalised inputs
-(GCBC, BC, GCIQL, CRL, IQL, CQL; for closed-form discrete IQL/GCIQL/CQL also the critic ensemble that tilts the
-behaviour prior's logits; discrete CQL with ``extraction="q"``, a policy of the critics alone, stays with torch)
-and re-implements :meth:`Agent.act` exactly: the same input encoding, masked logits, exploration mixture, random
+(GCBC, BC, GCIQL, CRL, IQL, CQL, QRL; for closed-form discrete IQL/GCIQL/CQL/QRL also the critic ensemble that
+tilts the behaviour prior's logits; discrete CQL with ``extraction="q"``, a policy of the critics alone, stays with
+torch) and re-implements :meth:`Agent.act` exactly: the same input encoding, masked logits, exploration mixture, random
 draws in the same order from the same generator, and the same propensities (continuous actions: the greedy policy
 only, see :meth:`NumpyPolicy.handles`). The copy is checked against the agent on probe inputs when it is made; an
 agent it does not recognise, or one whose copy disagrees, is served through torch as before.
@@ -39,7 +39,7 @@ from decision_core.schema import BoxActions
 log = logging.getLogger("decision_core.serving")
 
 #: Algorithms whose policy is ``nets["actor"](agent.inputs(states, goals, masks))``.
-_ACTOR_ON_INPUTS = frozenset({"gcbc", "bc", "gciql", "crl", "iql"})
+_ACTOR_ON_INPUTS = frozenset({"gcbc", "bc", "gciql", "crl", "iql", "qrl"})
 #: Largest disagreement with torch tolerated by the check made at export (logits, means, propensities).
 TOLERANCE = 1e-5
 #: The masked logit as the float32 array path sees it (``np.where(mask, logits, np.float32(MASKED_LOGIT))``).
@@ -81,6 +81,9 @@ class _Tilt:
     layers: list[tuple[np.ndarray, np.ndarray] | str | float]
     beta: float
     log_support: float | None
+    #: QRL: a row with no goal feature specified keeps the actor's logits (the last ``goal_features`` inputs are
+    #: the goal mask); 0 for agents that tilt every row.
+    goal_features: int = 0
 
     def logits(self, actor_logits: np.ndarray, x: np.ndarray) -> np.ndarray:
         h = x
@@ -99,6 +102,9 @@ class _Tilt:
         if self.log_support is not None:
             unsupported = log_pb < log_pb.max(-1, keepdims=True) + np.float32(self.log_support)
             out = np.where(unsupported, np.float32(MASKED_LOGIT), out)
+        if self.goal_features:
+            has_goal = x[:, -self.goal_features :].any(-1, keepdims=True)
+            out = np.where(has_goal, out, actor_logits)
         return out.astype(np.float32)
 
 
@@ -120,7 +126,8 @@ def _tilt(agent: Agent) -> _Tilt | None:
         else:
             return None
     support = float(agent.extraction_config.support)
-    return _Tilt(layers, agent.beta, math.log(support) if support > 0.0 else None)
+    goal_features = len(agent.spec.outcomes) if agent.name == "qrl" else 0
+    return _Tilt(layers, agent.beta, math.log(support) if support > 0.0 else None, goal_features)
 
 
 class NumpyPolicy:

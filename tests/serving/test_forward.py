@@ -53,7 +53,7 @@ def _inputs(spec: DomainSpec, data: np.ndarray, rng: np.random.Generator, b: int
     return states, goals, mask
 
 
-@pytest.mark.parametrize("algo", ["gcbc", "bc", "gciql", "crl", "iql", "cql"])
+@pytest.mark.parametrize("algo", ["gcbc", "bc", "gciql", "crl", "iql", "cql", "qrl"])
 @pytest.mark.parametrize("spec", [DISCRETE, CONTINUOUS], ids=["discrete", "continuous"])
 def test_numpy_policy_decides_exactly_like_the_agent(algo: str, spec: DomainSpec) -> None:
     agent, data = _agent(algo, spec)
@@ -93,7 +93,7 @@ def test_discrete_cql_of_the_critics_alone_is_served_through_torch() -> None:
     assert export_policy(agent) is None
 
 
-@pytest.mark.parametrize("algo", ["gcbc", "bc", "iql", "gciql"])
+@pytest.mark.parametrize("algo", ["gcbc", "bc", "iql", "gciql", "qrl"])
 @pytest.mark.parametrize("spec", [DISCRETE, CONTINUOUS], ids=["discrete", "continuous"])
 def test_one_decision_path_matches_the_batch_path(algo: str, spec: DomainSpec) -> None:
     """act_one (the service's single-request path) returns what act returns for that row, bit for bit, from the
