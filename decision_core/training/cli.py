@@ -206,6 +206,9 @@ def select_cmd(
     confidence: Annotated[float, typer.Option(help="Confidence of the lower bound ranked on.")] = 0.9,
     episodes: Annotated[int, typer.Option(help="Use at most this many logged episodes.")] = 5000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap and FQE.")] = 0,
+    min_ess: Annotated[
+        float, typer.Option(help="A candidate needs at least this effective sample size (episodes) to compete.")
+    ] = 10.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Compare only; do not move the alias.")] = False,
     db: Annotated[Path | None, typer.Option("--db", help="DuckDB store.")] = None,
 ) -> None:
@@ -227,6 +230,7 @@ def select_cmd(
             max_episodes=episodes,
             seed=seed,
             move_alias=not dry_run,
+            min_ess=min_ess,
         )
     except DecisionCoreError as exc:
         raise _fail(exc) from None

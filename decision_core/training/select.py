@@ -2,7 +2,10 @@
 
 Every candidate (a registered model version) is evaluated on the same logged episodes with the same estimator and
 bootstrap seed; the winner is the one with the highest **lower confidence bound** (a model that only looks good
-because its estimate is noisy does not win), and the ``champion`` alias moves to it.
+because its estimate is noisy does not win), and the ``champion`` alias moves to it. A candidate whose estimate rests
+on fewer than ``min_ess`` effective episodes (importance weights concentrated on a handful of logged episodes: a
+policy far from the logs, or hundreds of actions) is not evaluable and cannot win; when no candidate is, the
+champion stays where it is and the summary says which estimators do not weight episodes.
 """
 
 from __future__ import annotations
@@ -29,18 +32,22 @@ class CandidateScore:
     ci_high: float
     ess: float
     estimator: str
+    #: Whether the estimate rests on enough effective episodes (``ess >= min_ess``) to compete.
+    evaluable: bool = True
 
 
 @dataclass
 class Selection:
     name: str
     candidates: list[CandidateScore]
-    chosen: CandidateScore
+    #: The best evaluable candidate; None when no candidate is evaluable (the champion then stays).
+    chosen: CandidateScore | None
     previous_champion: str | None
     moved: bool
     confidence: float
     task: str
     notes: list[str] = field(default_factory=list)
+    min_ess: float = 0.0
 
     def table(self) -> Table:
         pct = round(100 * self.confidence)
@@ -48,10 +55,12 @@ class Selection:
             "version", "run", "algo", "estimator", "value", f"{pct}% CI", "ESS", "",
             title=f"{self.name}: candidates by OPE lower bound ({self.task})",
         )  # fmt: skip
-        for c in sorted(self.candidates, key=lambda c: -c.ci_low):
+        for c in sorted(self.candidates, key=lambda c: (not c.evaluable, -c.ci_low)):
             mark = "[green]champion[/]" if c is self.chosen else ""
             if c.version == self.previous_champion and c is not self.chosen:
-                mark = "previous champion"
+                mark = "champion" if self.chosen is None else "previous champion"
+            if not c.evaluable:
+                mark = " ".join(m for m in (mark, f"[yellow]not evaluable (ESS < {self.min_ess:g})[/]") if m)
             t.add_row(
                 c.version, (c.run_id or "")[:12], c.algo, c.estimator, f"{c.value:.4g}",
                 f"[{c.ci_low:.4g}, {c.ci_high:.4g}]", f"{c.ess:.1f}", mark,
@@ -59,6 +68,16 @@ class Selection:
         return t
 
     def summary(self) -> str:
+        if self.chosen is None:
+            estimator = self.candidates[0].estimator
+            largest = max(c.ess for c in self.candidates)
+            stays = f"v{self.previous_champion}" if self.previous_champion else "unset"
+            return (
+                f"no candidate is evaluable: under {estimator} every estimate rests on fewer than {self.min_ess:g} "
+                f"effective episodes (the largest {largest:.1f}), so champion stays {stays}. Rank with an estimator "
+                f"that does not weight episodes (--estimator fqe or mb), serve with more exploration, or lower "
+                f"--min-ess"
+            )
         if not self.moved:
             if self.previous_champion == self.chosen.version:
                 return f"champion stays {self.name} v{self.chosen.version}"
@@ -99,8 +118,10 @@ def select_champion(
     seed: int = 0,
     move_alias: bool = True,
     arrays: Any | None = None,
+    min_ess: float = 10.0,
 ) -> Selection:
-    """Score the candidates by OPE on ``domain``'s logs and point ``champion`` at the best lower bound."""
+    """Score the candidates by OPE on ``domain``'s logs and point ``champion`` at the best lower bound among those
+    whose estimate rests on at least ``min_ess`` effective episodes (the smallest over a goal model's goals)."""
     from decision_core.training.loop import _simulator, load_domain, run_ope
 
     settings = settings or CoreSettings()
@@ -132,7 +153,7 @@ def select_champion(
         metrics, reports = run_ope(
             agent, arrays, cfg, rng=np.random.default_rng(seed), estimators=[estimator], sim=sim, confidence=confidence
         )
-        e = reports[0].estimates[estimator]
+        ess = min(r.estimates[estimator].ess for r in reports)
         task = reports[0].task if len(reports) == 1 else f"mean success over {len(reports)} goals"
         scores.append(
             CandidateScore(
@@ -142,14 +163,17 @@ def select_champion(
                 value=metrics[f"ope/{estimator}"],
                 ci_low=metrics[f"ope/{estimator}/ci_low"],
                 ci_high=metrics[f"ope/{estimator}/ci_high"],
-                ess=e.ess,
+                ess=ess,
                 estimator=estimator,
+                evaluable=ess >= min_ess,
             )
         )
-    best = max(scores, key=lambda s: (s.ci_low, s.value))
+    evaluable = [s for s in scores if s.evaluable]
+    best = max(evaluable, key=lambda s: (s.ci_low, s.value)) if evaluable else None
     previous = alias_version(name, CHAMPION, settings)
     moved = False
-    if move_alias and previous != best.version:
+    if best is not None and move_alias and previous != best.version:
         set_alias(name, CHAMPION, best.version, settings)
         moved = True
-    return Selection(name, scores, best, previous, moved, reports[0].estimates[estimator].confidence, task)
+    level = reports[0].estimates[estimator].confidence
+    return Selection(name, scores, best, previous, moved, level, task, min_ess=min_ess)

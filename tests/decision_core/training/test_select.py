@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from decision_core.cli import app
 from decision_core.settings import CoreSettings
 from decision_core.training import TrainConfig, select_champion, train
-from decision_core.training.models import CHAMPION, ModelError, alias_version
+from decision_core.training.models import CHAMPION, ModelError, alias_version, set_alias
 
 
 @pytest.fixture
@@ -35,6 +35,33 @@ def test_select_moves_champion_to_the_best_lower_bound(settings: CoreSettings, t
     # Selecting again keeps the champion where it is.
     again = select_champion("chain", settings=settings, max_episodes=300)
     assert not again.moved and "stays" in again.summary()
+
+
+def test_a_candidate_whose_estimate_rests_on_few_episodes_cannot_win(
+    settings: CoreSettings, two_candidates: tuple[str, str]
+) -> None:
+    scored = select_champion("chain", settings=settings, max_episodes=300, move_alias=False, min_ess=0)
+    ess = {c.version: c.ess for c in scored.candidates}
+    # Greedy policies follow few logged episodes all the way: SNIPS's weights concentrate on them. The one-step
+    # model's greedy choices (a critic barely trained) match the random logs less often than the trained one's.
+    assert 1 < ess["1"] < ess["2"] < 300
+    result = select_champion("chain", settings=settings, max_episodes=300, move_alias=False, min_ess=ess["2"] + 1)
+    assert not any(c.evaluable for c in result.candidates) and result.chosen is None
+    result = select_champion("chain", settings=settings, max_episodes=300, min_ess=(ess["1"] + ess["2"]) / 2)
+    by_version = {c.version: c for c in result.candidates}
+    assert not by_version["1"].evaluable and by_version["2"].evaluable
+    assert result.chosen is by_version["2"] and result.moved
+    assert "not evaluable" in str([*result.table().columns[-1].cells])
+    set_alias("chain", CHAMPION, "1", settings)
+
+    # No candidate evaluable: nothing moves, and the summary says what to do.
+    none = select_champion("chain", settings=settings, max_episodes=300, min_ess=1e9)
+    assert none.chosen is None and not none.moved and alias_version("chain", CHAMPION, settings) == "1"
+    assert "no candidate is evaluable" in none.summary() and "--estimator fqe or mb" in none.summary()
+    assert "champion stays v1" in none.summary()
+    # FQE's estimate is not a weighting of episodes: its ESS is the number of episodes, and the best one wins.
+    fqe = select_champion("chain", settings=settings, max_episodes=300, estimator="fqe", fqe_steps=300)
+    assert fqe.chosen is not None and fqe.chosen.version == "2" and fqe.moved
 
 
 def test_select_cli_compares_named_runs_and_reports_unknown_ones(
