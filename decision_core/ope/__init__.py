@@ -12,6 +12,7 @@ which is exactly the success rate the simulator evaluation measures.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,16 +31,18 @@ from decision_core.ope.estimators import (
     on_policy_value,
 )
 from decision_core.ope.fqe import FittedQ, FQEConfig, fit_fqe
-from decision_core.ope.model import DynamicsModel, ModelConfig, fit_model, model_values
+from decision_core.ope.model import DynamicsModel, GoalCheck, ModelConfig, fit_model, fit_transitions, model_values
 from decision_core.ope.policy import AgentPolicy, MixturePolicy, TargetPolicy, UniformPolicy
 
 __all__ = [
     "ESTIMATORS",
+    "NEEDS_DYNAMICS",
     "AgentPolicy",
     "DynamicsModel",
     "Estimate",
     "FQEConfig",
     "FittedQ",
+    "GoalCheck",
     "MixturePolicy",
     "ModelConfig",
     "OPEError",
@@ -51,6 +54,7 @@ __all__ = [
     "estimate",
     "evaluate_policy",
     "fit_task_model",
+    "fit_task_models",
     "goal_task",
     "reward_task",
     "supported_estimators",
@@ -66,6 +70,8 @@ class OPETask:
     rewards: np.ndarray  # (M,) float64
     episode_starts: np.ndarray  # (E,) into rows
     episode_ends: np.ndarray  # (E,) exclusive
+    #: A goal task's (values, mask) over the outcome features: reward 1 on reaching it, the episode cut there.
+    goal: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def reward_task(arrays: Any, reward: str | None = None) -> OPETask:
@@ -117,6 +123,7 @@ def goal_task(arrays: Any, goal: np.ndarray, goal_mask: np.ndarray, name: str = 
         rewards=rewards,
         episode_starts=(new_ends - lengths).astype(np.int64),
         episode_ends=new_ends.astype(np.int64),
+        goal=(goal, goal_mask),
     )
 
 
@@ -295,7 +302,7 @@ def evaluate_policy(
 
         def mb_value(local: np.ndarray, new_starts: np.ndarray, new_ends: np.ndarray) -> float:
             r = rows[local]
-            resampled = OPETask(task.description, r, rewards[local], new_starts, new_ends)
+            resampled = OPETask(task.description, r, rewards[local], new_starts, new_ends, task.goal)
             refit = fit_task_model(arrays, resampled, config=model, rng=rng)
             values = model_values(
                 refit,
@@ -360,9 +367,14 @@ def fit_task_model(
     """The dynamics, reward and end model of ``task``'s logged steps, for the ``mb`` estimator.
 
     An episode's last step ends it where the logs say it terminated there, or where the task cut the episode
-    (the step that reached a goal); any other last step is where the logs stop, not where the episode ended.
+    (the step that reached a goal); any other last step is where the logs stop, not where the episode ended. A
+    goal task's model learns the dynamics and the logged terminations only: reaching the goal is read off each
+    rolled-out state (:class:`~decision_core.ope.model.GoalCheck`).
     """
     rows, ends = task.rows, task.episode_ends
+    if task.goal is not None:
+        model = _fit_goal_dynamics(arrays, rows, config=config, rng=rng)
+        return dataclasses.replace(model, goal=_goal_check(arrays.spec, task.goal))
     return fit_model(
         arrays.spec,
         arrays.states[rows],
@@ -373,6 +385,51 @@ def fit_task_model(
         _ended(arrays, rows, ends),
         config=config,
         rng=rng,
+    )
+
+
+def fit_task_models(
+    arrays: Any, tasks: Sequence[OPETask], *, config: ModelConfig | None = None, rng: np.random.Generator
+) -> list[DynamicsModel]:
+    """:func:`fit_task_model` for several tasks. Goal tasks need no reward or end of their own (a rollout succeeds
+    where its state reaches the goal), so they share one fit of the dynamics and the logged ends, on every step
+    any of them covers; other tasks are fitted one by one."""
+    goals = [t for t in tasks if t.goal is not None]
+    shared = None
+    if goals:
+        rows = np.unique(np.concatenate([t.rows for t in goals]))
+        shared = _fit_goal_dynamics(arrays, rows, config=config, rng=rng)
+    return [
+        dataclasses.replace(shared, goal=_goal_check(arrays.spec, t.goal))
+        if t.goal is not None and shared is not None
+        else fit_task_model(arrays, t, config=config, rng=rng)
+        for t in tasks
+    ]
+
+
+def _fit_goal_dynamics(
+    arrays: Any, rows: np.ndarray, *, config: ModelConfig | None, rng: np.random.Generator
+) -> DynamicsModel:
+    """The dynamics and the logged terminations of ``rows`` (the end output; the reward output is unused)."""
+    return fit_transitions(
+        arrays.spec,
+        arrays.states[rows],
+        arrays.actions[rows],
+        np.zeros(len(rows)),
+        arrays.next_states[rows],
+        np.asarray(arrays.terminated, np.bool_)[rows],
+        config=config,
+        rng=rng,
+    )
+
+
+def _goal_check(spec: Any, goal: tuple[np.ndarray, np.ndarray]) -> GoalCheck:
+    values, mask = goal
+    return GoalCheck(
+        index=np.asarray(spec.outcome_index),
+        values=np.asarray(values, np.float64),
+        mask=np.asarray(mask, np.bool_),
+        tolerances=np.asarray(spec.tolerances, np.float64),
     )
 
 

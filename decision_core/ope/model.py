@@ -21,10 +21,14 @@ its width on each side; the network sees states scaled by at least a 30th of tha
 cannot enter far out.
 
 Unlike FQE, the model does not depend on the evaluated policy: :func:`fit_model` runs once per task and
-:func:`model_values` evaluates any number of policies with it. Because the model generalises over states and
-actions rather than bootstrapping values, it can rank policies that drive the system far from the logged
-states (where importance weights explode and FQE extrapolates its values), as long as the dynamics themselves
-extrapolate; see ``docs/ope.md`` for where it is and is not the best estimator.
+:func:`model_values` evaluates any number of policies with it. A goal task's reward and end are not learned: a
+rollout succeeds on the step whose sampled next state reaches the goal (:class:`GoalCheck`), so a success rate is a
+probability (learned reward and end outputs, which need not agree, summed to "success rates" of 0.5-1.7 on
+inventory), and one model of the dynamics and the logged ends serves every goal.
+
+Because the model generalises over states and actions rather than bootstrapping values, it can rank policies that
+drive the system far from the logged states (where importance weights explode and FQE extrapolates its values), as
+long as the dynamics themselves extrapolate; see ``docs/ope.md`` for where it is and is not the best estimator.
 
 Action masks in rollouts: the first step uses the logged mask of the episode's first state; under the domain's
 once-per-episode rule each chosen action is then removed, as the rule says. Other logged per-step masks cannot be
@@ -77,6 +81,21 @@ class ModelConfig:
             raise ValueError(f"model hidden widths must be positive, got {self.hidden}")
 
 
+@dataclass(frozen=True)
+class GoalCheck:
+    """A goal task's reward and end, read off a rolled-out next state: 1 and the end when the specified outcome
+    features (``mask``) are within their tolerances of ``values``."""
+
+    index: np.ndarray  # (G,) positions of the outcome features in the state
+    values: np.ndarray  # (G,)
+    mask: np.ndarray  # (G,) bool: which features the goal specifies
+    tolerances: np.ndarray  # (G,)
+
+    def reached(self, next_states: np.ndarray) -> np.ndarray:
+        close = np.abs(next_states[:, self.index] - self.values) <= self.tolerances
+        return np.all(close | ~self.mask, axis=1)
+
+
 @dataclass
 class DynamicsModel:
     """A fitted model of one task's logged dynamics, reward and episode ends."""
@@ -94,6 +113,8 @@ class DynamicsModel:
     high: np.ndarray
     reward_low: float  # and predicted rewards to [reward_low, reward_high]
     reward_high: float
+    #: A goal task: reward and end come from the rolled-out state (the model's own outputs give the logged ends).
+    goal: GoalCheck | None = None
 
     def _inputs(self, states: np.ndarray, actions: np.ndarray) -> torch.Tensor:
         x = (np.asarray(states, np.float64) - self.state_center) / self.state_scale
@@ -116,8 +137,11 @@ class DynamicsModel:
         delta = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape)
         next_states = np.asarray(states, np.float64) + delta * self.delta_std + self.delta_mean
         next_states = np.clip(next_states, self.low, self.high)
-        reward = np.clip(out[:, 2 * s] * self.reward_std + self.reward_mean, self.reward_low, self.reward_high)
         p_end = 1.0 / (1.0 + np.exp(-np.clip(out[:, 2 * s + 1], -50.0, 50.0)))
+        if self.goal is not None:
+            reached = self.goal.reached(next_states)
+            return next_states, reached.astype(np.float64), np.where(reached, 1.0, p_end)
+        reward = np.clip(out[:, 2 * s] * self.reward_std + self.reward_mean, self.reward_low, self.reward_high)
         return next_states, reward, p_end
 
 
@@ -151,6 +175,23 @@ def fit_model(
     ``ends_episode`` (E,) says whether each episode's last logged step ended it (a termination or the task's own
     end) rather than a time limit cutting it short.
     """
+    end = np.zeros(len(states), np.float32)
+    end[np.asarray(episode_ends) - 1] = np.asarray(ends_episode, np.float32)
+    return fit_transitions(spec, states, actions, rewards, next_states, end, config=config, rng=rng)
+
+
+def fit_transitions(
+    spec: DomainSpec,
+    states: np.ndarray,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    next_states: np.ndarray,
+    ends: np.ndarray,
+    *,
+    config: ModelConfig | None = None,
+    rng: np.random.Generator,
+) -> DynamicsModel:
+    """:func:`fit_model` on transitions that need not form whole episodes: ``ends`` (N,) says which ended one."""
     cfg = config or ModelConfig()
     n = len(states)
     if n == 0:
@@ -158,8 +199,7 @@ def fit_model(
     s = np.asarray(states, np.float64)
     delta = np.asarray(next_states, np.float64) - s
     r = np.asarray(rewards, np.float64)
-    end = np.zeros(n, np.float32)
-    end[np.asarray(episode_ends) - 1] = np.asarray(ends_episode, np.float32)
+    end = np.asarray(ends, np.float32)
     lo = np.minimum(s.min(axis=0), np.asarray(next_states).min(axis=0))
     hi = np.maximum(s.max(axis=0), np.asarray(next_states).max(axis=0))
     width = hi - lo

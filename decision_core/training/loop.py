@@ -156,7 +156,17 @@ def run_ope(
 ) -> tuple[dict[str, float], list[Any]]:
     """OPE of the agent's served policy: on its reward task, or averaged over the evaluation goals."""
     from decision_core.algos import Exploration
-    from decision_core.ope import AgentPolicy, FQEConfig, ModelConfig, evaluate_policy, goal_task, reward_task
+    from decision_core.ope import (
+        ESTIMATORS,
+        NEEDS_DYNAMICS,
+        AgentPolicy,
+        FQEConfig,
+        ModelConfig,
+        evaluate_policy,
+        fit_task_models,
+        goal_task,
+        reward_task,
+    )
 
     exploration = None
     if config.ope_epsilon > 0 or config.ope_temperature is not None:
@@ -174,6 +184,11 @@ def run_ope(
             f"[yellow]OPE skipped[/]: domain '{arrays.spec.name}' has no reward (no --task, no spec reward, no "
             f"logged rewards)"
         )
+    model = ModelConfig(steps=config.model_steps)
+    dynamics: list[Any] = [None] * len(jobs)
+    if len(jobs) > 1 and any(e in NEEDS_DYNAMICS for e in estimators or ESTIMATORS):
+        # Goal tasks share one fit of the dynamics (success is read off the rolled-out states), not one per goal.
+        dynamics = fit_task_models(arrays, [task for _, task in jobs], config=model, rng=rng)
     reports = [
         evaluate_policy(
             arrays,
@@ -183,11 +198,12 @@ def run_ope(
             task=task,
             gamma=config.ope_gamma,
             fqe=fqe,
-            model=ModelConfig(steps=config.model_steps),
+            model=model,
+            dynamics=fitted,
             max_episodes=config.ope_episodes,
             confidence=confidence,
         )
-        for policy, task in jobs
+        for (policy, task), fitted in zip(jobs, dynamics, strict=True)
     ]
     sums: dict[str, list[float]] = defaultdict(list)
     for report in reports:

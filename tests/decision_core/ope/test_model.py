@@ -17,6 +17,7 @@ from decision_core.ope import (
     _rollout_horizons,
     evaluate_policy,
     fit_task_model,
+    fit_task_models,
     goal_task,
     reward_task,
 )
@@ -127,6 +128,63 @@ def test_the_model_ranks_deterministic_continuous_policies_that_importance_sampl
         assert abs(e.value - truth) < 0.4 * abs(truth), (g, e.value, truth)
         estimates.append(e.value)
     assert estimates == sorted(estimates)
+
+
+class Toward(TargetPolicy):
+    """The deterministic push toward ``target``: ``a = clip(target - x)``."""
+
+    def __init__(self, target: float) -> None:
+        self.spec, self.target, self.name = LINE, target, f"toward {target:g}"
+
+    def sample(
+        self, states: np.ndarray, action_mask: np.ndarray | None, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return np.clip(self.target - states[:, :1], -1.0, 1.0).astype(np.float32), np.ones(len(states), np.float32)
+
+    def log_prob(self, states: np.ndarray, actions: np.ndarray, action_mask: np.ndarray | None = None) -> np.ndarray:
+        raise OPEError("deterministic")
+
+    @property
+    def stochastic(self) -> bool:
+        return False
+
+
+def line_goal_truth(target: float, goal: float, rng: np.random.Generator, episodes: int = 20000) -> float:
+    """Probability that pushing toward ``target`` brings x within the tolerance of ``goal`` within STEPS steps."""
+    x = rng.uniform(-2.0, 2.0, episodes)
+    reached = np.zeros(episodes, np.bool_)
+    for _ in range(STEPS):
+        x, _ = line_step(x, np.clip(target - x, -1.0, 1.0), rng)
+        reached |= np.abs(x - goal) <= LINE.tolerances[0]
+    return float(reached.mean())
+
+
+def test_goal_success_is_read_off_the_rolled_out_states_and_the_goals_share_one_fit() -> None:
+    logs = line_logs(600, np.random.default_rng(0))
+    goals = [0.0, 1.5]
+    tasks = [goal_task(logs, np.array([g], np.float32), np.array([True])) for g in goals]
+    shared = fit_task_models(logs, tasks, config=FAST, rng=np.random.default_rng(1))
+    assert shared[0].net is shared[1].net and [m.goal.values[0] for m in shared] == goals  # type: ignore[union-attr]
+    for goal, task, model in zip(goals, tasks, shared, strict=True):
+        alone = fit_task_model(logs, task, config=FAST, rng=np.random.default_rng(1))
+        assert alone.goal is not None and alone.goal.values[0] == goal
+        values = {}
+        for target in goals:
+            truth = line_goal_truth(target, goal, np.random.default_rng(2))
+            for dynamics in (model, alone):
+                report = evaluate_policy(
+                    logs, Toward(target), rng=np.random.default_rng(3), estimators=["mb"], task=task, dynamics=dynamics
+                )
+                value = report.estimates["mb"].value
+                # A success rate: a probability, near the simulated one.
+                assert 0.0 <= value <= 1.0 and abs(value - truth) < 0.1, (goal, target, value, truth)
+            values[target] = value
+        assert values[goal] == max(values.values())  # the policy that aims at the goal is rated best for it
+    # A rollout succeeds where its state reaches the goal, and the episode ends there.
+    check = shared[0].goal
+    assert check is not None
+    assert check.reached(np.array([[0.05], [0.2], [-0.1]])).tolist() == [True, False, True]
+    assert fit_task_models(logs, [], rng=np.random.default_rng(0)) == []
 
 
 def test_fitting_is_seeded_and_leaves_the_global_torch_generator_alone() -> None:
