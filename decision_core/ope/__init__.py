@@ -57,6 +57,7 @@ __all__ = [
     "fit_task_models",
     "goal_task",
     "reward_task",
+    "shared_dynamics",
     "supported_estimators",
 ]
 
@@ -405,6 +406,25 @@ def fit_task_models(
         else fit_task_model(arrays, t, config=config, rng=rng)
         for t in tasks
     ]
+
+
+def shared_dynamics(
+    arrays: Any,
+    tasks: Sequence[OPETask],
+    estimators: Sequence[str] | None,
+    *,
+    config: ModelConfig | None = None,
+    rng: np.random.Generator,
+) -> list[DynamicsModel | None]:
+    """The ``dynamics`` to pass to :func:`evaluate_policy` for each of several tasks evaluated together: where
+    ``mb`` runs (``estimators`` None runs it) and goal tasks can share one fit (:func:`fit_task_models`), that fit;
+    otherwise None (``evaluate_policy`` fits its own)."""
+    goals = sum(t.goal is not None for t in tasks)
+    if goals < 2 or not any(e in NEEDS_DYNAMICS for e in estimators or ESTIMATORS):
+        return [None] * len(tasks)
+    models = fit_task_models(arrays, [t for t in tasks if t.goal is not None], config=config, rng=rng)
+    shared = iter(models)
+    return [next(shared) if t.goal is not None else None for t in tasks]
 
 
 def _fit_goal_dynamics(

@@ -157,15 +157,13 @@ def run_ope(
     """OPE of the agent's served policy: on its reward task, or averaged over the evaluation goals."""
     from decision_core.algos import Exploration
     from decision_core.ope import (
-        ESTIMATORS,
-        NEEDS_DYNAMICS,
         AgentPolicy,
         FQEConfig,
         ModelConfig,
         evaluate_policy,
-        fit_task_models,
         goal_task,
         reward_task,
+        shared_dynamics,
     )
 
     exploration = None
@@ -185,10 +183,8 @@ def run_ope(
             f"logged rewards)"
         )
     model = ModelConfig(steps=config.model_steps)
-    dynamics: list[Any] = [None] * len(jobs)
-    if len(jobs) > 1 and any(e in NEEDS_DYNAMICS for e in estimators or ESTIMATORS):
-        # Goal tasks share one fit of the dynamics (success is read off the rolled-out states), not one per goal.
-        dynamics = fit_task_models(arrays, [task for _, task in jobs], config=model, rng=rng)
+    # Goal tasks share one fit of the dynamics (success is read off the rolled-out states), not one per goal.
+    dynamics = shared_dynamics(arrays, [task for _, task in jobs], estimators, config=model, rng=rng)
     reports = [
         evaluate_policy(
             arrays,

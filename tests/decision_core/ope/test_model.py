@@ -20,6 +20,7 @@ from decision_core.ope import (
     fit_task_models,
     goal_task,
     reward_task,
+    shared_dynamics,
 )
 from decision_core.ope.model import model_values
 from decision_core.schema import BoxActions, DiscreteActions, DomainSpec, Feature, OutcomeFeature
@@ -185,6 +186,18 @@ def test_goal_success_is_read_off_the_rolled_out_states_and_the_goals_share_one_
     assert check is not None
     assert check.reached(np.array([[0.05], [0.2], [-0.1]])).tolist() == [True, False, True]
     assert fit_task_models(logs, [], rng=np.random.default_rng(0)) == []
+
+
+def test_goal_tasks_evaluated_together_get_one_fit_and_the_rest_their_own() -> None:
+    logs = line_logs(50, np.random.default_rng(0))
+    cfg = ModelConfig(hidden=(8,), steps=5)
+    goals = [goal_task(logs, np.array([g], np.float32), np.array([True])) for g in (0.0, 1.5)]
+    tasks = [goals[0], reward_task(logs), goals[1]]
+    rng = np.random.default_rng(0)
+    first, reward, second = shared_dynamics(logs, tasks, None, config=cfg, rng=rng)
+    assert reward is None and first is not None and second is not None and first.net is second.net
+    assert shared_dynamics(logs, tasks, ["snips", "fqe"], config=cfg, rng=rng) == [None] * 3  # mb does not run
+    assert shared_dynamics(logs, goals[:1], ["mb"], config=cfg, rng=rng) == [None]  # one goal: nothing to share
 
 
 def test_fitting_is_seeded_and_leaves_the_global_torch_generator_alone() -> None:
