@@ -195,11 +195,15 @@ def ope_cmd(
     if as_json:
         out.print_json(json.dumps({"model": ref.label(), "reports": [r.to_dict() for r in reports]}))
         return
+    from decision_core.training.select import MIN_ESS
+
     for r in reports:
         pct = round(100 * confidence)
-        table = Table("estimator", "value", f"{pct}% CI", "ESS", title=f"{ref.label()} · {r.policy} · {r.task}")
+        table = Table("estimator", "value", f"{pct}% CI", "ESS", "", title=f"{ref.label()} · {r.policy} · {r.task}")
         for e in r.estimates.values():
-            table.add_row(e.estimator, f"{e.value:.4g}", f"[{e.ci_low:.4g}, {e.ci_high:.4g}]", f"{e.ess:.1f}")
+            # What select would not trust: importance weights resting on a handful of logged episodes.
+            note = f"[yellow]ESS < {MIN_ESS:g}: the interval says little[/]" if e.ess < MIN_ESS else ""
+            table.add_row(e.estimator, f"{e.value:.4g}", f"[{e.ci_low:.4g}, {e.ci_high:.4g}]", f"{e.ess:.1f}", note)
         out.print(table)
         out.print(f"logged policy: {r.behaviour_value:.4g} over {r.n_episodes} episodes ({r.n_steps} steps)")
         for name, why in r.skipped.items():
@@ -219,7 +223,7 @@ def select_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap and FQE.")] = 0,
     min_ess: Annotated[
         float, typer.Option(help="A candidate needs at least this effective sample size (episodes) to compete.")
-    ] = 10.0,
+    ] = 10.0,  # select.MIN_ESS (the command module imports nothing heavy at start-up)
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Compare only; do not move the alias.")] = False,
     db: Annotated[Path | None, typer.Option("--db", help="DuckDB store.")] = None,
 ) -> None:

@@ -21,6 +21,9 @@ from decision_core.settings import CoreSettings
 from decision_core.training.config import TrainConfig
 from decision_core.training.models import CHAMPION, ModelError, alias_version, client, load_agent_from_uri, set_alias
 
+#: Fewest effective episodes an estimate may rest on for selection to trust it (``select --min-ess``).
+MIN_ESS = 10.0
+
 
 @dataclass
 class CandidateScore:
@@ -118,7 +121,7 @@ def select_champion(
     seed: int = 0,
     move_alias: bool = True,
     arrays: Any | None = None,
-    min_ess: float = 10.0,
+    min_ess: float = MIN_ESS,
 ) -> Selection:
     """Score the candidates by OPE on ``domain``'s logs and point ``champion`` at the best lower bound among those
     whose estimate rests on at least ``min_ess`` effective episodes (the smallest over a goal model's goals)."""

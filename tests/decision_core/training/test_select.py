@@ -53,6 +53,11 @@ def test_a_candidate_whose_estimate_rests_on_few_episodes_cannot_win(
     assert result.chosen is by_version["2"] and result.moved
     assert "not evaluable" in str([*result.table().columns[-1].cells])
     set_alias("chain", CHAMPION, "1", settings)
+    # decision-core ope marks such an estimate too.
+    ope = ["ope", "--domain", "chain", "--estimator", "snips", "--db", str(settings.db_path), "--model"]
+    weak = CliRunner().invoke(app, [*ope, "models:/chain/1"])
+    assert weak.exit_code == 0 and "ESS < 10" in weak.output, weak.output
+    assert "ESS < 10" not in CliRunner().invoke(app, [*ope, "models:/chain/2"]).output
 
     # No candidate evaluable: nothing moves, and the summary says what to do.
     none = select_champion("chain", settings=settings, max_episodes=300, min_ess=1e9)
