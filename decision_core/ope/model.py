@@ -23,7 +23,7 @@ cannot enter far out.
 Unlike FQE, the model does not depend on the evaluated policy: :func:`fit_model` runs once per task and
 :func:`model_values` evaluates any number of policies with it. A goal task's reward and end are not learned: a
 rollout succeeds on the step whose sampled next state reaches the goal (:class:`GoalCheck`), so a success rate is a
-probability (learned reward and end outputs, which need not agree, summed to "success rates" of 0.5-1.7 on
+probability (learned reward and end outputs, which need not agree, summed to "success rates" of 0.35-1.41 on
 inventory), and one model of the dynamics and the logged ends serves every goal.
 
 Because the model generalises over states and actions rather than bootstrapping values, it can rank policies that
