@@ -76,15 +76,17 @@ def line_logs(episodes: int, rng: np.random.Generator) -> DomainArrays:
 
 
 class Gain(TargetPolicy):
-    """The deterministic push ``a = -gain * x``: it has no density, so importance sampling cannot judge it."""
+    """The deterministic push ``a = gain * (target - x)``: it has no density, so importance sampling cannot judge
+    it."""
 
-    def __init__(self, gain: float) -> None:
-        self.spec, self.gain, self.name = LINE, gain, f"gain {gain:g}"
+    def __init__(self, gain: float, target: float = 0.0) -> None:
+        self.spec, self.gain, self.target, self.name = LINE, gain, target, f"gain {gain:g} toward {target:g}"
 
     def sample(
         self, states: np.ndarray, action_mask: np.ndarray | None, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
-        return np.clip(-self.gain * states[:, :1], -1.0, 1.0).astype(np.float32), np.ones(len(states), np.float32)
+        push = np.clip(self.gain * (self.target - states[:, :1]), -1.0, 1.0)
+        return push.astype(np.float32), np.ones(len(states), np.float32)
 
     def log_prob(self, states: np.ndarray, actions: np.ndarray, action_mask: np.ndarray | None = None) -> np.ndarray:
         raise OPEError("deterministic")
@@ -131,25 +133,6 @@ def test_the_model_ranks_deterministic_continuous_policies_that_importance_sampl
     assert estimates == sorted(estimates)
 
 
-class Toward(TargetPolicy):
-    """The deterministic push toward ``target``: ``a = clip(target - x)``."""
-
-    def __init__(self, target: float) -> None:
-        self.spec, self.target, self.name = LINE, target, f"toward {target:g}"
-
-    def sample(
-        self, states: np.ndarray, action_mask: np.ndarray | None, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        return np.clip(self.target - states[:, :1], -1.0, 1.0).astype(np.float32), np.ones(len(states), np.float32)
-
-    def log_prob(self, states: np.ndarray, actions: np.ndarray, action_mask: np.ndarray | None = None) -> np.ndarray:
-        raise OPEError("deterministic")
-
-    @property
-    def stochastic(self) -> bool:
-        return False
-
-
 def line_goal_truth(target: float, goal: float, rng: np.random.Generator, episodes: int = 20000) -> float:
     """Probability that pushing toward ``target`` brings x within the tolerance of ``goal`` within STEPS steps."""
     x = rng.uniform(-2.0, 2.0, episodes)
@@ -172,9 +155,10 @@ def test_goal_success_is_read_off_the_rolled_out_states_and_the_goals_share_one_
         values = {}
         for target in goals:
             truth = line_goal_truth(target, goal, np.random.default_rng(2))
+            policy = Gain(1.0, target)
             for dynamics in (model, alone):
                 report = evaluate_policy(
-                    logs, Toward(target), rng=np.random.default_rng(3), estimators=["mb"], task=task, dynamics=dynamics
+                    logs, policy, rng=np.random.default_rng(3), estimators=["mb"], task=task, dynamics=dynamics
                 )
                 value = report.estimates["mb"].value
                 # A success rate: a probability, near the simulated one.
