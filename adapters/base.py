@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import polars as pl
 
 from decision_core.errors import SpecError
@@ -44,6 +45,15 @@ def sorted_by(frame: pl.DataFrame, by: list[str]) -> bool:
         same = (cur.is_null() & prev.is_null()) | (cur == prev).fill_null(False)
         in_order, tied = in_order | (tied & after), tied & same
     return bool(frame.select((in_order | tied).slice(1).all()).item())
+
+
+def pack_columns(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
+    """Numeric columns -> one ``(rows, len(columns))`` float32 array, ready to become an array column
+    (``pl.Series(name, values)``): a strided copy per column, several times cheaper than array expressions."""
+    values = np.empty((frame.height, len(columns)), np.float32)
+    for j, c in enumerate(columns):
+        values[:, j] = frame[c].to_numpy()
+    return values
 
 
 @dataclass(frozen=True)

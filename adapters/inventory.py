@@ -17,10 +17,9 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
-import numpy as np
 import polars as pl
 
-from adapters.base import Adapter, RawColumn, sorted_by
+from adapters.base import Adapter, RawColumn, pack_columns, sorted_by
 from decision_core.envs.inventory import (
     CONTINUOUS_SPEC,
     DEMAND_WINDOW,
@@ -172,11 +171,11 @@ class InventoryAdapter(Adapter):
         return flat.select(
             "episode_id",
             "step",
-            _pack(flat, [f"_s{j}" for j in range(n_state)], "state"),
-            _pack(flat, ["_a"], "action"),
+            pl.Series("state", pack_columns(flat, [f"_s{j}" for j in range(n_state)])),
+            pl.Series("action", pack_columns(flat, ["_a"])),
             "propensity",
             "reward",
-            _pack(flat, [f"_n{j}" for j in range(n_state)], "next_state"),
+            pl.Series("next_state", pack_columns(flat, [f"_n{j}" for j in range(n_state)])),
             "terminated",
             "truncated",
             "timestamp",
@@ -187,14 +186,6 @@ class InventoryAdapter(Adapter):
 def _level(qty: pl.Expr) -> pl.Expr:
     """Nearest order level; a negative quantity maps to -1 so that ingest rejects it as outside the space."""
     return pl.when(qty < 0).then(-1.0).otherwise((qty / LOT).round(0))
-
-
-def _pack(frame: pl.DataFrame, columns: list[str], name: str) -> pl.Series:
-    """Float32 columns -> one ``Array(Float32, len(columns))`` column."""
-    values = np.empty((frame.height, len(columns)), np.float32)
-    for j, c in enumerate(columns):
-        values[:, j] = frame[c].to_numpy()
-    return pl.Series(name, values)
 
 
 class InventoryContinuousAdapter(InventoryAdapter):

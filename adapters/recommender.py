@@ -25,7 +25,7 @@ from datetime import timedelta
 import numpy as np
 import polars as pl
 
-from adapters.base import Adapter, RawColumn, sorted_by
+from adapters.base import Adapter, RawColumn, pack_columns, sorted_by
 from decision_core.envs.recommender import (
     CATEGORIES,
     ENGAGED_CLICKS,
@@ -229,13 +229,10 @@ class RecommenderAdapter(Adapter):
             pl.col("_bad"),
             *(e.cast(pl.Float32).alias(f"_f{j}") for j, e in enumerate(after.values())),
         ).collect()
-        # The state arrays are packed in numpy (a strided copy per feature: several times cheaper than building
-        # them with array expressions). The next state is the features after the impression; the state is the
-        # previous row's, and at a session's first row nothing counted, satisfaction at its prior and the
-        # session's device (feature 0, the same on every row of the session).
-        after_values = np.empty((flat.height, len(names)), np.float32)
-        for j in range(len(names)):
-            after_values[:, j] = flat[f"_f{j}"].to_numpy()
+        # The state arrays are packed in numpy (pack_columns). The next state is the features after the impression;
+        # the state is the previous row's, and at a session's first row nothing counted, satisfaction at its prior
+        # and the session's device (feature 0, the same on every row of the session).
+        after_values = pack_columns(flat, [f"_f{j}" for j in range(len(names))])
         state = np.empty_like(after_values)
         state[1:] = after_values[:-1]
         starts = flat["_first"].to_numpy()
@@ -246,10 +243,8 @@ class RecommenderAdapter(Adapter):
         # A row whose dwell or rating is not finite gets NaN in the features derived from them, so validation
         # rejects it and names this raw row (the state of later rows, built from cleaned values, stays finite).
         bad = flat["_bad"].to_numpy()
-        if bad.any():
-            after_values[bad] = 0.0
-            poisoned = np.isin(np.arange(len(names)), [names.index("dwell_minutes"), names.index("satisfaction")])
-            after_values[np.ix_(bad, poisoned)] = np.nan
+        for feature in ("dwell_minutes", "satisfaction"):
+            after_values[bad, names.index(feature)] = np.nan
         return flat.select(
             "episode_id",
             "step",
