@@ -36,7 +36,6 @@ from decision_core.ope.policy import AgentPolicy, MixturePolicy, TargetPolicy, U
 
 __all__ = [
     "ESTIMATORS",
-    "NEEDS_DYNAMICS",
     "AgentPolicy",
     "DynamicsModel",
     "Estimate",
@@ -53,11 +52,11 @@ __all__ = [
     "UniformPolicy",
     "estimate",
     "evaluate_policy",
+    "evaluate_tasks",
     "fit_task_model",
     "fit_task_models",
     "goal_task",
     "reward_task",
-    "shared_dynamics",
     "supported_estimators",
 ]
 
@@ -374,8 +373,7 @@ def fit_task_model(
     """
     rows, ends = task.rows, task.episode_ends
     if task.goal is not None:
-        model = _fit_goal_dynamics(arrays, rows, config=config, rng=rng)
-        return dataclasses.replace(model, goal=_goal_check(arrays.spec, task.goal))
+        return fit_task_models(arrays, [task], config=config, rng=rng)[0]
     return fit_model(
         arrays.spec,
         arrays.states[rows],
@@ -392,39 +390,41 @@ def fit_task_model(
 def fit_task_models(
     arrays: Any, tasks: Sequence[OPETask], *, config: ModelConfig | None = None, rng: np.random.Generator
 ) -> list[DynamicsModel]:
-    """:func:`fit_task_model` for several tasks. Goal tasks need no reward or end of their own (a rollout succeeds
-    where its state reaches the goal), so they share one fit of the dynamics and the logged ends, on every step
-    any of them covers; other tasks are fitted one by one."""
-    goals = [t for t in tasks if t.goal is not None]
-    shared = None
-    if goals:
-        rows = np.unique(np.concatenate([t.rows for t in goals]))
-        shared = _fit_goal_dynamics(arrays, rows, config=config, rng=rng)
-    return [
-        dataclasses.replace(shared, goal=_goal_check(arrays.spec, t.goal))
-        if t.goal is not None and shared is not None
-        else fit_task_model(arrays, t, config=config, rng=rng)
-        for t in tasks
-    ]
+    """Models for several goal tasks in one fit: goal tasks need no reward or end of their own (a rollout succeeds
+    where its state reaches the goal), so they share the dynamics and the logged ends, learned from every step any
+    of them covers. Each returned model serves its task as :func:`fit_task_model`'s would."""
+    if not tasks:
+        return []
+    if any(t.goal is None for t in tasks):
+        raise OPEError("fit_task_models shares one fit among goal tasks; fit other tasks with fit_task_model")
+    rows = np.unique(np.concatenate([t.rows for t in tasks]))
+    shared = _fit_goal_dynamics(arrays, rows, config=config, rng=rng)
+    return [dataclasses.replace(shared, goal=_goal_check(arrays.spec, t.goal)) for t in tasks if t.goal is not None]
 
 
-def shared_dynamics(
+def evaluate_tasks(
     arrays: Any,
-    tasks: Sequence[OPETask],
-    estimators: Sequence[str] | None,
+    jobs: Sequence[tuple[TargetPolicy, OPETask]],
     *,
-    config: ModelConfig | None = None,
     rng: np.random.Generator,
-) -> list[DynamicsModel | None]:
-    """The ``dynamics`` to pass to :func:`evaluate_policy` for each of several tasks evaluated together: where
-    ``mb`` runs (``estimators`` None runs it) and goal tasks can share one fit (:func:`fit_task_models`), that fit;
-    otherwise None (``evaluate_policy`` fits its own)."""
-    goals = sum(t.goal is not None for t in tasks)
-    if goals < 2 or not any(e in NEEDS_DYNAMICS for e in estimators or ESTIMATORS):
-        return [None] * len(tasks)
-    models = fit_task_models(arrays, [t for t in tasks if t.goal is not None], config=config, rng=rng)
-    shared = iter(models)
-    return [next(shared) if t.goal is not None else None for t in tasks]
+    estimators: Sequence[str] | None = None,
+    model: ModelConfig | None = None,
+    **kwargs: Any,
+) -> list[OPEReport]:
+    """:func:`evaluate_policy` for each ``(policy, task)`` (``kwargs`` passed on), with the goal tasks sharing one
+    fit of ``mb``'s model (:func:`fit_task_models`) instead of one each."""
+    tasks = [task for _, task in jobs]
+    goals = [t for t in tasks if t.goal is not None]
+    dynamics: list[DynamicsModel | None] = [None] * len(jobs)
+    if len(goals) > 1 and any(e in NEEDS_DYNAMICS for e in estimators or ESTIMATORS):
+        shared = iter(fit_task_models(arrays, goals, config=model, rng=rng))
+        dynamics = [next(shared) if t.goal is not None else None for t in tasks]
+    return [
+        evaluate_policy(
+            arrays, policy, rng=rng, estimators=estimators, task=task, model=model, dynamics=fitted, **kwargs
+        )
+        for (policy, task), fitted in zip(jobs, dynamics, strict=True)
+    ]
 
 
 def _fit_goal_dynamics(

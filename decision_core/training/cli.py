@@ -122,15 +122,7 @@ def ope_cmd(
     try:
         from decision_core.algos import Exploration
         from decision_core.errors import SpecError
-        from decision_core.ope import (
-            AgentPolicy,
-            FQEConfig,
-            ModelConfig,
-            evaluate_policy,
-            goal_task,
-            reward_task,
-            shared_dynamics,
-        )
+        from decision_core.ope import AgentPolicy, FQEConfig, ModelConfig, evaluate_tasks, goal_task, reward_task
         from decision_core.settings import CoreSettings
         from decision_core.training.config import TrainConfig
         from decision_core.training.loop import _simulator, evaluation_goals, load_domain
@@ -171,25 +163,18 @@ def ope_cmd(
         else:
             jobs.append((AgentPolicy(agent, exploration), reward_task(arrays, task)))
         rng = np.random.default_rng(seed)
-        model_config = ModelConfig(steps=model_steps)
-        dynamics = shared_dynamics(arrays, [t for _, t in jobs], estimators or None, config=model_config, rng=rng)
-        reports = [
-            evaluate_policy(
-                arrays,
-                policy,
-                rng=rng,
-                estimators=estimators or None,
-                task=t,
-                gamma=gamma,
-                n_bootstrap=bootstrap,
-                confidence=confidence,
-                fqe=FQEConfig(steps=fqe_steps),
-                model=model_config,
-                dynamics=fitted,
-                max_episodes=episodes,
-            )
-            for (policy, t), fitted in zip(jobs, dynamics, strict=True)
-        ]
+        reports = evaluate_tasks(
+            arrays,
+            jobs,
+            rng=rng,
+            estimators=estimators or None,
+            model=ModelConfig(steps=model_steps),
+            gamma=gamma,
+            n_bootstrap=bootstrap,
+            confidence=confidence,
+            fqe=FQEConfig(steps=fqe_steps),
+            max_episodes=episodes,
+        )
     except DecisionCoreError as exc:
         raise _fail(exc) from None
     if as_json:

@@ -156,15 +156,7 @@ def run_ope(
 ) -> tuple[dict[str, float], list[Any]]:
     """OPE of the agent's served policy: on its reward task, or averaged over the evaluation goals."""
     from decision_core.algos import Exploration
-    from decision_core.ope import (
-        AgentPolicy,
-        FQEConfig,
-        ModelConfig,
-        evaluate_policy,
-        goal_task,
-        reward_task,
-        shared_dynamics,
-    )
+    from decision_core.ope import AgentPolicy, FQEConfig, ModelConfig, evaluate_tasks, goal_task, reward_task
 
     exploration = None
     if config.ope_epsilon > 0 or config.ope_temperature is not None:
@@ -182,25 +174,17 @@ def run_ope(
             f"[yellow]OPE skipped[/]: domain '{arrays.spec.name}' has no reward (no --task, no spec reward, no "
             f"logged rewards)"
         )
-    model = ModelConfig(steps=config.model_steps)
-    # Goal tasks share one fit of the dynamics (success is read off the rolled-out states), not one per goal.
-    dynamics = shared_dynamics(arrays, [task for _, task in jobs], estimators, config=model, rng=rng)
-    reports = [
-        evaluate_policy(
-            arrays,
-            policy,
-            rng=rng,
-            estimators=estimators,
-            task=task,
-            gamma=config.ope_gamma,
-            fqe=fqe,
-            model=model,
-            dynamics=fitted,
-            max_episodes=config.ope_episodes,
-            confidence=confidence,
-        )
-        for (policy, task), fitted in zip(jobs, dynamics, strict=True)
-    ]
+    reports = evaluate_tasks(
+        arrays,
+        jobs,
+        rng=rng,
+        estimators=estimators,
+        model=ModelConfig(steps=config.model_steps),
+        gamma=config.ope_gamma,
+        fqe=fqe,
+        max_episodes=config.ope_episodes,
+        confidence=confidence,
+    )
     sums: dict[str, list[float]] = defaultdict(list)
     for report in reports:
         for key, value in report.metrics().items():

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from decision_core.ope import (
+    FQEConfig,
     ModelConfig,
     OPEError,
     OPETask,
@@ -16,11 +17,11 @@ from decision_core.ope import (
     UniformPolicy,
     _rollout_horizons,
     evaluate_policy,
+    evaluate_tasks,
     fit_task_model,
     fit_task_models,
     goal_task,
     reward_task,
-    shared_dynamics,
 )
 from decision_core.ope.model import model_values
 from decision_core.schema import BoxActions, DiscreteActions, DomainSpec, Feature, OutcomeFeature
@@ -172,16 +173,32 @@ def test_goal_success_is_read_off_the_rolled_out_states_and_the_goals_share_one_
     assert fit_task_models(logs, [], rng=np.random.default_rng(0)) == []
 
 
-def test_goal_tasks_evaluated_together_get_one_fit_and_the_rest_their_own() -> None:
+def test_goal_tasks_evaluated_together_get_one_fit_and_the_rest_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    import decision_core.ope as ope
+
+    fits: list[int] = []  # rows of each goal-dynamics fit
+    real = ope._fit_goal_dynamics
+
+    def counted(arrays, rows, **kwargs):  # type: ignore[no-untyped-def]
+        fits.append(len(rows))
+        return real(arrays, rows, **kwargs)
+
+    monkeypatch.setattr(ope, "_fit_goal_dynamics", counted)
     logs = line_logs(50, np.random.default_rng(0))
     cfg = ModelConfig(hidden=(8,), steps=5)
     goals = [goal_task(logs, np.array([g], np.float32), np.array([True])) for g in (0.0, 1.5)]
-    tasks = [goals[0], reward_task(logs), goals[1]]
-    rng = np.random.default_rng(0)
-    first, reward, second = shared_dynamics(logs, tasks, None, config=cfg, rng=rng)
-    assert reward is None and first is not None and second is not None and first.net is second.net
-    assert shared_dynamics(logs, tasks, ["snips", "fqe"], config=cfg, rng=rng) == [None] * 3  # mb does not run
-    assert shared_dynamics(logs, goals[:1], ["mb"], config=cfg, rng=rng) == [None]  # one goal: nothing to share
+    jobs = [(Gain(1.0, 0.0), goals[0]), (Gain(1.0), reward_task(logs)), (Gain(1.0, 1.5), goals[1])]
+    reports = evaluate_tasks(logs, jobs, rng=np.random.default_rng(0), estimators=["mb"], model=cfg)
+    assert [r.task for r in reports] == [t.description for _, t in jobs]
+    assert fits == [len(np.union1d(goals[0].rows, goals[1].rows))]  # one fit for both goals, on the rows of either
+    fits.clear()
+    evaluate_tasks(logs, jobs[:1], rng=np.random.default_rng(0), estimators=["mb"], model=cfg)
+    assert fits == [len(goals[0].rows)]  # one goal: its own fit, as evaluate_policy makes it
+    fits.clear()
+    evaluate_tasks(logs, jobs, rng=np.random.default_rng(0), estimators=["fqe"], model=cfg, fqe=FQEConfig(steps=5))
+    assert fits == []  # mb does not run: nothing to fit
+    with pytest.raises(OPEError, match="fit other tasks with fit_task_model"):
+        fit_task_models(logs, [reward_task(logs)], rng=np.random.default_rng(0))
 
 
 def test_fitting_is_seeded_and_leaves_the_global_torch_generator_alone() -> None:
