@@ -81,8 +81,8 @@ class _Tilt:
     layers: list[tuple[np.ndarray, np.ndarray] | str | float]
     beta: float
     log_support: float | None
-    #: QRL: a row with no goal feature specified keeps the actor's logits (the last ``goal_features`` inputs are
-    #: the goal mask); 0 for agents that tilt every row.
+    #: An agent whose tilt needs a goal (``tilt_needs_goal``): a row with no goal feature specified keeps the actor's
+    #: logits (the last ``goal_features`` inputs are the goal mask); 0 for agents that tilt every row.
     goal_features: int = 0
 
     def logits(self, actor_logits: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -126,7 +126,7 @@ def _tilt(agent: Agent) -> _Tilt | None:
         else:
             return None
     support = float(agent.extraction_config.support)
-    goal_features = len(agent.spec.outcomes) if agent.name == "qrl" else 0
+    goal_features = len(agent.spec.outcomes) if agent.tilt_needs_goal else 0
     return _Tilt(layers, agent.beta, math.log(support) if support > 0.0 else None, goal_features)
 
 

@@ -626,6 +626,9 @@ class AdvantageExtractionAgent(Agent):
 
     #: Name of the config field holding ``beta`` (None there: 20 for the closed form, 3 for AWR).
     beta_field: ClassVar[str]
+    #: The closed form tilts only rows that specify a goal feature; a row with none keeps the behaviour prior (QRL,
+    #: whose critic's values say nothing there). Copies of the policy, such as serving's numpy one, follow it.
+    tilt_needs_goal: ClassVar[bool] = False
 
     @property
     def extraction_config(self) -> ExtractionConfig:

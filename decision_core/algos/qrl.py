@@ -167,6 +167,7 @@ class QRLAgent(AdvantageExtractionAgent):
     goal_conditioned = True
     config_class = QRLConfig
     beta_field = "awr_temperature"
+    tilt_needs_goal = True
     config: QRLConfig
 
     def build_networks(self) -> dict[str, nn.Module]:
