@@ -240,7 +240,7 @@ def test_iso_timestamps_parse_as_polars_own_layout_does(unit, separator) -> None
     expected = frame["t"].str.to_datetime(f"%Y-%m-%d{separator}%H:%M:%S%.f", time_unit=unit)
     got = _parse_datetimes(frame, "t", unit)
     assert got is not None and got.dtype == pl.Datetime(unit) and got.to_list() == expected.to_list()
-    whole = pl.DataFrame({"t": [s for s in stamps[:1] * 3]})  # whole seconds take the plain layout
+    whole = pl.DataFrame({"t": stamps[:1] * 3})  # whole seconds take the plain layout
     assert _parse_datetimes(whole, "t", unit).to_list() == whole["t"].str.to_datetime(time_unit=unit).to_list()
 
 
@@ -262,8 +262,12 @@ def test_iso_timestamps_parse_as_polars_own_layout_does(unit, separator) -> None
 def test_timestamps_of_any_other_shape_are_left_to_polars_inference(odd) -> None:
     for first in ("2026-01-01T00:00:00", "2026-01-01T00:00:00.25"):
         assert _parse_datetimes(pl.DataFrame({"t": [first, odd]}), "t", "us") is None
+
+
+def test_dates_take_the_named_layout_only_when_every_value_has_it() -> None:
+    parsed = _parse_dates(pl.DataFrame({"d": ["2026-01-02", None]}), "d")
+    assert parsed is not None and [d and d.isoformat() for d in parsed.to_list()] == ["2026-01-02", None]
     assert _parse_dates(pl.DataFrame({"d": ["2026-01-02", "2026/01/03"]}), "d") is None
-    assert _parse_dates(pl.DataFrame({"d": ["2026-01-02", None]}), "d").to_list()[0].isoformat() == "2026-01-02"
 
 
 def test_the_fast_once_per_episode_check_defers_to_the_exact_one_when_unsure() -> None:
