@@ -87,3 +87,13 @@ def test_select_cli_compares_named_runs_and_reports_unknown_ones(
     assert r.exit_code == 2 and "--candidates all" in r.output
     with pytest.raises(ModelError, match="no registered model 'other'"):
         select_champion("chain", settings=settings, model_name="other")
+
+
+def test_the_command_line_floor_is_selections_own() -> None:
+    """The command states select's MIN_ESS as a literal (importing select at start-up pulls in MLflow)."""
+    import inspect
+
+    from decision_core.training.cli import select_cmd
+    from decision_core.training.select import MIN_ESS
+
+    assert inspect.signature(select_cmd).parameters["min_ess"].default == MIN_ESS
