@@ -49,7 +49,8 @@ def sorted_by(frame: pl.DataFrame, by: list[str]) -> bool:
 
 def pack_columns(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
     """Numeric columns -> one ``(rows, len(columns))`` float32 array, ready to become an array column
-    (``pl.Series(name, values)``): a strided copy per column, several times cheaper than array expressions."""
+    (``pl.Series(name, values)``): a strided copy per column. On the recommender's 1M-row log it ran at the speed of
+    building the arrays with array expressions and held about 150 MiB less at peak."""
     values = np.empty((frame.height, len(columns)), np.float32)
     for j, c in enumerate(columns):
         values[:, j] = frame[c].to_numpy()
