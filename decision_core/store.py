@@ -130,7 +130,14 @@ class DomainArrays:
 
     @property
     def has_propensities(self) -> bool:
+        """Whether every step has a logged propensity (see :attr:`propensity_episodes` for logs that mix)."""
         return bool(self.n_steps) and not bool(np.isnan(self.propensities).any())
+
+    @property
+    def propensity_episodes(self) -> np.ndarray:
+        """(E,) bool: the episodes with a logged propensity on every step, which importance sampling can weigh
+        (a store can mix logs with propensities and logs without, e.g. impressions and ratings)."""
+        return episodes_with_propensities(self.propensities, self.episode_starts)
 
     @property
     def has_rewards(self) -> bool:
@@ -495,6 +502,14 @@ class DecisionStore:
             episode_starts=starts.astype(np.int64),
             episode_ends=ends.astype(np.int64),
         )
+
+
+def episodes_with_propensities(propensities: np.ndarray, episode_starts: np.ndarray) -> np.ndarray:
+    """(E,) bool: which episodes (steps back to back, each non-empty, starting at ``episode_starts``) have a finite
+    propensity on every step."""
+    if len(episode_starts) == 0:
+        return np.zeros(0, np.bool_)
+    return np.logical_and.reduceat(np.isfinite(propensities), np.asarray(episode_starts, np.int64))
 
 
 def next_state_needed(steps: pl.DataFrame) -> pl.Series:

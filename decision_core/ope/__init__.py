@@ -33,6 +33,7 @@ from decision_core.ope.estimators import (
 from decision_core.ope.fqe import FittedQ, FQEConfig, fit_fqe
 from decision_core.ope.model import DynamicsModel, GoalCheck, ModelConfig, fit_model, fit_transitions, model_values
 from decision_core.ope.policy import AgentPolicy, MixturePolicy, TargetPolicy, UniformPolicy
+from decision_core.store import episodes_with_propensities
 
 __all__ = [
     "ESTIMATORS",
@@ -58,6 +59,7 @@ __all__ = [
     "goal_task",
     "reward_task",
     "supported_estimators",
+    "weighs_by_default",
 ]
 
 
@@ -139,6 +141,8 @@ class OPEReport:
     n_steps: int
     gamma: float
     skipped: dict[str, str] = field(default_factory=dict)
+    #: Evaluated episodes with a logged propensity on every step: the ones importance sampling weighs.
+    propensity_episodes: int = 0
 
     def metrics(self, prefix: str = "ope") -> dict[str, float]:
         """Flat metrics for tracking: ``ope/<estimator>``, ``.../ci_low``, ``.../ci_high``, ``.../ess``."""
@@ -160,16 +164,30 @@ class OPEReport:
             "gamma": self.gamma,
             "estimates": {k: v.to_dict() for k, v in self.estimates.items()},
             "skipped": dict(self.skipped),
+            "propensity_episodes": self.propensity_episodes,
         }
 
 
+#: Share of the episodes that must carry propensities for training's and select's default estimator to be
+#: importance sampling (SNIPS) rather than FQE: on fewer, SNIPS would weigh a small, perhaps unrepresentative part.
+WEIGHTED_DEFAULT_SHARE = 0.5
+
+
+def weighs_by_default(arrays: Any) -> bool:
+    """Whether importance sampling is the default estimator for ``arrays``: at least
+    :data:`WEIGHTED_DEFAULT_SHARE` of its episodes have a logged propensity on every step."""
+    logged = episodes_with_propensities(arrays.propensities, arrays.episode_starts)
+    return bool(logged.size) and float(logged.mean()) >= WEIGHTED_DEFAULT_SHARE
+
+
 def supported_estimators(arrays: Any, policy: TargetPolicy) -> tuple[list[str], dict[str, str]]:
-    """The estimators the data and policy allow, and why each other one is not."""
+    """The estimators the data and policy allow, and why each other one is not. Importance sampling needs one
+    episode with a logged propensity on every step; it then weighs only such episodes (see :func:`evaluate_policy`)."""
     usable, skipped = [], {}
-    has_props = arrays.has_propensities
+    has_props = bool(episodes_with_propensities(arrays.propensities, arrays.episode_starts).any())
     for name in ESTIMATORS:
         if name in NEEDS_PROPENSITIES and not has_props:
-            skipped[name] = "the logs lack propensities"
+            skipped[name] = "the logs lack propensities (no episode has one on every step)"
         elif name in NEEDS_PROPENSITIES and not policy.stochastic:
             skipped[name] = "a deterministic continuous policy has no density"
         else:
@@ -199,6 +217,11 @@ def evaluate_policy(
     ``estimators=None`` runs every estimator the data supports (listing the others in ``skipped``); naming an
     estimator the data cannot support raises :class:`OPEError` saying why. ``max_episodes`` evaluates on a
     random subset of episodes (for periodic evaluation during training).
+
+    Where only some episodes have a logged propensity on every step (logs that mix, e.g. impressions with
+    propensities and ratings without), the importance-sampling estimators weigh those episodes only: their
+    estimates' ``n_episodes`` and the report's ``propensity_episodes`` say how many; ``fqe``, ``mb`` and the
+    logged policy's value use every episode.
 
     ``fqe``'s interval by default resamples only the episodes' start values under one fitted model, which
     ignores the model's own uncertainty; ``fqe_refits > 0`` refits the model that many times on bootstrap
@@ -238,7 +261,26 @@ def evaluate_policy(
     actions = arrays.actions[rows]
     masks = None if arrays.action_masks is None else arrays.action_masks[rows]
     props = arrays.propensities[rows].astype(np.float64)
-    needs_weights = any(e in NEEDS_PROPENSITIES for e in names)
+    logged = episodes_with_propensities(props, starts)
+    weighted = [e for e in names if e in NEEDS_PROPENSITIES]
+    if (
+        weighted
+        and not logged.any()
+        and bool(episodes_with_propensities(arrays.propensities, arrays.episode_starts).any())
+    ):
+        # The logs have propensities, but not on the episodes drawn for this evaluation.
+        why = (
+            f"none of the {len(starts)} evaluated episodes has a propensity on every step; evaluate more "
+            f"episodes (max_episodes) or use 'fqe' or 'mb'"
+        )
+        if estimators is not None:
+            raise OPEError(f"estimator(s) {', '.join(weighted)}: {why}")
+        names = [e for e in names if e not in NEEDS_PROPENSITIES]
+        skipped.update(dict.fromkeys(weighted, why))
+        weighted = []
+        if not names:
+            raise OPEError(f"no estimator can run on this data: {skipped}")
+    needs_weights = bool(weighted)
     inputs = OPEInputs(
         rewards=rewards,
         episode_starts=starts,
@@ -277,7 +319,19 @@ def evaluate_policy(
         inputs.model_v0 = model_values(
             dynamics, policy, states[starts], horizons, start_masks=start_masks, gamma=gamma, rng=rng
         )
-    results = {name: estimate(name, inputs, rng=rng, n_bootstrap=n_bootstrap, confidence=confidence) for name in names}
+    # With no episode logged, the full inputs let the estimator say which rows lack propensities.
+    partial = needs_weights and logged.any() and not logged.all()
+    weighed = _episodes_of(inputs, np.flatnonzero(logged)) if partial else inputs
+    results = {
+        name: estimate(
+            name,
+            weighed if name in NEEDS_PROPENSITIES else inputs,
+            rng=rng,
+            n_bootstrap=n_bootstrap,
+            confidence=confidence,
+        )
+        for name in names
+    }
     if "fqe" in results and fqe_refits > 0:
 
         def fqe_value(local: np.ndarray, new_starts: np.ndarray, new_ends: np.ndarray) -> float:
@@ -325,6 +379,33 @@ def evaluate_policy(
         n_steps=len(rows),
         gamma=gamma,
         skipped=skipped,
+        propensity_episodes=int(logged.sum()),
+    )
+
+
+def _episodes_of(inputs: OPEInputs, episodes: np.ndarray) -> OPEInputs:
+    """``inputs`` restricted to the given episode numbers (steps back to back; per-episode values kept)."""
+    starts, ends = inputs.episode_starts[episodes], inputs.episode_ends[episodes]
+    local = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)])
+    new_ends = np.cumsum(ends - starts)
+
+    def steps(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[local]
+
+    def firsts(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[episodes]
+
+    return OPEInputs(
+        rewards=inputs.rewards[local],
+        episode_starts=new_ends - (ends - starts),
+        episode_ends=new_ends,
+        target_logp=steps(inputs.target_logp),
+        behaviour_p=steps(inputs.behaviour_p),
+        gamma=inputs.gamma,
+        q_sa=steps(inputs.q_sa),
+        v_s=steps(inputs.v_s),
+        v0=firsts(inputs.v0),
+        model_v0=firsts(inputs.model_v0),
     )
 
 

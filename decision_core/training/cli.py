@@ -180,6 +180,7 @@ def ope_cmd(
     if as_json:
         out.print_json(json.dumps({"model": ref.label(), "reports": [r.to_dict() for r in reports]}))
         return
+    from decision_core.ope.estimators import NEEDS_PROPENSITIES
     from decision_core.training.select import MIN_ESS
 
     for r in reports:
@@ -191,6 +192,12 @@ def ope_cmd(
             table.add_row(e.estimator, f"{e.value:.4g}", f"[{e.ci_low:.4g}, {e.ci_high:.4g}]", f"{e.ess:.1f}", note)
         out.print(table)
         out.print(f"logged policy: {r.behaviour_value:.4g} over {r.n_episodes} episodes ({r.n_steps} steps)")
+        weighted = [e for e in r.estimates if e in NEEDS_PROPENSITIES]
+        if weighted and r.propensity_episodes < r.n_episodes:
+            out.print(
+                f"{', '.join(weighted)} weigh the {r.propensity_episodes} episodes with a logged propensity on every "
+                f"step; the others use all {r.n_episodes}"
+            )
         for name, why in r.skipped.items():
             out.print(f"[yellow]skipped {name}[/]: {why}")
 
@@ -202,7 +209,12 @@ def select_cmd(
         str | None, typer.Option("--candidates", help="'all': every registered version of the model.")
     ] = None,
     model_name: Annotated[str | None, typer.Option("--model-name", help="Registered name (default: domain).")] = None,
-    estimator: Annotated[str | None, typer.Option(help="Estimator to rank by (default: snips, else fqe).")] = None,
+    estimator: Annotated[
+        str | None,
+        typer.Option(
+            help="Estimator to rank by (default: snips where at least half the episodes have propensities, else fqe)."
+        ),
+    ] = None,
     confidence: Annotated[float, typer.Option(help="Confidence of the lower bound ranked on.")] = 0.9,
     episodes: Annotated[int, typer.Option(help="Use at most this many logged episodes.")] = 5000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap and FQE.")] = 0,

@@ -573,7 +573,9 @@ class _Tracker:
             metrics.update(run_simulator_eval(agent, sim, self.config))
         estimators: tuple[str, ...] | None = self.config.ope_estimators
         if not final:
-            default = PERIODIC_ESTIMATORS if arrays.has_propensities else ("fqe",)
+            from decision_core.ope import weighs_by_default
+
+            default = PERIODIC_ESTIMATORS if weighs_by_default(arrays) else ("fqe",)
             estimators = self.config.ope_periodic or default
         ope_metrics, reports = run_ope(agent, arrays, self.config, rng=rng, estimators=estimators, sim=sim)
         metrics.update(ope_metrics)

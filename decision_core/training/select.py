@@ -125,6 +125,7 @@ def select_champion(
 ) -> Selection:
     """Score the candidates by OPE on ``domain``'s logs and point ``champion`` at the best lower bound among those
     whose estimate rests on at least ``min_ess`` effective episodes (the smallest over a goal model's goals)."""
+    from decision_core.ope import weighs_by_default
     from decision_core.training.loop import _simulator, load_domain, run_ope
 
     settings = settings or CoreSettings()
@@ -146,7 +147,7 @@ def select_champion(
     if estimator is None:
         # SNIPS ranks well where actions are few (inventory, dialogue); with hundreds of actions importance weights
         # explode and FQE ranks better (docs/ope.md), so callers pick with --estimator there.
-        estimator = "snips" if arrays.has_propensities else "fqe"
+        estimator = "snips" if weighs_by_default(arrays) else "fqe"
     sim = _simulator(domain)
     scores: list[CandidateScore] = []
     task = ""

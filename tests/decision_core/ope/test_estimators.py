@@ -16,6 +16,8 @@ from decision_core.ope import (
     estimate,
     evaluate_policy,
     goal_task,
+    supported_estimators,
+    weighs_by_default,
 )
 from decision_core.schema import DiscreteActions, DomainSpec, Feature, OutcomeFeature
 from decision_core.store import DomainArrays
@@ -147,6 +149,59 @@ def test_missing_propensities_give_a_clear_error_and_the_model_estimators_still_
     assert set(report.skipped) == {"ips", "snips", "pdwis", "dr", "wdr"}
     for name in ("fqe", "mb"):
         assert abs(report.estimates[name].value - true_value(0.8)) < TOLERANCE.get(name, 0.06), name
+
+
+def unlogged_episodes(logs: DomainArrays, episodes: np.ndarray) -> DomainArrays:
+    """``logs`` with the propensities of ``episodes`` missing (as a ratings file ingested beside impressions)."""
+    props = logs.propensities.copy()
+    for e in episodes:
+        props[logs.episode_starts[e] : logs.episode_ends[e]] = np.nan
+    return DomainArrays(**{**logs.__dict__, "propensities": props})
+
+
+def test_importance_sampling_weighs_the_episodes_that_have_propensities(logs: DomainArrays) -> None:
+    unlogged = np.arange(0, logs.n_episodes, 3)  # a third of the episodes
+    mixed = unlogged_episodes(logs, unlogged)
+    assert mixed.propensity_episodes.sum() == logs.n_episodes - len(unlogged)
+    assert mixed.propensity_episodes[unlogged].sum() == 0
+    estimators = ["ips", "snips", "pdwis", "dr", "wdr", "fqe"]
+    report = evaluate_policy(mixed, RightProb(0.8), rng=np.random.default_rng(0), estimators=estimators, fqe=FAST_FQE)
+    kept = np.flatnonzero(mixed.propensity_episodes)
+    assert report.propensity_episodes == len(kept) and report.n_episodes == logs.n_episodes
+    for name in ("ips", "snips", "pdwis", "dr", "wdr"):
+        assert report.estimates[name].n_episodes == len(kept), name
+        assert abs(report.estimates[name].value - true_value(0.8)) < 0.06, name
+    assert report.estimates["fqe"].n_episodes == logs.n_episodes
+    # The weighted estimates are exactly those of the episodes with propensities alone.
+    alone = evaluate_policy(
+        logs.select_episodes(kept), RightProb(0.8), rng=np.random.default_rng(0), estimators=["ips", "snips", "pdwis"]
+    )
+    for name in ("ips", "snips", "pdwis"):
+        assert report.estimates[name].value == pytest.approx(alone.estimates[name].value), name
+    assert report.behaviour_value != pytest.approx(alone.behaviour_value)  # the logged value reads every episode
+
+
+def test_an_evaluated_subset_without_propensities_skips_or_names_the_weighted_estimators(logs: DomainArrays) -> None:
+    mixed = unlogged_episodes(logs, np.arange(1, logs.n_episodes))  # only episode 0 has propensities
+    assert supported_estimators(mixed, RightProb(0.8))[0][:2] == ["ips", "snips"]
+    # Two episodes drawn at random almost surely miss episode 0: the weighted estimators are skipped, saying why.
+    report = evaluate_policy(
+        mixed, RightProb(0.8), rng=np.random.default_rng(0), max_episodes=2, fqe=FAST_FQE, model=FAST_MODEL
+    )
+    assert report.propensity_episodes == 0
+    assert set(report.estimates) == {"fqe", "mb"}
+    assert "none of the 2 evaluated episodes" in report.skipped["snips"]
+    with pytest.raises(OPEError, match=r"snips: none of the 2 evaluated episodes.*'fqe' or 'mb'"):
+        evaluate_policy(mixed, RightProb(0.8), rng=np.random.default_rng(0), max_episodes=2, estimators=["snips"])
+
+
+def test_importance_sampling_is_the_default_estimator_where_most_episodes_have_propensities(
+    logs: DomainArrays,
+) -> None:
+    assert weighs_by_default(logs)
+    half = logs.n_episodes // 2
+    assert weighs_by_default(unlogged_episodes(logs, np.arange(half)))  # exactly half still have them
+    assert not weighs_by_default(unlogged_episodes(logs, np.arange(half + 1)))
 
 
 def test_bootstrap_is_reproducible_with_the_same_generator(logs: DomainArrays) -> None:

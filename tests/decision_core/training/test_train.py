@@ -149,6 +149,26 @@ def test_cli_trains_and_evaluates_offline(settings: CoreSettings, monkeypatch: p
     assert set(report["estimates"]) == {"snips", "fqe"}
     assert report["estimates"]["snips"]["ci_low"] <= report["estimates"]["snips"]["ci_high"]
 
+    # Logs that mix (100 episodes lose their propensities): SNIPS weighs the others, and the table says so.
+    import duckdb
+
+    con = duckdb.connect(str(settings.db_path))
+    con.execute(
+        "UPDATE steps_chain_rows SET propensity = NULL WHERE episode_id IN "
+        "(SELECT DISTINCT episode_id FROM steps_chain_rows ORDER BY episode_id LIMIT 100)"
+    )
+    con.close()
+    r = runner.invoke(
+        app,
+        ["ope", "--domain", "chain", "--model", "models:/chain@champion", "--estimator", "snips",
+         "--estimator", "fqe", "--fqe-steps", "100", *db],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    episodes = report["n_episodes"]
+    assert f"snips weigh the {episodes - 100} episodes with a logged propensity on every step; the others use all" in (
+        " ".join(r.output.split())
+    )
+
 
 def test_behaviour_cloning_without_rewards_trains_and_skips_reward_ope(
     settings: CoreSettings, make_store, tiny: dict
