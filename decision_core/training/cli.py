@@ -122,10 +122,10 @@ def ope_cmd(
     try:
         from decision_core.algos import Exploration
         from decision_core.errors import SpecError
-        from decision_core.ope import AgentPolicy, FQEConfig, ModelConfig, evaluate_tasks, goal_task, reward_task
+        from decision_core.ope import FQEConfig, ModelConfig, evaluate_tasks
         from decision_core.settings import CoreSettings
         from decision_core.training.config import TrainConfig
-        from decision_core.training.loop import _simulator, evaluation_goals, load_domain
+        from decision_core.training.loop import _simulator, evaluation_goals, goal_arrays, load_domain, ope_jobs
         from decision_core.training.models import load_agent_from_uri
 
         settings = CoreSettings(db=db) if db else CoreSettings()
@@ -133,35 +133,28 @@ def ope_cmd(
         cfg = TrainConfig(domain=domain, algo=agent.name, goal_set=goal_set, task=task)
         arrays = load_domain(cfg, settings)
         exploration = Exploration(epsilon, temperature) if (epsilon > 0 or temperature is not None) else None
-        jobs = []
+        goals = []
         if agent.goal_conditioned:
             if goal:
                 spec = arrays.spec
                 targets: dict[str, float] = {}
                 for g in goal:
                     name, sep, value = g.partition("=")
-                    if not sep or name not in spec.outcome_names:
+                    try:
+                        if not sep or name not in spec.outcome_names:
+                            raise ValueError(name)
+                        targets[name] = float(value)
+                    except ValueError:
                         raise SpecError(
-                            f"--goal '{g}' must be feature=value over the outcome features "
+                            f"--goal '{g}' must be feature=number over the outcome features "
                             f"{', '.join(spec.outcome_names)}"
-                        )
-                    targets[name] = float(value)
-                values = np.array([targets.get(o, 0.0) for o in spec.outcome_names], np.float32)
-                mask = np.array([o in targets for o in spec.outcome_names], np.bool_)
-                goals = [("cli", values, mask)]
+                        ) from None
+                goals = [("cli", *goal_arrays(spec, targets))]
             else:
                 goals = evaluation_goals(arrays.spec, goal_set, _simulator(domain))
             if not goals:
                 raise SpecError(f"domain '{domain}' defines no goals; pass --goal feature=value")
-            for name, values, mask in goals:
-                jobs.append(
-                    (
-                        AgentPolicy(agent, exploration, goal=values, goal_mask=mask),
-                        goal_task(arrays, values, mask, name),
-                    )
-                )
-        else:
-            jobs.append((AgentPolicy(agent, exploration), reward_task(arrays, task)))
+        jobs = ope_jobs(agent, arrays, goals, task, exploration)
         rng = np.random.default_rng(seed)
         reports = evaluate_tasks(
             arrays,

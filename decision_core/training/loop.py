@@ -136,12 +136,33 @@ def evaluation_goals(spec: Any, goal_set: str | None, sim: Any | None) -> list[t
                 f"Known: {', '.join(sorted(goals)) or 'none'}"
             )
         goals = {goal_set: goals[goal_set]}
-    out = []
-    for name, targets in goals.items():
-        values = np.array([targets.get(o, 0.0) for o in spec.outcome_names], np.float32)
-        mask = np.array([o in targets for o in spec.outcome_names], np.bool_)
-        out.append((name, values, mask))
-    return out
+    return [(name, *goal_arrays(spec, targets)) for name, targets in goals.items()]
+
+
+def goal_arrays(spec: Any, targets: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """A goal's (values, mask) over the spec's outcome features from its targets (feature -> value)."""
+    values = np.array([targets.get(o, 0.0) for o in spec.outcome_names], np.float32)
+    mask = np.array([o in targets for o in spec.outcome_names], np.bool_)
+    return values, mask
+
+
+def ope_jobs(
+    agent: Any,
+    arrays: Any,
+    goals: list[tuple[str, np.ndarray, np.ndarray]],
+    task: str | None,
+    exploration: Any | None = None,
+) -> list[tuple[Any, Any]]:
+    """The (policy, task) pairs OPE evaluates for ``agent``: one per goal (name, values, mask) for a
+    goal-conditioned agent, else its reward task (``task``: an expression, ``"logged"`` or the spec's reward)."""
+    from decision_core.ope import AgentPolicy, goal_task, reward_task
+
+    if agent.goal_conditioned:
+        return [
+            (AgentPolicy(agent, exploration, goal=values, goal_mask=mask), goal_task(arrays, values, mask, name=name))
+            for name, values, mask in goals
+        ]
+    return [(AgentPolicy(agent, exploration), reward_task(arrays, task))]
 
 
 def run_ope(
@@ -156,7 +177,7 @@ def run_ope(
 ) -> tuple[dict[str, float], list[Any]]:
     """OPE of the agent's served policy: on its reward task, or averaged over the evaluation goals."""
     from decision_core.algos import Exploration
-    from decision_core.ope import AgentPolicy, FQEConfig, ModelConfig, evaluate_tasks, goal_task, reward_task
+    from decision_core.ope import FQEConfig, ModelConfig, evaluate_tasks
 
     exploration = None
     if config.ope_epsilon > 0 or config.ope_temperature is not None:
@@ -164,11 +185,9 @@ def run_ope(
     fqe = FQEConfig(steps=config.fqe_steps)
     jobs: list[tuple[Any, Any]] = []
     if agent.goal_conditioned:
-        for name, values, mask in evaluation_goals(arrays.spec, config.goal_set, sim):
-            policy = AgentPolicy(agent, exploration, goal=values, goal_mask=mask)
-            jobs.append((policy, goal_task(arrays, values, mask, name=name)))
+        jobs = ope_jobs(agent, arrays, evaluation_goals(arrays.spec, config.goal_set, sim), None, exploration)
     elif config.task is not None or arrays.spec.reward is not None or arrays.has_rewards:
-        jobs.append((AgentPolicy(agent, exploration), reward_task(arrays, config.task)))
+        jobs = ope_jobs(agent, arrays, [], config.task, exploration)
     else:  # e.g. behaviour cloning on logs without rewards: there is no task to estimate a value for
         console.print(
             f"[yellow]OPE skipped[/]: domain '{arrays.spec.name}' has no reward (no --task, no spec reward, no "

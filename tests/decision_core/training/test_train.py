@@ -170,6 +170,32 @@ def test_cli_trains_and_evaluates_offline(settings: CoreSettings, monkeypatch: p
     )
 
 
+def test_cli_evaluates_a_goal_model_on_a_stated_goal_or_the_domains_goals(
+    settings: CoreSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DECISION_CORE_HOME", str(settings.home))
+    runner = CliRunner()
+    db = ["--db", str(settings.db_path)]
+    r = runner.invoke(
+        app,
+        ["train", "--domain", "chain", "--algo", "gcbc", "--steps", "30", "--no-progress", *db,
+         "--set", "agent.hidden_dims=[16, 16]", "--set", "fqe_steps=50", "--set", "model_steps=50",
+         "--set", "ope_episodes=100"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    ope = ["ope", "--domain", "chain", "--model", "models:/chain@champion", "--estimator", "snips", "--json", *db]
+    r = runner.invoke(app, [*ope, "--goal", "x=3"])
+    assert r.exit_code == 0, r.output
+    (report,) = json.loads(r.stdout)["reports"]
+    assert report["task"] == "goal cli: x=3" and 0.0 <= report["estimates"]["snips"]["value"] <= 1.0
+    r = runner.invoke(app, ope)  # no --goal: the domain's goals, one report each
+    assert r.exit_code == 0, r.output
+    assert [rep["task"] for rep in json.loads(r.stdout)["reports"]] == ["goal end: x=4", "goal middle: x=2"]
+    for bad in ("x=three", "y=1", "x"):
+        r = runner.invoke(app, [*ope, "--goal", bad])
+        assert r.exit_code != 0 and f"--goal '{bad}' must be feature=number over the outcome features x" in r.output
+
+
 def test_behaviour_cloning_without_rewards_trains_and_skips_reward_ope(
     settings: CoreSettings, make_store, tiny: dict
 ) -> None:
