@@ -9,7 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from decision_core.cli import app
 from decision_core.errors import SpecError
@@ -127,17 +127,23 @@ def test_cli_errors_list_the_choices(settings: CoreSettings, make_store) -> None
     assert r.exit_code == 2 and "no steps" in r.output
 
 
-def test_cli_trains_and_evaluates_offline(settings: CoreSettings, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DECISION_CORE_HOME", str(settings.home))
-    runner = CliRunner()
-    db = ["--db", str(settings.db_path)]
+def cli_train(runner: CliRunner, algo: str, db: list[str]) -> Result:
+    """Train a tiny ``algo`` agent on the chain with the command line (30 steps, small OPE); it must succeed."""
     r = runner.invoke(
         app,
-        ["train", "--domain", "chain", "--algo", "bc", "--steps", "30", "--no-progress", *db,
+        ["train", "--domain", "chain", "--algo", algo, "--steps", "30", "--no-progress", *db,
          "--set", "agent.hidden_dims=[16, 16]", "--set", "fqe_steps=100", "--set", "model_steps=100",
          "--set", "ope_episodes=100"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
+    return r
+
+
+def test_cli_trains_and_evaluates_offline(settings: CoreSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DECISION_CORE_HOME", str(settings.home))
+    runner = CliRunner()
+    db = ["--db", str(settings.db_path)]
+    r = cli_train(runner, "bc", db)
     assert "registered as chain v1 (candidate, champion)" in r.output
     r = runner.invoke(
         app,
@@ -176,13 +182,7 @@ def test_cli_evaluates_a_goal_model_on_a_stated_goal_or_the_domains_goals(
     monkeypatch.setenv("DECISION_CORE_HOME", str(settings.home))
     runner = CliRunner()
     db = ["--db", str(settings.db_path)]
-    r = runner.invoke(
-        app,
-        ["train", "--domain", "chain", "--algo", "gcbc", "--steps", "30", "--no-progress", *db,
-         "--set", "agent.hidden_dims=[16, 16]", "--set", "fqe_steps=50", "--set", "model_steps=50",
-         "--set", "ope_episodes=100"],
-    )  # fmt: skip
-    assert r.exit_code == 0, r.output
+    cli_train(runner, "gcbc", db)
     ope = ["ope", "--domain", "chain", "--model", "models:/chain@champion", "--estimator", "snips", "--json", *db]
     r = runner.invoke(app, [*ope, "--goal", "x=3"])
     assert r.exit_code == 0, r.output
