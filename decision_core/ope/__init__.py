@@ -176,7 +176,7 @@ WEIGHTED_DEFAULT_SHARE = 0.5
 def weighs_by_default(arrays: Any) -> bool:
     """Whether importance sampling is the default estimator for ``arrays``: at least
     :data:`WEIGHTED_DEFAULT_SHARE` of its episodes have a logged propensity on every step."""
-    logged = episodes_with_propensities(arrays.propensities, arrays.episode_starts)
+    logged = arrays.propensity_episodes
     return bool(logged.size) and float(logged.mean()) >= WEIGHTED_DEFAULT_SHARE
 
 
@@ -184,7 +184,7 @@ def supported_estimators(arrays: Any, policy: TargetPolicy) -> tuple[list[str], 
     """The estimators the data and policy allow, and why each other one is not. Importance sampling needs one
     episode with a logged propensity on every step; it then weighs only such episodes (see :func:`evaluate_policy`)."""
     usable, skipped = [], {}
-    has_props = bool(episodes_with_propensities(arrays.propensities, arrays.episode_starts).any())
+    has_props = bool(arrays.propensity_episodes.any())
     for name in ESTIMATORS:
         if name in NEEDS_PROPENSITIES and not has_props:
             skipped[name] = "the logs lack propensities (no episode has one on every step)"
@@ -263,11 +263,7 @@ def evaluate_policy(
     props = arrays.propensities[rows].astype(np.float64)
     logged = episodes_with_propensities(props, starts)
     weighted = [e for e in names if e in NEEDS_PROPENSITIES]
-    if (
-        weighted
-        and not logged.any()
-        and bool(episodes_with_propensities(arrays.propensities, arrays.episode_starts).any())
-    ):
+    if weighted and not logged.any() and bool(arrays.propensity_episodes.any()):
         # The logs have propensities, but not on the episodes drawn for this evaluation.
         why = (
             f"none of the {len(starts)} evaluated episodes has a propensity on every step; evaluate more "
