@@ -24,9 +24,11 @@ from decision_core.ope.estimators import (
     NEEDS_DYNAMICS,
     NEEDS_PROPENSITIES,
     NEEDS_Q_MODEL,
+    Difference,
     Estimate,
     OPEError,
     OPEInputs,
+    compare,
     estimate,
     on_policy_value,
 )
@@ -38,6 +40,7 @@ from decision_core.store import episodes_with_propensities
 __all__ = [
     "ESTIMATORS",
     "AgentPolicy",
+    "Difference",
     "DynamicsModel",
     "Estimate",
     "FQEConfig",
@@ -51,6 +54,8 @@ __all__ = [
     "OPETask",
     "TargetPolicy",
     "UniformPolicy",
+    "compare",
+    "compare_policies",
     "estimate",
     "evaluate_policy",
     "evaluate_tasks",
@@ -233,91 +238,17 @@ def evaluate_policy(
     every policy evaluated on that task. Like ``fqe``'s default, its interval resamples episodes under one model;
     ``model_refits > 0`` takes it from that many models refitted on bootstrap resamples instead.
     """
-    if estimators is None:
-        names, skipped = supported_estimators(arrays, policy)
-    else:
-        unknown = [e for e in estimators if e not in ESTIMATORS]
-        if unknown:
-            raise OPEError(f"unknown estimator(s) {unknown}; choose from {', '.join(ESTIMATORS)}")
-        names, skipped = list(dict.fromkeys(estimators)), {}
-        if any(e in NEEDS_PROPENSITIES for e in names) and not policy.stochastic:
-            raise OPEError(
-                f"policy '{policy.name}' is deterministic over continuous actions, so importance sampling "
-                f"is undefined; evaluate a stochastic policy or use only 'fqe' and 'mb'"
-            )
-    if not names:
-        raise OPEError(f"no estimator can run on this data: {skipped}")
+    names, skipped = _named_estimators(arrays, [policy], estimators)
     task = task or reward_task(arrays)
-    starts, ends, rows = task.episode_starts, task.episode_ends, task.rows
-    rewards = task.rewards
-    if max_episodes is not None and len(starts) > max_episodes:
-        chosen = np.sort(rng.choice(len(starts), size=max_episodes, replace=False))
-        lengths = (ends - starts)[chosen]
-        local = np.concatenate([np.arange(starts[e], ends[e]) for e in chosen])
-        rows, rewards = rows[local], rewards[local]
-        ends = np.cumsum(lengths)
-        starts = ends - lengths
-    states = arrays.states[rows]
-    actions = arrays.actions[rows]
-    masks = None if arrays.action_masks is None else arrays.action_masks[rows]
-    props = arrays.propensities[rows].astype(np.float64)
-    logged = episodes_with_propensities(props, starts)
-    weighted = [e for e in names if e in NEEDS_PROPENSITIES]
-    if weighted and not logged.any() and bool(arrays.propensity_episodes.any()):
-        # The logs have propensities, but not on the episodes drawn for this evaluation.
-        why = (
-            f"none of the {len(starts)} evaluated episodes has a propensity on every step; evaluate more "
-            f"episodes (max_episodes) or use 'fqe' or 'mb'"
-        )
-        if estimators is not None:
-            raise OPEError(f"estimator(s) {', '.join(weighted)}: {why}")
-        names = [e for e in names if e not in NEEDS_PROPENSITIES]
-        skipped.update(dict.fromkeys(weighted, why))
-        weighted = []
-        if not names:
-            raise OPEError(f"no estimator can run on this data: {skipped}")
-    needs_weights = bool(weighted)
-    inputs = OPEInputs(
-        rewards=rewards,
-        episode_starts=starts,
-        episode_ends=ends,
-        target_logp=policy.log_prob(states, actions, masks).astype(np.float64) if needs_weights else None,
-        behaviour_p=props,
-        gamma=gamma,
+    episodes = _TaskEpisodes.of(task, max_episodes, rng)
+    starts, ends, rows, rewards = episodes.starts, episodes.ends, episodes.rows, episodes.rewards
+    names, skipped, logged = _weighable(arrays, episodes, names, skipped, explicit=estimators is not None)
+    inputs, dynamics = _policy_inputs(
+        arrays, policy, episodes, names, task=task, gamma=gamma, fqe=fqe, model=model, dynamics=dynamics, rng=rng
     )
-    if any(e in NEEDS_Q_MODEL for e in names):
-        fitted = fit_fqe(
-            arrays.spec,
-            states,
-            actions,
-            rewards,
-            arrays.next_states[rows],
-            starts,
-            ends,
-            policy,
-            action_masks=masks,
-            config=_with_gamma(fqe, gamma),
-            rng=rng,
-        )
-        inputs.q_sa, inputs.v_s, inputs.v0 = fitted.q_sa, fitted.v_s, fitted.v0
-    if any(e in NEEDS_DYNAMICS for e in names):
-        if dynamics is None:
-            dynamics = fit_task_model(arrays, task, config=model, rng=rng)
-        elif dynamics.spec != arrays.spec:
-            raise OPEError(
-                f"the dynamics model was fitted on domain '{dynamics.spec.name}' (version {dynamics.spec.version}), "
-                f"not on these logs' '{arrays.spec.name}' (version {arrays.spec.version}); fit it with "
-                f"fit_task_model on the same arrays and task"
-            )
+    if dynamics is not None:
         model = dynamics.config  # refits (model_refits) use the settings of the model that was evaluated
-        start_masks = None if masks is None else masks[starts]
-        horizons = _rollout_horizons(arrays, starts, ends, rows)
-        inputs.model_v0 = model_values(
-            dynamics, policy, states[starts], horizons, start_masks=start_masks, gamma=gamma, rng=rng
-        )
-    # With no episode logged, the full inputs let the estimator say which rows lack propensities.
-    partial = needs_weights and logged.any() and not logged.all()
-    weighed = _episodes_of(inputs, np.flatnonzero(logged)) if partial else inputs
+    weighed = _weighed_inputs(inputs, names, logged)
     results = {
         name: estimate(
             name,
@@ -377,6 +308,192 @@ def evaluate_policy(
         skipped=skipped,
         propensity_episodes=int(logged.sum()),
     )
+
+
+def compare_policies(
+    arrays: Any,
+    policy: TargetPolicy,
+    baseline: TargetPolicy,
+    *,
+    estimator: str,
+    rng: np.random.Generator,
+    task: OPETask | None = None,
+    gamma: float = 1.0,
+    n_bootstrap: int = 200,
+    confidence: float = 0.9,
+    fqe: FQEConfig | None = None,
+    max_episodes: int | None = None,
+    model: ModelConfig | None = None,
+    dynamics: DynamicsModel | None = None,
+) -> Difference:
+    """``estimator``'s estimate of ``value(policy) - value(baseline)`` on ``task``, with a paired bootstrap interval
+    (:func:`~decision_core.ope.estimators.compare`): both policies are evaluated on the same episodes (the same
+    random subset when ``max_episodes`` cuts them) and every bootstrap replicate resamples those episodes once for
+    both. This is how to ask whether a candidate is worse than the model it would replace; each policy's own
+    interval answers a different question, and the two overlap long after the difference is clear.
+
+    ``fqe`` fits one Q model per policy; ``mb`` fits one dynamics model (or uses ``dynamics``) for both. Their
+    intervals resample episodes under the fitted models, as :func:`evaluate_policy`'s do by default.
+    """
+    if estimator not in ESTIMATORS:
+        raise OPEError(f"unknown estimator '{estimator}'; choose from {', '.join(ESTIMATORS)}")
+    names, _ = _named_estimators(arrays, [policy, baseline], [estimator])
+    task = task or reward_task(arrays)
+    episodes = _TaskEpisodes.of(task, max_episodes, rng)
+    names, _, logged = _weighable(arrays, episodes, names, {}, explicit=True)
+    sides = []
+    for target in (policy, baseline):
+        inputs, dynamics = _policy_inputs(
+            arrays, target, episodes, names, task=task, gamma=gamma, fqe=fqe, model=model, dynamics=dynamics, rng=rng
+        )
+        sides.append(_weighed_inputs(inputs, names, logged) if estimator in NEEDS_PROPENSITIES else inputs)
+    return compare(estimator, sides[0], sides[1], rng=rng, n_bootstrap=n_bootstrap, confidence=confidence)
+
+
+@dataclass(frozen=True)
+class _TaskEpisodes:
+    """The task's steps that an evaluation uses: every episode, or a random subset of ``max_episodes``."""
+
+    rows: np.ndarray  # (M,) logged step indices, episodes back to back
+    rewards: np.ndarray  # (M,)
+    starts: np.ndarray  # (E,) into rows
+    ends: np.ndarray  # (E,) exclusive
+
+    @classmethod
+    def of(cls, task: OPETask, max_episodes: int | None, rng: np.random.Generator) -> _TaskEpisodes:
+        starts, ends, rows, rewards = task.episode_starts, task.episode_ends, task.rows, task.rewards
+        if max_episodes is not None and len(starts) > max_episodes:
+            chosen = np.sort(rng.choice(len(starts), size=max_episodes, replace=False))
+            lengths = (ends - starts)[chosen]
+            local = np.concatenate([np.arange(starts[e], ends[e]) for e in chosen])
+            rows, rewards = rows[local], rewards[local]
+            ends = np.cumsum(lengths)
+            starts = ends - lengths
+        return cls(rows, rewards, starts, ends)
+
+
+def _named_estimators(
+    arrays: Any, policies: Sequence[TargetPolicy], estimators: Sequence[str] | None
+) -> tuple[list[str], dict[str, str]]:
+    """The estimators to run for ``policies`` and why the others are skipped: every one the data supports when
+    ``estimators`` is None, else the named ones, refused with the reason when one cannot run."""
+    if estimators is None:
+        names, skipped = supported_estimators(arrays, policies[0])
+        for other in policies[1:]:
+            more = supported_estimators(arrays, other)[1]
+            names = [n for n in names if n not in more]
+            skipped = {**more, **skipped}
+    else:
+        unknown = [e for e in estimators if e not in ESTIMATORS]
+        if unknown:
+            raise OPEError(f"unknown estimator(s) {unknown}; choose from {', '.join(ESTIMATORS)}")
+        names, skipped = list(dict.fromkeys(estimators)), {}
+        deterministic = [p.name for p in policies if not p.stochastic]
+        if any(e in NEEDS_PROPENSITIES for e in names) and deterministic:
+            raise OPEError(
+                f"policy '{deterministic[0]}' is deterministic over continuous actions, so importance sampling "
+                f"is undefined; evaluate a stochastic policy or use only 'fqe' and 'mb'"
+            )
+    if not names:
+        raise OPEError(f"no estimator can run on this data: {skipped}")
+    return names, skipped
+
+
+def _weighable(
+    arrays: Any, episodes: _TaskEpisodes, names: list[str], skipped: dict[str, str], *, explicit: bool
+) -> tuple[list[str], dict[str, str], np.ndarray]:
+    """Which evaluated episodes carry a propensity on every step, with the importance-sampling estimators dropped
+    (or refused, when ``explicit``) where none of the evaluated episodes does although the logs have some."""
+    logged = episodes_with_propensities(arrays.propensities[episodes.rows].astype(np.float64), episodes.starts)
+    weighted = [e for e in names if e in NEEDS_PROPENSITIES]
+    if weighted and not logged.any() and bool(arrays.propensity_episodes.any()):
+        # The logs have propensities, but not on the episodes drawn for this evaluation.
+        why = (
+            f"none of the {len(episodes.starts)} evaluated episodes has a propensity on every step; evaluate more "
+            f"episodes (max_episodes) or use 'fqe' or 'mb'"
+        )
+        if explicit:
+            raise OPEError(f"estimator(s) {', '.join(weighted)}: {why}")
+        names = [e for e in names if e not in NEEDS_PROPENSITIES]
+        skipped = {**skipped, **dict.fromkeys(weighted, why)}
+        if not names:
+            raise OPEError(f"no estimator can run on this data: {skipped}")
+    return names, skipped, logged
+
+
+def _policy_inputs(
+    arrays: Any,
+    policy: TargetPolicy,
+    episodes: _TaskEpisodes,
+    names: Sequence[str],
+    *,
+    task: OPETask,
+    gamma: float,
+    fqe: FQEConfig | None,
+    model: ModelConfig | None,
+    dynamics: DynamicsModel | None,
+    rng: np.random.Generator,
+) -> tuple[OPEInputs, DynamicsModel | None]:
+    """What the estimators ``names`` read for ``policy`` on ``episodes``: its log-probabilities of the logged
+    actions, FQE's values, ``mb``'s rollout returns (fitting the dynamics model unless ``dynamics`` is given,
+    and returning the model used)."""
+    starts, ends, rows, rewards = episodes.starts, episodes.ends, episodes.rows, episodes.rewards
+    states = arrays.states[rows]
+    actions = arrays.actions[rows]
+    masks = None if arrays.action_masks is None else arrays.action_masks[rows]
+    inputs = OPEInputs(
+        rewards=rewards,
+        episode_starts=starts,
+        episode_ends=ends,
+        target_logp=(
+            policy.log_prob(states, actions, masks).astype(np.float64)
+            if any(e in NEEDS_PROPENSITIES for e in names)
+            else None
+        ),
+        behaviour_p=arrays.propensities[rows].astype(np.float64),
+        gamma=gamma,
+    )
+    if any(e in NEEDS_Q_MODEL for e in names):
+        fitted = fit_fqe(
+            arrays.spec,
+            states,
+            actions,
+            rewards,
+            arrays.next_states[rows],
+            starts,
+            ends,
+            policy,
+            action_masks=masks,
+            config=_with_gamma(fqe, gamma),
+            rng=rng,
+        )
+        inputs.q_sa, inputs.v_s, inputs.v0 = fitted.q_sa, fitted.v_s, fitted.v0
+    if any(e in NEEDS_DYNAMICS for e in names):
+        if dynamics is None:
+            dynamics = fit_task_model(arrays, task, config=model, rng=rng)
+        elif dynamics.spec != arrays.spec:
+            raise OPEError(
+                f"the dynamics model was fitted on domain '{dynamics.spec.name}' (version {dynamics.spec.version}), "
+                f"not on these logs' '{arrays.spec.name}' (version {arrays.spec.version}); fit it with "
+                f"fit_task_model on the same arrays and task"
+            )
+        inputs.model_v0 = model_values(
+            dynamics,
+            policy,
+            states[starts],
+            _rollout_horizons(arrays, starts, ends, rows),
+            start_masks=None if masks is None else masks[starts],
+            gamma=gamma,
+            rng=rng,
+        )
+    return inputs, dynamics
+
+
+def _weighed_inputs(inputs: OPEInputs, names: Sequence[str], logged: np.ndarray) -> OPEInputs:
+    """The inputs importance sampling weighs: only the episodes with a logged propensity on every step, where
+    some lack one. (With no episode logged, the full inputs let the estimator say which rows lack propensities.)"""
+    partial = any(e in NEEDS_PROPENSITIES for e in names) and logged.any() and not logged.all()
+    return _episodes_of(inputs, np.flatnonzero(logged)) if partial else inputs
 
 
 def _episodes_of(inputs: OPEInputs, episodes: np.ndarray) -> OPEInputs:
