@@ -9,8 +9,10 @@ A run (after ``finetune_every`` new feedback steps, or on ``POST /v1/finetune``)
    feature statistics), then evaluates the candidate and the champion with off-policy evaluation on the new
    data, under the exploration the deployment serves with: for a goal-conditioned model, on the goals most
    requested in the new traffic (else the domain's named goals); for a reward model, on the domain's reward;
-3. the candidate is **accepted** only if, on every evaluated task, the upper end of its confidence interval
-   reaches the champion's estimate (it is not worse within its interval); otherwise it is kept as
+3. the candidate is **accepted** unless, on some evaluated task, it is worse than the champion with the guard's
+   confidence: the upper end of the interval of the difference ``candidate - champion`` is below 0. The interval
+   is a paired bootstrap (both policies re-estimated on each resample of the same episodes), which sees a
+   difference that the two policies' own intervals hide behind their overlap. A rejected candidate is kept as
    ``rejected`` with the reason;
 4. the run is recorded in MLflow (experiment ``<domain>-finetune``: params, losses, OPE estimates, the candidate
    as a registered model version tagged with its status and reason);
@@ -272,7 +274,6 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Fine-tune, evaluate and record one candidate; returns (and writes) the verdict."""
     from decision_core.algos import Exploration, configure_torch_threads, load_agent
     from decision_core.data.dataset import OfflineDataset
-    from decision_core.ope import AgentPolicy, OPEError, evaluate_policy, goal_task, reward_task
 
     configure_torch_threads(1)
     out = Path(job["out_dir"])
@@ -308,67 +309,25 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     exploration = None
     if explore["epsilon"] > 0 or explore["temperature"] is not None:
         exploration = Exploration(epsilon=float(explore["epsilon"]), temperature=explore["temperature"])
-    estimator = job["estimator"]
-    min_ess = float(job.get("min_ess", 0.0))
     metrics: dict[str, float] = {"finetune/train_seconds": train_s, "finetune/new_feedback": job["new_feedback"]}
     for k, points in history.items():
         metrics[f"finetune/{k}"] = points[-1][1]
-    accepted, reasons = True, []
-    try:
-        with DecisionStore(job["new_store"], read_only=True) as store:
-            new = store.load_arrays(spec.name)
-        metrics["finetune/new_episodes"] = new.n_episodes
-        if new.n_episodes < int(job["min_episodes"]):
-            raise OPEError(f"only {new.n_episodes} new episodes; at least {job['min_episodes']} are needed")
-        tasks: list[tuple[str, Any, np.ndarray | None, np.ndarray | None]] = []
-        if agent.goal_conditioned:
-            goals = [g for g in job["goals"] if any(v is not None for v in g)]
-            if not goals:
-                goals = [[named.get(n) for n in spec.outcome_names] for named in spec.goals.values()][:MAX_EVAL_GOALS]
-            if not goals:
-                raise OPEError("the new traffic asked for no goal and the domain names none; nothing to evaluate")
-            for i, g in enumerate(goals):
-                mask = np.array([v is not None for v in g])
-                values = np.array([0.0 if v is None else v for v in g], np.float32)
-                tasks.append((f"goal{i}", goal_task(new, values, mask, name=f"goal{i}"), values, mask))
-        else:
-            tasks.append(("reward", reward_task(new), None, None))
-        rng = np.random.default_rng(seed)
-        for label, task, goal, task_mask in tasks:
-            est = {}
-            for who, pol_agent in (("champion", champion), ("candidate", agent)):
-                policy = AgentPolicy(pol_agent, exploration, goal=goal, goal_mask=task_mask, name=who)
-                report = evaluate_policy(
-                    new,
-                    policy,
-                    rng=rng,
-                    estimators=[estimator],
-                    task=task,
-                    confidence=float(job["confidence"]),
-                    n_bootstrap=200,
-                )
-                est[who] = report.estimates[estimator]
-                for k, v in report.metrics(f"ope/{label}/{who}").items():
-                    metrics[k] = v
-            cand, champ = est["candidate"], est["champion"]
-            reasons.append(
-                f"{task.description}: candidate {cand.value:.4g} [{cand.ci_low:.4g}, {cand.ci_high:.4g}] vs "
-                f"champion {champ.value:.4g} ({estimator}, candidate's effective sample size {cand.ess:.3g} of "
-                f"{cand.n_episodes} episodes)"
-            )
-            if cand.ess < min_ess:
-                accepted = False
-                reasons[-1] = (
-                    f"not evaluable (effective sample size below finetune_min_ess {min_ess:g}; serve more episodes "
-                    "or explore more) on " + reasons[-1]
-                )
-            elif cand.ci_high < champ.value:
-                accepted = False
-                reasons[-1] = "worse on " + reasons[-1]
-    except OPEError as exc:
-        accepted = False
-        reasons.append(f"cannot evaluate on the new data: {exc}")
-    reason = ("not worse within its interval: " if accepted else "rejected: ") + "; ".join(reasons)
+    with DecisionStore(job["new_store"], read_only=True) as store:
+        new = store.load_arrays(spec.name)
+    verdict = judge(
+        new,
+        agent,
+        champion,
+        goals=job["goals"],
+        exploration=exploration,
+        estimator=job["estimator"],
+        confidence=float(job["confidence"]),
+        min_episodes=int(job["min_episodes"]),
+        min_ess=float(job.get("min_ess", 0.0)),
+        seed=seed,
+    )
+    metrics.update(verdict.metrics)
+    accepted, reason = verdict.accepted, verdict.reason
     _progress(reason)
     result: dict[str, Any] = {
         "accepted": accepted,
@@ -382,6 +341,94 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     result.update(_record_in_mlflow(job, agent, metrics, history, accepted, reason))
     (out / "result.json").write_text(json.dumps(result, indent=2, default=float))
     return result
+
+
+@dataclass
+class Verdict:
+    """The guard's decision on a candidate: accepted or not, why, and the OPE figures it rests on."""
+
+    accepted: bool
+    reason: str
+    metrics: dict[str, float]
+
+
+def judge(
+    new: Any,
+    candidate: Any,
+    champion: Any,
+    *,
+    goals: list[list[float | None]],
+    exploration: Any,
+    estimator: str,
+    confidence: float,
+    min_episodes: int,
+    min_ess: float,
+    seed: int,
+) -> Verdict:
+    """Judge the ``candidate`` agent against the ``champion`` on the served steps ``new`` (DomainArrays).
+
+    Tasks: for goal-conditioned agents the served ``goals`` (each a value or None per outcome feature), else up to
+    :data:`MAX_EVAL_GOALS` of the domain's named goals; otherwise the domain's reward. Both agents act as served
+    (``exploration``). On each task :func:`~decision_core.ope.compare_policies` estimates ``candidate - champion``
+    with ``estimator`` and a paired bootstrap interval at ``confidence``; the candidate is rejected where the
+    interval lies below 0, where its effective sample size is below ``min_ess``, or where OPE cannot run.
+    """
+    from decision_core.ope import AgentPolicy, OPEError, compare_policies, goal_task, reward_task
+
+    spec = candidate.spec
+    metrics: dict[str, float] = {"finetune/new_episodes": new.n_episodes}
+    accepted, reasons = True, []
+    try:
+        if new.n_episodes < min_episodes:
+            raise OPEError(f"only {new.n_episodes} new episodes; at least {min_episodes} are needed")
+        tasks: list[tuple[str, Any, np.ndarray | None, np.ndarray | None]] = []
+        if candidate.goal_conditioned:
+            asked = [g for g in goals if any(v is not None for v in g)]
+            if not asked:
+                asked = [[named.get(n) for n in spec.outcome_names] for named in spec.goals.values()][:MAX_EVAL_GOALS]
+            if not asked:
+                raise OPEError("the new traffic asked for no goal and the domain names none; nothing to evaluate")
+            for i, g in enumerate(asked):
+                mask = np.array([v is not None for v in g])
+                values = np.array([0.0 if v is None else v for v in g], np.float32)
+                tasks.append((f"goal{i}", goal_task(new, values, mask, name=f"goal{i}"), values, mask))
+        else:
+            tasks.append(("reward", reward_task(new), None, None))
+        rng = np.random.default_rng(seed)
+        for label, task, goal, task_mask in tasks:
+            cand_policy, champ_policy = (
+                AgentPolicy(a, exploration, goal=goal, goal_mask=task_mask, name=who)
+                for who, a in (("candidate", candidate), ("champion", champion))
+            )
+            diff = compare_policies(
+                new, cand_policy, champ_policy, estimator=estimator, rng=rng, task=task, confidence=confidence
+            )
+            cand = diff.policy
+            for who, e in (("candidate", diff.policy), ("champion", diff.baseline), ("difference", diff)):
+                metrics[f"ope/{label}/{who}/{estimator}"] = e.value
+                metrics[f"ope/{label}/{who}/{estimator}/ci_low"] = e.ci_low
+                metrics[f"ope/{label}/{who}/{estimator}/ci_high"] = e.ci_high
+            metrics[f"ope/{label}/candidate/{estimator}/ess"] = cand.ess
+            metrics[f"ope/{label}/difference/{estimator}/share_worse"] = diff.share_worse
+            reasons.append(
+                f"{task.description}: candidate - champion {diff.value:+.4g} [{diff.ci_low:+.4g}, "
+                f"{diff.ci_high:+.4g}] (candidate {cand.value:.4g}, champion {diff.baseline.value:.4g}; {estimator}, "
+                f"paired over {cand.n_episodes} episodes, candidate's effective sample size {cand.ess:.3g})"
+            )
+            if cand.ess < min_ess:
+                accepted = False
+                reasons[-1] = (
+                    f"not evaluable (effective sample size below finetune_min_ess {min_ess:g}; serve more episodes "
+                    "or explore more) on " + reasons[-1]
+                )
+            elif diff.worse:
+                accepted = False
+                reasons[-1] = "worse on " + reasons[-1]
+    except OPEError as exc:
+        accepted = False
+        reasons.append(f"cannot evaluate on the new data: {exc}")
+    reason = ("not worse within the interval: " if accepted else "rejected: ") + "; ".join(reasons)
+    return Verdict(accepted, reason, metrics)
 
 
 def _record_in_mlflow(

@@ -114,7 +114,7 @@ def test_ingest_train_serve_feedback_finetune_promote(
             assert c.get("/v1/models", headers=H).json()["champion"]["version"] == trained.registered_version
             return
         assert run is not None and run.status == "promoted", run
-        assert "effective sample size" in run.detail and "of 12 episodes" in run.detail, run.detail
+        assert "effective sample size" in run.detail and "paired over 12 episodes" in run.detail, run.detail
         models = c.get("/v1/models", headers=H).json()
         new = models["champion"]["version"]
         assert new != trained.registered_version

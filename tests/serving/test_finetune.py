@@ -1,0 +1,84 @@
+"""The fine-tuning guard's verdict on a candidate against the champion, on served steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from decision_core.algos import Exploration, create_agent
+from decision_core.data.dataset import FeatureStats, OfflineDataset
+from decision_core.schema import DomainSpec
+from decision_core.store import DecisionStore, DomainArrays
+from serving.finetune import judge
+
+from .conftest import fill_store, walk_episodes, walk_spec
+
+UP, DOWN = 2.0, 0.0
+
+
+def served(path: Path, spec: DomainSpec, frame: pl.DataFrame) -> DomainArrays:
+    """The served steps as the worker reads them from its snapshot store."""
+    fill_store(path, spec, frame)
+    with DecisionStore(path, read_only=True) as store:
+        return store.load_arrays(spec.name)
+
+
+def cloned(arrays: DomainArrays, spec: DomainSpec, action: float) -> object:
+    """A BC agent that learned to take ``action`` everywhere."""
+    acting = DomainArrays(**{**arrays.__dict__, "actions": np.full_like(arrays.actions, action)})
+    agent = create_agent("bc", spec, FeatureStats.compute(arrays.states, spec), {"hidden_dims": [16]}, seed=0)
+    sampler = agent.sampler(OfflineDataset(acting), seed=0)
+    for _ in range(150):
+        agent.update(sampler.sample(64))
+    return agent
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory: pytest.TempPathFactory) -> tuple[DomainSpec, DomainArrays, object, object]:
+    spec = walk_spec()
+    frame = walk_episodes(spec, 150, 5, np.random.default_rng(0))  # a uniform logging policy, propensity 1/3
+    arrays = served(tmp_path_factory.mktemp("served") / "new.duckdb", spec, frame)
+    return spec, arrays, cloned(arrays, spec, UP), cloned(arrays, spec, DOWN)
+
+
+def verdict(new: DomainArrays, candidate: object, champion: object, **changes: object):  # type: ignore[no-untyped-def]
+    args = {
+        "goals": [],
+        "exploration": Exploration(epsilon=0.3),
+        "estimator": "snips",
+        "confidence": 0.9,
+        "min_episodes": 5,
+        "min_ess": 0.0,
+        "seed": 0,
+        **changes,
+    }
+    return judge(new, candidate, champion, **args)  # type: ignore[arg-type]
+
+
+def test_a_worse_candidate_is_rejected_with_the_difference_and_its_interval(setting) -> None:  # type: ignore[no-untyped-def]
+    _, new, up, down = setting
+    v = verdict(new, down, up)  # the reward is the next level: going down is worse
+    assert not v.accepted
+    assert v.reason.startswith("rejected: worse on reward: next.level: candidate - champion -"), v.reason
+    assert v.metrics["ope/reward/difference/snips/ci_high"] < 0.0
+    assert v.metrics["ope/reward/difference/snips"] == pytest.approx(
+        v.metrics["ope/reward/candidate/snips"] - v.metrics["ope/reward/champion/snips"]
+    )
+    assert v.metrics["ope/reward/difference/snips/share_worse"] == 1.0
+    better = verdict(new, up, down)
+    assert better.accepted and better.reason.startswith("not worse within the interval: "), better.reason
+    assert better.metrics["ope/reward/difference/snips/ci_low"] > 0.0
+
+
+def test_the_champion_against_itself_is_accepted_and_too_little_evidence_is_not(setting) -> None:  # type: ignore[no-untyped-def]
+    _, new, up, _ = setting
+    same = verdict(new, up, up)
+    assert same.accepted and same.metrics["ope/reward/difference/snips"] == 0.0
+    assert "paired over 150 episodes" in same.reason
+    few = verdict(new, up, up, min_episodes=151)
+    assert not few.accepted and "only 150 new episodes; at least 151 are needed" in few.reason
+    thin = verdict(new, up, up, min_ess=1e6)
+    assert not thin.accepted and "not evaluable (effective sample size below finetune_min_ess" in thin.reason
