@@ -1,0 +1,210 @@
+"""The fine-tuning guard against simulated truth: how often it stops a worse candidate, and how often a good one.
+
+Serving fine-tunes the champion and promotes the candidate unless OPE on the newly served episodes says it is
+worse (``serving.finetune.judge``). This benchmark replays that decision many times in each simulator:
+
+1. log ``--episodes`` behaviour episodes and train BC and IQL agents on them (as ``bench_ope`` does); the
+   champion is the BC agent's stochastic policy, which serves and logs its own propensities;
+2. candidates range from slightly to clearly different: the champion's policy sharper or flatter (temperature 0.5,
+   0.8, 1.25: what a fine-tune does to it), mixed with a uniform policy (shares 0.05 to 0.5), mixed with the IQL
+   policy (shares 0.3 and 0.6) and the IQL policy itself;
+3. every policy's true value comes from ``--truth-episodes`` simulated episodes;
+4. ``--draws`` times, the champion serves ``--served`` new episodes in the simulator, and each candidate is judged
+   on them with each of ``--estimators`` (SNIPS, the guard's default, and PDWIS) at 90% confidence by two rules:
+
+   - **paired** (the guard's rule): reject when the paired bootstrap interval of ``candidate - champion``
+     (:func:`decision_core.ope.compare_policies`) lies below 0;
+   - **one-sided** (the baseline, the former rule): reject when the upper end of the candidate's own interval is
+     below the champion's estimate.
+
+A candidate counts as truly worse when its true value is below the champion's by more than twice the standard
+error of the true difference, and as not worse when it is at least the champion's; the figures are the share of
+draws in which each rule rejects, per kind, and the paired interval's coverage of the true difference.
+
+    python -m benchmarks.bench_guard [--domains inventory,recommender,dialogue] [--served 200] [--draws 40]
+
+Results go to benchmarks/results/guard.json (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from benchmarks.bench_ope import train_agent
+
+RESULTS = Path(__file__).parent / "results" / "guard.json"
+console = Console(width=150)
+
+
+def candidates_for(bc, champion, uniform, iql):  # type: ignore[no-untyped-def]
+    from decision_core.algos import Exploration
+    from decision_core.ope import AgentPolicy, MixturePolicy
+
+    # A fine-tune moves the champion's action probabilities a little: sharper or flatter versions of it.
+    out = {
+        f"champion at T={t:g}": AgentPolicy(bc, Exploration(temperature=t), name=f"T={t:g}") for t in (0.5, 0.8, 1.25)
+    }
+    for share in (0.05, 0.1, 0.2, 0.3, 0.5):
+        name = f"champion + {share:g} uniform"
+        out[name] = MixturePolicy([champion, uniform], [1 - share, share], name=name)
+    for share in (0.3, 0.6):
+        name = f"champion + {share:g} iql"
+        out[name] = MixturePolicy([champion, iql], [1 - share, share], name=name)
+    out["iql (T=1)"] = iql
+    return out
+
+
+def served(sim, champion, episodes: int, seed: int):  # type: ignore[no-untyped-def]
+    """``episodes`` episodes served by the champion, logged with its own propensities."""
+    from decision_core.envs.rollout import rollout
+    from decision_core.ope.validate import SimulatedTarget, episodes_to_arrays
+
+    batch = rollout(
+        sim.dynamics(),
+        SimulatedTarget(champion),
+        batch=episodes,
+        max_steps=sim.max_steps,
+        rng=np.random.default_rng(seed),
+    )
+    return episodes_to_arrays(sim, batch)
+
+
+def rng_of(draw: int) -> np.random.Generator:
+    return np.random.default_rng([draw, 17])
+
+
+def run_domain(domain: str, args: argparse.Namespace, progress: Progress) -> dict:
+    from decision_core.algos import Exploration
+    from decision_core.envs import get_simulator
+    from decision_core.ope import AgentPolicy, ModelConfig, UniformPolicy, compare_policies, fit_task_model, reward_task
+    from decision_core.ope.validate import log_behaviour, true_value
+
+    sim = get_simulator(domain)
+    logs = log_behaviour(sim, args.episodes, args.seed)
+    t = progress.add_task(f"{domain}: training bc and iql", total=None)
+    bc = train_agent("bc", logs, args.train_steps, args.seed)
+    iql = train_agent("iql", logs, args.train_steps, args.seed)
+    progress.remove_task(t)
+    champion = AgentPolicy(bc, Exploration(temperature=1.0), name="champion")
+    candidates = candidates_for(
+        bc, champion, UniformPolicy(logs.spec), AgentPolicy(iql, Exploration(temperature=1.0), name="iql (T=1)")
+    )
+    t = progress.add_task(f"{domain}: true values", total=len(candidates) + 1)
+    truth = {}
+    for name, policy in {"champion": champion, **candidates}.items():
+        truth[name] = true_value(sim, policy, args.truth_episodes, args.seed)
+        progress.advance(t)
+    progress.remove_task(t)
+    t = progress.add_task(f"{domain}: {args.draws} draws of {args.served} served episodes", total=args.draws)
+    estimators = [e.strip() for e in args.estimators.split(",") if e.strip()]
+    decisions = {
+        (e, n): {"paired": [], "one_sided": [], "covered": [], "ess": []} for e in estimators for n in candidates
+    }
+    for draw in range(args.draws):
+        new = served(sim, champion, args.served, args.seed * 1000 + draw)
+        task = reward_task(new, "logged")
+        # mb's model does not depend on the policy: one fit per draw serves every comparison on it.
+        dynamics = None
+        if "mb" in estimators:
+            dynamics = fit_task_model(new, task, config=ModelConfig(steps=args.model_steps), rng=rng_of(draw))
+        for (estimator, name), verdicts in decisions.items():
+            d = compare_policies(
+                new, candidates[name], champion, estimator=estimator, rng=rng_of(draw), task=task, dynamics=dynamics
+            )
+            true_diff = truth[name][0] - truth["champion"][0]
+            verdicts["paired"].append(d.worse)
+            verdicts["one_sided"].append(d.policy.ci_high < d.baseline.value)
+            verdicts["covered"].append(d.ci_low <= true_diff <= d.ci_high)
+            verdicts["ess"].append(d.policy.ess)
+        progress.advance(t)
+    progress.remove_task(t)
+    kinds = {}
+    for name in candidates:
+        diff = truth[name][0] - truth["champion"][0]
+        se = float(np.hypot(truth[name][1], truth["champion"][1]))
+        kind = "worse" if diff < -2 * se else "not worse" if diff >= 0 else "unclear"
+        kinds[name] = {"true_value": truth[name][0], "true_difference": diff, "difference_se": se, "kind": kind}
+    by_estimator = {
+        e: {n: {**kinds[n], **{k: float(np.mean(v)) for k, v in decisions[e, n].items()}} for n in candidates}
+        for e in estimators
+    }
+    return {"champion_true_value": truth["champion"][0], "estimators": by_estimator}
+
+
+def rates(rows: dict, kind: str, rule: str) -> float:
+    chosen = [r[rule] for r in rows.values() if r["kind"] == kind]
+    return float(np.mean(chosen)) if chosen else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--domains", default="inventory,recommender,dialogue")
+    parser.add_argument("--episodes", type=int, default=2000, help="logged behaviour episodes the agents learn from")
+    parser.add_argument("--train-steps", type=int, default=3000)
+    parser.add_argument("--truth-episodes", type=int, default=4000)
+    parser.add_argument("--served", type=int, default=200, help="episodes the champion serves before each verdict")
+    parser.add_argument("--draws", type=int, default=40, help="independent verdicts per candidate")
+    parser.add_argument(
+        "--estimators", default="snips,pdwis", help="comma-separated; snips is the guard's default estimator"
+    )
+    parser.add_argument("--model-steps", type=int, default=3000, help="gradient steps of mb's model (with mb)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON results go")
+    args = parser.parse_args()
+
+    from decision_core.algos import configure_torch_threads
+
+    configure_torch_threads(1)
+    results = {}
+    for domain in [d.strip() for d in args.domains.split(",") if d.strip()]:
+        started = time.perf_counter()
+        with Progress(console=console, transient=True) as progress:
+            result = run_domain(domain, args, progress)
+        result["seconds"] = time.perf_counter() - started
+        for estimator, rows in result["estimators"].items():
+            table = Table(
+                "candidate", "true value", "true diff.", "kind", "paired rejects", "one-sided rejects",
+                "paired coverage", "mean ESS",
+                title=f"{domain}: champion true value {result['champion_true_value']:.4g}; {args.draws} verdicts on "
+                f"{args.served} served episodes each ({estimator}, 90%)",
+            )  # fmt: skip
+            for name, r in rows.items():
+                shares = (f"{100 * r[k]:.0f}%" for k in ("paired", "one_sided", "covered"))
+                table.add_row(
+                    name, f"{r['true_value']:.4g}", f"{r['true_difference']:+.3g} ± {r['difference_se']:.2g}",
+                    r["kind"], *shares, f"{r['ess']:.3g}",
+                )  # fmt: skip
+            console.print(table)
+            summary = {
+                rule: {
+                    "worse_rejected": rates(rows, "worse", rule),
+                    "not_worse_rejected": rates(rows, "not worse", rule),
+                }
+                for rule in ("paired", "one_sided")
+            }
+            result.setdefault("summary", {})[estimator] = summary
+            paired, one = summary["paired"], summary["one_sided"]
+            ratio = paired["worse_rejected"] / max(one["worse_rejected"], 1e-9)
+            console.print(
+                f"[bold]{domain}, {estimator}[/]: worse candidates stopped — paired "
+                f"{100 * paired['worse_rejected']:.0f}%, one-sided {100 * one['worse_rejected']:.0f}% (ratio "
+                f"{ratio:.2f}x); not-worse candidates stopped — paired {100 * paired['not_worse_rejected']:.0f}%, "
+                f"one-sided {100 * one['not_worse_rejected']:.0f}%"
+            )
+        console.print(f"{domain}: {result['seconds']:.0f} s")
+        results[domain] = result
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"args": {**vars(args), "out": str(args.out)}, "domains": results}, indent=2))
+    console.print(f"results written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
