@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -133,15 +134,43 @@ def run_domain(domain: str, args: argparse.Namespace, progress: Progress) -> dic
         kind = "worse" if diff < -2 * se else "not worse" if diff >= 0 else "unclear"
         kinds[name] = {"true_value": truth[name][0], "true_difference": diff, "difference_se": se, "kind": kind}
     by_estimator = {
-        e: {n: {**kinds[n], **{k: float(np.mean(v)) for k, v in decisions[e, n].items()}} for n in candidates}
+        e: {
+            n: {
+                **kinds[n],
+                **{k: float(np.mean(v)) for k, v in decisions[e, n].items()},
+                "draws": {k: [float(x) for x in v] for k, v in decisions[e, n].items()},
+            }
+            for n in candidates
+        }
         for e in estimators
     }
     return {"champion_true_value": truth["champion"][0], "estimators": by_estimator}
 
 
-def rates(rows: dict, kind: str, rule: str) -> float:
-    chosen = [r[rule] for r in rows.values() if r["kind"] == kind]
-    return float(np.mean(chosen)) if chosen else float("nan")
+def outcomes(rows: dict, rule: str, min_ess: float) -> dict[str, float]:
+    """The guard's verdicts under ``rule`` with an effective-sample-size floor: on truly worse candidates the
+    share stopped (called worse, or not evaluable); on not-worse ones the share called worse and not evaluable."""
+
+    def share(kind: str, verdict: str) -> float:
+        picked = []
+        for r in rows.values():
+            if r["kind"] != kind:
+                continue
+            thin = np.asarray(r["draws"]["ess"]) < min_ess
+            worse = np.asarray(r["draws"][rule], bool) & ~thin
+            picked.append({"worse": worse, "thin": thin, "stopped": worse | thin}[verdict])
+        return float(np.mean(np.concatenate(picked))) if picked else float("nan")
+
+    return {
+        "worse_stopped": share("worse", "stopped"),
+        "not_worse_called_worse": share("not worse", "worse"),
+        "not_worse_not_evaluable": share("not worse", "thin"),
+    }
+
+
+def compact_lists(text: str) -> str:
+    """Indented JSON with each list of numbers on one line (the per-draw verdicts would take a line per number)."""
+    return re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
 
 
 def main() -> None:
@@ -155,6 +184,7 @@ def main() -> None:
     parser.add_argument(
         "--estimators", default="snips,pdwis", help="comma-separated; snips is the guard's default estimator"
     )
+    parser.add_argument("--min-ess", type=float, default=10.0, help="the guard's ESS floor, beside none")
     parser.add_argument("--model-steps", type=int, default=3000, help="gradient steps of mb's model (with mb)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON results go")
@@ -184,25 +214,22 @@ def main() -> None:
                 )  # fmt: skip
             console.print(table)
             summary = {
-                rule: {
-                    "worse_rejected": rates(rows, "worse", rule),
-                    "not_worse_rejected": rates(rows, "not worse", rule),
-                }
+                f"{rule}, min ESS {floor:g}": outcomes(rows, rule, floor)
+                for floor in sorted({0.0, args.min_ess})
                 for rule in ("paired", "one_sided")
             }
             result.setdefault("summary", {})[estimator] = summary
-            paired, one = summary["paired"], summary["one_sided"]
-            ratio = paired["worse_rejected"] / max(one["worse_rejected"], 1e-9)
-            console.print(
-                f"[bold]{domain}, {estimator}[/]: worse candidates stopped — paired "
-                f"{100 * paired['worse_rejected']:.0f}%, one-sided {100 * one['worse_rejected']:.0f}% (ratio "
-                f"{ratio:.2f}x); not-worse candidates stopped — paired {100 * paired['not_worse_rejected']:.0f}%, "
-                f"one-sided {100 * one['not_worse_rejected']:.0f}%"
-            )
+            for label, o in summary.items():
+                console.print(
+                    f"[bold]{domain}, {estimator}, {label}[/]: worse candidates stopped "
+                    f"{100 * o['worse_stopped']:.0f}%; not-worse candidates called worse "
+                    f"{100 * o['not_worse_called_worse']:.0f}%, not evaluable {100 * o['not_worse_not_evaluable']:.0f}%"
+                )
         console.print(f"{domain}: {result['seconds']:.0f} s")
         results[domain] = result
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"args": {**vars(args), "out": str(args.out)}, "domains": results}, indent=2))
+    text = json.dumps({"args": {**vars(args), "out": str(args.out)}, "domains": results}, indent=2)
+    args.out.write_text(compact_lists(text))
     console.print(f"results written to {args.out}")
 
 

@@ -100,10 +100,10 @@ class ServingSettings(BaseSettings):
         default=5, ge=1, description="New served episodes needed before a candidate can be evaluated."
     )
     finetune_min_ess: float = Field(
-        default=0.0,
+        default=10.0,
         ge=0.0,
         description="Smallest effective sample size of the candidate's OPE estimate on the new data for the guard "
-        "to judge it; below it the candidate is rejected as not evaluable (0: always judge, the ESS is reported).",
+        "to judge it; below it the candidate is rejected as not evaluable (as `select --min-ess`; 0: always judge).",
     )
     finetune_timeout_s: float = Field(default=3600.0, gt=0.0, description="A fine-tune running longer is stopped.")
     hooks: str = Field(

@@ -82,3 +82,10 @@ def test_the_champion_against_itself_is_accepted_and_too_little_evidence_is_not(
     assert not few.accepted and "only 150 new episodes; at least 151 are needed" in few.reason
     thin = verdict(new, up, up, min_ess=1e6)
     assert not thin.accepted and "not evaluable (effective sample size below finetune_min_ess" in thin.reason
+
+
+def test_the_guard_asks_for_the_evidence_select_asks_for_by_default() -> None:
+    from decision_core.training.select import MIN_ESS
+    from serving.settings import ServingSettings
+
+    assert ServingSettings.model_fields["finetune_min_ess"].default == MIN_ESS == 10.0
