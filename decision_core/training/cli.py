@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -115,8 +115,18 @@ def ope_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the models.")] = 0,
     db: Annotated[Path | None, typer.Option("--db", help="DuckDB store.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            "--baseline",
+            help="A second model (e.g. models:/name@champion): estimate model - baseline on the same episodes with a "
+            "paired interval instead (default estimator: snips where at least half the episodes have propensities, "
+            "else fqe).",
+        ),
+    ] = None,
 ) -> None:
-    """Estimate a model's value from the logs with off-policy estimators (value, CI, effective sample size)."""
+    """Estimate a model's value from the logs with off-policy estimators (value, CI, effective sample size), or
+    its difference from a baseline model (--baseline)."""
     import numpy as np
 
     try:
@@ -156,6 +166,21 @@ def ope_cmd(
                 raise SpecError(f"domain '{domain}' defines no goals; pass --goal feature=value")
         jobs = ope_jobs(agent, arrays, goals, task, exploration)
         rng = np.random.default_rng(seed)
+        if baseline is not None:
+            base_agent, base_ref = load_agent_from_uri(baseline, settings)
+            if base_agent.goal_conditioned != agent.goal_conditioned or base_agent.spec != agent.spec:
+                kind = "goal-conditioned" if agent.goal_conditioned else "reward"
+                raise SpecError(
+                    f"--baseline {base_ref.label()} must be a {kind} model of domain '{agent.spec.name}' like "
+                    f"{ref.label()}, so that both are evaluated on the same tasks"
+                )
+            base_jobs = ope_jobs(base_agent, arrays, goals, task, exploration)
+            compared = _compare_jobs(
+                arrays, jobs, base_jobs, estimators, rng, gamma=gamma, n_bootstrap=bootstrap, confidence=confidence,
+                fqe=FQEConfig(steps=fqe_steps), model=ModelConfig(steps=model_steps), max_episodes=episodes,
+            )  # fmt: skip
+            _print_comparisons(compared, ref.label(), base_ref.label(), confidence, as_json)
+            return
         reports = evaluate_tasks(
             arrays,
             jobs,
@@ -193,6 +218,57 @@ def ope_cmd(
             )
         for name, why in r.skipped.items():
             out.print(f"[yellow]skipped {name}[/]: {why}")
+
+
+def _compare_jobs(
+    arrays: Any,
+    jobs: list[tuple[Any, Any]],
+    base_jobs: list[tuple[Any, Any]],
+    estimators: list[str] | None,
+    rng: Any,
+    **kwargs: Any,
+) -> list[tuple[str, Any]]:
+    """(task description, Difference) for each task and estimator: the model's policy minus the baseline's."""
+    from decision_core.ope import compare_policies, weighs_by_default
+
+    names = estimators or ["snips" if weighs_by_default(arrays) else "fqe"]
+    out = []
+    for (policy, task), (base_policy, _) in zip(jobs, base_jobs, strict=True):
+        for name in dict.fromkeys(names):
+            d = compare_policies(arrays, policy, base_policy, estimator=name, rng=rng, task=task, **kwargs)
+            out.append((task.description, d))
+    return out
+
+
+def _print_comparisons(
+    compared: list[tuple[str, Any]], model: str, baseline: str, confidence: float, as_json: bool
+) -> None:
+    if as_json:
+        rows = [{"task": task, **d.to_dict()} for task, d in compared]
+        out.print_json(json.dumps({"model": model, "baseline": baseline, "comparisons": rows}))
+        return
+    from decision_core.training.select import MIN_ESS
+
+    pct = round(100 * confidence)
+    table = Table(
+        "task", "estimator", "difference", f"{pct}% CI", "worse in", "model", "baseline", "model ESS", "",
+        title=f"{model} - {baseline} (paired over the same episodes)",
+    )  # fmt: skip
+    for task, d in compared:
+        if d.worse:
+            verdict = "[red]worse[/]"
+        elif d.ci_low > 0:
+            verdict = "[green]better[/]"
+        else:
+            verdict = "no clear difference"
+        if d.policy.ess < MIN_ESS:
+            verdict += f" [yellow](ESS < {MIN_ESS:g}: says little)[/]"
+        table.add_row(
+            task, d.estimator, f"{d.value:+.4g}", f"[{d.ci_low:+.4g}, {d.ci_high:+.4g}]", f"{100 * d.share_worse:.0f}%",
+            f"{d.policy.value:.4g}", f"{d.baseline.value:.4g}", f"{d.policy.ess:.1f}", verdict,
+        )  # fmt: skip
+    out.print(table)
+    out.print("'worse in': share of the bootstrap resamples in which the model's value is below the baseline's")
 
 
 def select_cmd(

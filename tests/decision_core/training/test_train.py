@@ -176,6 +176,35 @@ def test_cli_trains_and_evaluates_offline(settings: CoreSettings, monkeypatch: p
     )
 
 
+def test_cli_compares_a_model_with_a_baseline_on_the_same_episodes(
+    settings: CoreSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DECISION_CORE_HOME", str(settings.home))
+    runner = CliRunner()
+    db = ["--db", str(settings.db_path)]
+    cli_train(runner, "bc", db)
+    cli_train(runner, "iql", db)
+    ope = ["ope", "--domain", "chain", "--model", "models:/chain/2", "--json", *db]
+    r = runner.invoke(app, [*ope, "--baseline", "models:/chain/1", "--estimator", "snips", "--estimator", "pdwis"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert (out["model"], out["baseline"]) == ("chain v2", "chain v1")
+    assert [c["estimator"] for c in out["comparisons"]] == ["snips", "pdwis"]
+    for c in out["comparisons"]:
+        assert c["value"] == pytest.approx(c["policy"]["value"] - c["baseline"]["value"])
+        assert c["ci_low"] <= c["ci_high"] and 0.0 <= c["share_worse"] <= 1.0
+    r = runner.invoke(app, [*ope, "--baseline", "models:/chain/2"])  # itself, with the default estimator
+    assert r.exit_code == 0, r.output
+    (same,) = json.loads(r.stdout)["comparisons"]
+    assert same["estimator"] == "snips" and (same["value"], same["ci_low"], same["ci_high"]) == (0.0, 0.0, 0.0)
+    r = runner.invoke(app, [*ope[:-3], "--baseline", "models:/chain/1", *db])  # the table
+    assert r.exit_code == 0, r.output
+    assert "chain v2 - chain v1 (paired over the same episodes)" in r.output
+    cli_train(runner, "gcbc", db)
+    r = runner.invoke(app, [*ope, "--baseline", "models:/chain/3"])
+    assert r.exit_code != 0 and "must be a reward model of domain 'chain'" in " ".join(r.output.split())
+
+
 def test_cli_evaluates_a_goal_model_on_a_stated_goal_or_the_domains_goals(
     settings: CoreSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
