@@ -9,7 +9,8 @@ A run (after ``finetune_every`` new feedback steps, or on ``POST /v1/finetune``)
    feature statistics), then evaluates the candidate and the champion with off-policy evaluation on the new
    data, under the exploration the deployment serves with: for a goal-conditioned model, on the goals most
    requested in the new traffic (else the domain's named goals); for a reward model, on the domain's reward;
-3. the candidate is **accepted** unless, on some evaluated task, it is worse than the champion with the guard's
+3. the candidate is **accepted** unless, on some evaluated task, its estimate rests on fewer than
+   ``finetune_min_ess`` effective episodes (not evaluable), or it is worse than the champion with the guard's
    confidence: the upper end of the interval of the difference ``candidate - champion`` is below 0. The interval
    is a paired bootstrap (both policies re-estimated on each resample of the same episodes), which sees a
    difference that the two policies' own intervals hide behind their overlap. A rejected candidate is kept as
@@ -323,7 +324,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         estimator=job["estimator"],
         confidence=float(job["confidence"]),
         min_episodes=int(job["min_episodes"]),
-        min_ess=float(job.get("min_ess", 0.0)),
+        min_ess=float(job["min_ess"]),
         seed=seed,
     )
     metrics.update(verdict.metrics)
