@@ -316,6 +316,8 @@ def select_cmd(
     except DecisionCoreError as exc:
         raise _fail(exc) from None
     out.print(result.table())
+    for note in result.notes:
+        out.print(f"note: {note}")
     out.print(result.summary())
 
 

@@ -2,10 +2,11 @@
 
 Every candidate (a registered model version) is evaluated on the same logged episodes with the same estimator and
 bootstrap seed; the winner is the one with the highest **lower confidence bound** (a model that only looks good
-because its estimate is noisy does not win), and the ``champion`` alias moves to it. A candidate whose estimate rests
-on fewer than ``min_ess`` effective episodes (importance weights concentrated on a handful of logged episodes: a
-policy far from the logs, or hundreds of actions) is not evaluable and cannot win; when no candidate is, the
-champion stays where it is and the summary says which estimators do not weight episodes.
+because its estimate is noisy does not win), and the ``champion`` alias moves to it. The current champion is always
+scored (beside named runs that leave it out), so it is replaced only by a candidate that beats it. A candidate whose
+estimate rests on fewer than ``min_ess`` effective episodes (importance weights concentrated on a handful of logged
+episodes: a policy far from the logs, or hundreds of actions) is not evaluable and cannot win; when no candidate
+is, the champion stays where it is and the summary says which estimators do not weight episodes.
 """
 
 from __future__ import annotations
@@ -135,6 +136,20 @@ def select_champion(
     for v in versions:
         agent, _ = load_agent_from_uri(f"models:/{name}/{v.version}", settings)
         loaded.append((v, agent))
+    previous = alias_version(name, CHAMPION, settings)
+    notes = []
+    if previous is not None and all(str(v.version) != previous for v, _ in loaded):
+        # The champion defends its place: named runs that all score below it must not replace it.
+        (incumbent,) = [v for v in _versions(name, None, settings) if str(v.version) == previous]
+        agent, _ = load_agent_from_uri(f"models:/{name}/{previous}", settings)
+        if {a.goal_conditioned for _, a in loaded} == {agent.goal_conditioned}:
+            loaded.append((incumbent, agent))
+            notes.append(f"the champion v{previous} is scored beside the named runs: a candidate must beat it")
+        else:
+            notes.append(
+                f"the champion v{previous} is a {'goal-conditioned' if agent.goal_conditioned else 'reward'} model, "
+                "not comparable with the named runs; it was not scored"
+            )
     kinds = {a.goal_conditioned for _, a in loaded}
     if len(kinds) > 1:
         gc = [f"v{v.version}" for v, a in loaded if a.goal_conditioned]
@@ -174,10 +189,9 @@ def select_champion(
         )
     evaluable = [s for s in scores if s.evaluable]
     best = max(evaluable, key=lambda s: (s.ci_low, s.value)) if evaluable else None
-    previous = alias_version(name, CHAMPION, settings)
     moved = False
     if best is not None and move_alias and previous != best.version:
         set_alias(name, CHAMPION, best.version, settings)
         moved = True
     level = reports[0].estimates[estimator].confidence
-    return Selection(name, scores, best, previous, moved, level, task, min_ess=min_ess)
+    return Selection(name, scores, best, previous, moved, level, task, notes=notes, min_ess=min_ess)

@@ -89,6 +89,33 @@ def test_select_cli_compares_named_runs_and_reports_unknown_ones(
         select_champion("chain", settings=settings, model_name="other")
 
 
+def test_named_runs_must_beat_the_champion_to_replace_it(
+    settings: CoreSettings, two_candidates: tuple[str, str], tiny: dict
+) -> None:
+    weak, _ = two_candidates
+    set_alias("chain", CHAMPION, "2", settings)  # the trained model is champion; the weak one is named alone
+    result = select_champion("chain", run_ids=[weak], settings=settings, max_episodes=300)
+    assert {c.version for c in result.candidates} == {"1", "2"}
+    assert result.chosen is not None and result.chosen.version == "2" and not result.moved
+    assert alias_version("chain", CHAMPION, settings) == "2"
+    assert result.notes == ["the champion v2 is scored beside the named runs: a candidate must beat it"]
+    r = CliRunner().invoke(
+        app, ["select", "--domain", "chain", "--runs", weak, "--db", str(settings.db_path), "--estimator", "snips"]
+    )
+    assert r.exit_code == 0, r.output
+    assert "note: the champion v2 is scored beside the named runs" in " ".join(r.output.split())
+    assert "champion stays chain v2" in r.output
+    # A champion of the other kind (a goal model) cannot be compared with reward models: it is named, not scored.
+    goal_model = train(TrainConfig(domain="chain", algo="gcbc", **tiny), settings, progress=False)
+    set_alias("chain", CHAMPION, goal_model.registered_version, settings)
+    other = select_champion("chain", run_ids=[weak], settings=settings, max_episodes=300, move_alias=False)
+    assert {c.version for c in other.candidates} == {"1"}
+    assert other.notes == [
+        f"the champion v{goal_model.registered_version} is a goal-conditioned model, not comparable with the named "
+        "runs; it was not scored"
+    ]
+
+
 def test_the_command_line_floor_is_selections_own() -> None:
     """The command states select's MIN_ESS as a literal (importing select at start-up pulls in MLflow)."""
     import inspect
