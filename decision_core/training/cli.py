@@ -113,6 +113,14 @@ def ope_cmd(
     fqe_steps: Annotated[int, typer.Option(help="Gradient steps of FQE's Q model.")] = 3000,
     model_steps: Annotated[int, typer.Option(help="Gradient steps of the mb estimator's dynamics model.")] = 6000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the models.")] = 0,
+    refits: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Refit fqe's and mb's models on this many bootstrap resamples for intervals that include the "
+            "models' own error (one more fit each); 0: episodes resampled under one model.",
+        ),
+    ] = 0,
     db: Annotated[Path | None, typer.Option("--db", help="DuckDB store.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     baseline: Annotated[
@@ -167,6 +175,11 @@ def ope_cmd(
         jobs = ope_jobs(agent, arrays, goals, task, exploration)
         rng = np.random.default_rng(seed)
         if baseline is not None:
+            if refits:
+                raise SpecError(
+                    "--refits widens one model's interval; a comparison with --baseline takes a paired interval "
+                    "over the episodes instead: drop one of them"
+                )
             base_agent, base_ref = load_agent_from_uri(baseline, settings)
             if base_agent.goal_conditioned != agent.goal_conditioned or base_agent.spec != agent.spec:
                 kind = "goal-conditioned" if agent.goal_conditioned else "reward"
@@ -192,6 +205,8 @@ def ope_cmd(
             confidence=confidence,
             fqe=FQEConfig(steps=fqe_steps),
             max_episodes=episodes,
+            fqe_refits=refits,
+            model_refits=refits,
         )
     except DecisionCoreError as exc:
         raise _fail(exc) from None
@@ -291,6 +306,14 @@ def select_cmd(
         float, typer.Option(help="A candidate needs at least this effective sample size (episodes) to compete.")
     ] = 10.0,  # select.MIN_ESS (the command module imports nothing heavy at start-up)
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Compare only; do not move the alias.")] = False,
+    refits: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Refit fqe's and mb's models on this many bootstrap resamples for intervals that include the "
+            "models' own error (one more fit each); 0: episodes resampled under one model.",
+        ),
+    ] = 0,
     db: Annotated[Path | None, typer.Option("--db", help="DuckDB store.")] = None,
 ) -> None:
     """Pick the candidate with the best OPE lower confidence bound and point `champion` at it."""
@@ -312,6 +335,7 @@ def select_cmd(
             seed=seed,
             move_alias=not dry_run,
             min_ess=min_ess,
+            refits=refits,
         )
     except DecisionCoreError as exc:
         raise _fail(exc) from None

@@ -71,6 +71,10 @@ class TrainConfig:
     #: Gradient steps of the dynamics model used by the model-based estimator (mb): one fit per task (per goal
     #: for goal-conditioned agents), about 12 s for 3000 steps on 100k steps of logs on one thread.
     model_steps: int = 3000
+    #: Refits of FQE's Q model and mb's dynamics model on bootstrap resamples of the episodes at the final OPE, for
+    #: intervals that include the models' own error (each one more fit per policy and task). 0: the interval
+    #: resamples episodes under one fitted model, which covers the spread over start states only.
+    ope_refits: int = 0
     #: Exploration of the evaluated (served) policy: epsilon-greedy and/or softmax temperature; both off = greedy.
     ope_epsilon: float = 0.0
     ope_temperature: float | None = None
@@ -113,6 +117,7 @@ class TrainConfig:
             (self.ope_episodes >= 2, "ope_episodes", "must be >= 2"),
             (self.fqe_steps >= 1, "fqe_steps", "must be >= 1"),
             (self.model_steps >= 1, "model_steps", "must be >= 1"),
+            (isinstance(self.ope_refits, int) and self.ope_refits >= 0, "ope_refits", "must be an integer >= 0"),
             (0.0 <= self.ope_epsilon <= 1.0, "ope_epsilon", "must be in [0, 1]"),
             (self.ope_temperature is None or self.ope_temperature > 0, "ope_temperature", "must be > 0"),
             (
@@ -189,7 +194,7 @@ class TrainConfig:
             raise SpecError(f"{source}: missing {missing}; give them in the file or as --domain/--algo")
         values = dict(data)
         for name in ("steps", "seed", "log_every", "eval_every", "checkpoint_every", "eval_episodes",
-                     "ope_episodes", "fqe_steps", "model_steps"):  # fmt: skip
+                     "ope_episodes", "fqe_steps", "model_steps", "ope_refits"):  # fmt: skip
             if name in values and not (isinstance(values[name], int) and not isinstance(values[name], bool)):
                 raise SpecError(f"{source}: '{name}' must be an integer, got {values[name]!r}")
         for name in ("ope_gamma", "ope_epsilon", "ope_temperature"):

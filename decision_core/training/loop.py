@@ -174,8 +174,10 @@ def run_ope(
     estimators: tuple[str, ...] | list[str] | None,
     sim: Any | None = None,
     confidence: float = 0.9,
+    refits: int = 0,
 ) -> tuple[dict[str, float], list[Any]]:
-    """OPE of the agent's served policy: on its reward task, or averaged over the evaluation goals."""
+    """OPE of the agent's served policy: on its reward task, or averaged over the evaluation goals. ``refits`` > 0
+    takes fqe's and mb's intervals from that many models refitted on bootstrap resamples."""
     from decision_core.algos import Exploration
     from decision_core.ope import FQEConfig, ModelConfig, evaluate_tasks
 
@@ -203,6 +205,8 @@ def run_ope(
         fqe=fqe,
         max_episodes=config.ope_episodes,
         confidence=confidence,
+        fqe_refits=refits,
+        model_refits=refits,
     )
     sums: dict[str, list[float]] = defaultdict(list)
     for report in reports:
@@ -596,7 +600,10 @@ class _Tracker:
 
             default = PERIODIC_ESTIMATORS if weighs_by_default(arrays) else ("fqe",)
             estimators = self.config.ope_periodic or default
-        ope_metrics, reports = run_ope(agent, arrays, self.config, rng=rng, estimators=estimators, sim=sim)
+        refits = self.config.ope_refits if final else 0
+        ope_metrics, reports = run_ope(
+            agent, arrays, self.config, rng=rng, estimators=estimators, sim=sim, refits=refits
+        )
         metrics.update(ope_metrics)
         if final:
             self.ope_reports = reports

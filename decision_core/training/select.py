@@ -123,9 +123,11 @@ def select_champion(
     move_alias: bool = True,
     arrays: Any | None = None,
     min_ess: float = MIN_ESS,
+    refits: int = 0,
 ) -> Selection:
     """Score the candidates by OPE on ``domain``'s logs and point ``champion`` at the best lower bound among those
-    whose estimate rests on at least ``min_ess`` effective episodes (the smallest over a goal model's goals)."""
+    whose estimate rests on at least ``min_ess`` effective episodes (the smallest over a goal model's goals).
+    ``refits`` > 0 takes fqe's and mb's intervals from that many refitted models (see :func:`run_ope`)."""
     from decision_core.ope import weighs_by_default
     from decision_core.training.loop import _simulator, load_domain, run_ope
 
@@ -170,7 +172,14 @@ def select_champion(
         cfg = TrainConfig(domain=domain, algo=agent.name, ope_episodes=max_episodes, fqe_steps=fqe_steps)
         # The same generator seed for every candidate: they meet the same episodes and bootstrap draws.
         metrics, reports = run_ope(
-            agent, arrays, cfg, rng=np.random.default_rng(seed), estimators=[estimator], sim=sim, confidence=confidence
+            agent,
+            arrays,
+            cfg,
+            rng=np.random.default_rng(seed),
+            estimators=[estimator],
+            sim=sim,
+            confidence=confidence,
+            refits=refits,
         )
         ess = min(r.estimates[estimator].ess for r in reports)
         task = reports[0].task if len(reports) == 1 else f"mean success over {len(reports)} goals"

@@ -40,6 +40,8 @@ def test_json_config_and_round_trip(tmp_path: Path) -> None:
         ({"domain": "chain", "algo": "iql", "ope_estimators": ["magic"]}, r"unknown \['magic'\].*snips"),
         ({"domain": "chain", "algo": "iql", "ope_periodic": ["fqe", "magic"]}, r"'ope_periodic' names unknown"),
         ({"domain": "chain", "algo": "iql", "ope_gamma": 0}, r"'ope_gamma' must be in \(0, 1\]"),
+        ({"domain": "chain", "algo": "iql", "ope_refits": -1}, r"'ope_refits' must be an integer >= 0"),
+        ({"domain": "chain", "algo": "iql", "ope_refits": 1.5}, r"'ope_refits' must be an integer"),
         ({"domain": "chain", "algo": "iql", "precision": "fp16"}, r"'precision' must be 'fp32' or 'bf16'"),
     ],
 )

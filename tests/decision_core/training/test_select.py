@@ -67,6 +67,12 @@ def test_a_candidate_whose_estimate_rests_on_few_episodes_cannot_win(
     # FQE's estimate is not a weighting of episodes: its ESS is the number of episodes, and the best one wins.
     fqe = select_champion("chain", settings=settings, max_episodes=300, estimator="fqe", fqe_steps=300)
     assert fqe.chosen is not None and fqe.chosen.version == "2" and fqe.moved
+    # With refits, the intervals ranked on come from refitted FQE models (same estimates, other intervals).
+    refit = select_champion(
+        "chain", settings=settings, max_episodes=300, estimator="fqe", fqe_steps=300, refits=2, move_alias=False
+    )
+    for one, many in zip(fqe.candidates, refit.candidates, strict=True):
+        assert many.value == pytest.approx(one.value) and (many.ci_low, many.ci_high) != (one.ci_low, one.ci_high)
 
 
 def test_select_cli_compares_named_runs_and_reports_unknown_ones(

@@ -154,6 +154,17 @@ def test_cli_trains_and_evaluates_offline(settings: CoreSettings, monkeypatch: p
     report = json.loads(r.stdout)["reports"][0]
     assert set(report["estimates"]) == {"snips", "fqe"}
     assert report["estimates"]["snips"]["ci_low"] <= report["estimates"]["snips"]["ci_high"]
+    # --refits takes FQE's interval from refitted models (same estimate, another interval).
+    fqe = report["estimates"]["fqe"]
+    r = runner.invoke(
+        app,
+        ["ope", "--domain", "chain", "--model", "models:/chain@champion", "--estimator", "fqe", "--fqe-steps", "100",
+         "--refits", "3", "--json", *db],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    refit = json.loads(r.stdout)["reports"][0]["estimates"]["fqe"]
+    assert refit["value"] == pytest.approx(fqe["value"]) and refit["ci_low"] <= refit["value"] <= refit["ci_high"]
+    assert (refit["ci_low"], refit["ci_high"]) != (fqe["ci_low"], fqe["ci_high"])
 
     # Logs that mix (100 episodes lose their propensities): SNIPS weighs the others, and the table says so.
     import duckdb
@@ -193,6 +204,8 @@ def test_cli_compares_a_model_with_a_baseline_on_the_same_episodes(
     for c in out["comparisons"]:
         assert c["value"] == pytest.approx(c["policy"]["value"] - c["baseline"]["value"])
         assert c["ci_low"] <= c["ci_high"] and 0.0 <= c["share_worse"] <= 1.0
+    r = runner.invoke(app, [*ope, "--baseline", "models:/chain/1", "--refits", "2"])
+    assert r.exit_code != 0 and "a comparison with --baseline takes a paired interval" in " ".join(r.output.split())
     r = runner.invoke(app, [*ope, "--baseline", "models:/chain/2"])  # itself, with the default estimator
     assert r.exit_code == 0, r.output
     (same,) = json.loads(r.stdout)["comparisons"]
