@@ -20,6 +20,16 @@ from decision_core.errors import DecisionCoreError
 console = Console(stderr=True)
 out = Console()
 
+#: ``--refits`` of the ope and select commands.
+RefitsOption = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Refit fqe's and mb's models on this many bootstrap resamples for intervals that include the models' "
+        "own error (one more fit each); 0: episodes resampled under one model.",
+    ),
+]
+
 
 def _fail(exc: Exception) -> typer.Exit:
     console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
@@ -113,14 +123,7 @@ def ope_cmd(
     fqe_steps: Annotated[int, typer.Option(help="Gradient steps of FQE's Q model.")] = 3000,
     model_steps: Annotated[int, typer.Option(help="Gradient steps of the mb estimator's dynamics model.")] = 6000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the models.")] = 0,
-    refits: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            help="Refit fqe's and mb's models on this many bootstrap resamples for intervals that include the "
-            "models' own error (one more fit each); 0: episodes resampled under one model.",
-        ),
-    ] = 0,
+    refits: RefitsOption = 0,
     db: Annotated[Path | None, typer.Option("--db", help="DuckDB store.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     baseline: Annotated[
@@ -306,14 +309,7 @@ def select_cmd(
         float, typer.Option(help="A candidate needs at least this effective sample size (episodes) to compete.")
     ] = 10.0,  # select.MIN_ESS (the command module imports nothing heavy at start-up)
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Compare only; do not move the alias.")] = False,
-    refits: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            help="Refit fqe's and mb's models on this many bootstrap resamples for intervals that include the "
-            "models' own error (one more fit each); 0: episodes resampled under one model.",
-        ),
-    ] = 0,
+    refits: RefitsOption = 0,
     db: Annotated[Path | None, typer.Option("--db", help="DuckDB store.")] = None,
 ) -> None:
     """Pick the candidate with the best OPE lower confidence bound and point `champion` at it."""
