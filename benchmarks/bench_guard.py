@@ -107,7 +107,9 @@ def run_domain(domain: str, args: argparse.Namespace, progress: Progress) -> dic
     t = progress.add_task(f"{domain}: {args.draws} draws of {args.served} served episodes", total=args.draws)
     estimators = [e.strip() for e in args.estimators.split(",") if e.strip()]
     decisions = {
-        (e, n): {"paired": [], "one_sided": [], "covered": [], "ess": []} for e in estimators for n in candidates
+        (e, n): {"paired": [], "one_sided": [], "covered": [], "ess": [], "above_paired": [], "above_bounds": []}
+        for e in estimators
+        for n in candidates
     }
     for draw in range(args.draws):
         new = served(sim, champion, args.served, args.seed * 1000 + draw)
@@ -125,6 +127,10 @@ def run_domain(domain: str, args: argparse.Namespace, progress: Progress) -> dic
             verdicts["one_sided"].append(d.policy.ci_high < d.baseline.value)
             verdicts["covered"].append(d.ci_low <= true_diff <= d.ci_high)
             verdicts["ess"].append(d.policy.ess)
+            # select's question (replace the champion?): the paired lower bound above 0, or (select's rule) the
+            # candidate's own lower bound above the champion's.
+            verdicts["above_paired"].append(d.ci_low > 0.0)
+            verdicts["above_bounds"].append(d.policy.ci_low > d.baseline.ci_low)
         progress.advance(t)
     progress.remove_task(t)
     kinds = {}
@@ -132,7 +138,10 @@ def run_domain(domain: str, args: argparse.Namespace, progress: Progress) -> dic
         diff = truth[name][0] - truth["champion"][0]
         se = float(np.hypot(truth[name][1], truth["champion"][1]))
         kind = "worse" if diff < -2 * se else "not worse" if diff >= 0 else "unclear"
-        kinds[name] = {"true_value": truth[name][0], "true_difference": diff, "difference_se": se, "kind": kind}
+        better = bool(diff > 2 * se)
+        kinds[name] = {
+            "true_value": truth[name][0], "true_difference": diff, "difference_se": se, "kind": kind, "better": better,
+        }  # fmt: skip
     by_estimator = {
         e: {
             n: {
@@ -171,6 +180,20 @@ def outcomes(rows: dict, rule: str, min_ess: float) -> dict[str, float]:
 def compact_lists(text: str) -> str:
     """Indented JSON with each list of numbers on one line (the per-draw verdicts would take a line per number)."""
     return re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+
+
+def replacements(rows: dict, rule: str, min_ess: float) -> dict[str, float]:
+    """How often a candidate would replace the champion under ``rule`` ("above_paired" or "above_bounds") when
+    it needs ``min_ess``: the share of verdicts on truly better candidates, and on truly worse ones."""
+
+    def share(chosen: list[dict]) -> float:
+        picked = [np.asarray(r["draws"][rule], bool) & (np.asarray(r["draws"]["ess"]) >= min_ess) for r in chosen]
+        return float(np.mean(np.concatenate(picked))) if picked else float("nan")
+
+    return {
+        "better_chosen": share([r for r in rows.values() if r["better"]]),
+        "worse_chosen": share([r for r in rows.values() if r["kind"] == "worse"]),
+    }
 
 
 def main() -> None:
@@ -219,6 +242,15 @@ def main() -> None:
                 for rule in ("paired", "one_sided")
             }
             result.setdefault("summary", {})[estimator] = summary
+            replace = {rule: replacements(rows, rule, args.min_ess) for rule in ("above_paired", "above_bounds")}
+            result.setdefault("replacements", {})[estimator] = replace
+            console.print(
+                f"[bold]{domain}, {estimator}, replace the champion (min ESS {args.min_ess:g})[/]: truly better "
+                f"candidates — paired lower bound > 0 {100 * replace['above_paired']['better_chosen']:.0f}%, own "
+                f"lower bound above the champion's {100 * replace['above_bounds']['better_chosen']:.0f}%; truly "
+                f"worse — {100 * replace['above_paired']['worse_chosen']:.0f}% and "
+                f"{100 * replace['above_bounds']['worse_chosen']:.0f}%"
+            )
             for label, o in summary.items():
                 console.print(
                     f"[bold]{domain}, {estimator}, {label}[/]: worse candidates stopped "
