@@ -378,7 +378,12 @@ def compare(
     values = [float(s.combine(s.per_episode.sum(axis=0, keepdims=True))[0]) for s in (a, b)]
     counts = rng.multinomial(e, np.full(e, 1.0 / e), size=n_bootstrap).astype(np.float64)
     rep_a, rep_b = a.combine(counts @ a.per_episode), b.combine(counts @ b.per_episode)
+    # Two sums over the same episodes that agree up to float round-off are not a difference (a candidate must not
+    # be called worse by 1e-16).
+    tol = 1e-9 * max(1.0, abs(values[0]), abs(values[1]))
     diff = rep_a - rep_b
+    diff[np.abs(diff) <= tol] = 0.0
+    delta = values[0] - values[1]
 
     def side(value: float, stat: _Statistic, replicates: np.ndarray) -> Estimate:
         low, high = _interval(replicates, confidence)
@@ -387,7 +392,7 @@ def compare(
     low, high = _interval(diff, confidence)
     return Difference(
         estimator=name,
-        value=values[0] - values[1],
+        value=0.0 if abs(delta) <= tol else delta,
         ci_low=low,
         ci_high=high,
         policy=side(values[0], a, rep_a),

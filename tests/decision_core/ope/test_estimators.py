@@ -307,6 +307,18 @@ def test_a_paired_comparison_runs_the_model_estimators_and_weighs_only_logged_ep
     assert abs(w.value - (true_value(0.8) - true_value(0.3))) < 0.1
 
 
+def test_float_round_off_between_two_policies_is_no_difference() -> None:
+    """Both policies reach the goal in every episode; their estimates differ only in the last bits."""
+    ends = np.arange(1, 51) * 2
+    v0 = np.ones(50)
+    one = OPEInputs(rewards=np.zeros(100), episode_starts=ends - 2, episode_ends=ends, v0=v0)
+    other = OPEInputs(rewards=np.zeros(100), episode_starts=ends - 2, episode_ends=ends, v0=v0 * (1 + 1e-15))
+    d = compare("fqe", one, other, rng=np.random.default_rng(0))
+    assert (d.value, d.ci_low, d.ci_high, d.share_worse) == (0.0, 0.0, 0.0, 0.0) and not d.worse
+    real = OPEInputs(rewards=np.zeros(100), episode_starts=ends - 2, episode_ends=ends, v0=v0 * (1 - 1e-6))
+    assert compare("fqe", real, one, rng=np.random.default_rng(0)).worse  # a real difference, however small, is not
+
+
 def test_a_paired_comparison_refuses_what_it_cannot_compare(logs: DomainArrays) -> None:
     with pytest.raises(OPEError, match="unknown estimator 'magic'"):
         compare_policies(logs, RightProb(0.6), RightProb(0.5), estimator="magic", rng=np.random.default_rng(0))
