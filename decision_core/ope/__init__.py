@@ -274,6 +274,7 @@ def evaluate_policy(
                 policy,
                 action_masks=None if arrays.action_masks is None else arrays.action_masks[r],
                 config=_with_gamma(fqe, gamma),
+                value_range=_value_range(task),
                 rng=rng,
             )
             return float(np.mean(fitted.v0))
@@ -465,6 +466,7 @@ def _policy_inputs(
             policy,
             action_masks=masks,
             config=_with_gamma(fqe, gamma),
+            value_range=_value_range(task),
             rng=rng,
         )
         inputs.q_sa, inputs.v_s, inputs.v0 = fitted.q_sa, fitted.v_s, fitted.v0
@@ -660,6 +662,11 @@ def _rollout_horizons(arrays: Any, starts: np.ndarray, ends: np.ndarray, rows: n
     episode (where it ended, the model's end probability decides when a rollout stops)."""
     longest = int(np.max(np.asarray(arrays.episode_ends) - np.asarray(arrays.episode_starts)))
     return np.where(_ended(arrays, rows, ends), longest, ends - starts).astype(np.int64)
+
+
+def _value_range(task: OPETask) -> tuple[float, float] | None:
+    """The range every return of ``task`` lies in, where it is known: a goal task's success is 0 or 1."""
+    return (0.0, 1.0) if task.goal is not None else None
 
 
 def _with_gamma(config: FQEConfig | None, gamma: float) -> FQEConfig:

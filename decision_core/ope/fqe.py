@@ -89,13 +89,20 @@ def fit_fqe(
     action_masks: np.ndarray | None = None,
     next_action_masks: np.ndarray | None = None,
     config: FQEConfig | None = None,
+    value_range: tuple[float, float] | None = None,
     rng: np.random.Generator,
 ) -> FittedQ:
-    """Fit Q of ``policy`` on the logged transitions and return its values on them."""
+    """Fit Q of ``policy`` on the logged transitions and return its values on them.
+
+    ``value_range`` bounds every return of the task (a goal task's success: ``(0, 1)``): the regression targets
+    and the returned values are clipped to it, so extrapolation cannot give a success rate above 1.
+    """
     cfg = config or FQEConfig()
     n = len(states)
     if n == 0:
         raise OPEError("fitted Q evaluation needs logged steps; the data has none")
+    if value_range is not None and not value_range[0] <= value_range[1]:
+        raise OPEError(f"fqe value_range must be (low, high) with low <= high, got {value_range}")
     lengths = (episode_ends - episode_starts).astype(np.int64)
     horizon = float(max(int(lengths.max()), 1))
     t = np.arange(n) - np.repeat(episode_starts, lengths)
@@ -160,6 +167,8 @@ def fit_fqe(
             else:
                 v_next = v_continuous(target_net, x_next[idx], next_acts[idx])
             y = r[idx] + cfg.gamma * not_done[idx] * v_next
+            if value_range is not None:
+                y = y.clamp(value_range[0] / reward_scale, value_range[1] / reward_scale)
         if spec.discrete:
             q = q_discrete(q_net, x[idx]).gather(1, a_idx[idx, None])[:, 0]
         else:
@@ -185,4 +194,6 @@ def fit_fqe(
             v_s = v_continuous(q_net, x, now_acts).numpy().astype(np.float64)
     q_sa *= reward_scale
     v_s *= reward_scale
+    if value_range is not None:
+        q_sa, v_s = np.clip(q_sa, *value_range), np.clip(v_s, *value_range)
     return FittedQ(q_sa=q_sa, v_s=v_s, v0=v_s[episode_starts], final_loss=loss_value)

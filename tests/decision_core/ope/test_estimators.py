@@ -237,6 +237,16 @@ def test_goal_task_scores_success_within_the_horizon(logs: DomainArrays) -> None
     )
 
 
+def test_fqe_keeps_a_goal_tasks_success_rate_within_0_and_1(logs: DomainArrays) -> None:
+    """Near-certain success: unbounded, FQE's extrapolation gave 1.019 for a success rate (truth 0.996)."""
+    task = goal_task(logs, np.array([4.0], np.float32), np.array([True]), name="end")
+    report = evaluate_policy(logs, RightProb(0.95), rng=np.random.default_rng(0), task=task, estimators=["fqe", "dr"],
+                             fqe=FAST_FQE)  # fmt: skip
+    fqe = report.estimates["fqe"]
+    assert 0.0 <= fqe.value <= 1.0 and abs(fqe.value - true_value(0.95)) < 0.03
+    assert report.estimates["dr"].value == pytest.approx(true_value(0.95), abs=0.06)
+
+
 def test_mixture_and_uniform_policies_have_consistent_probabilities(logs: DomainArrays) -> None:
     mix = MixturePolicy([RightProb(1.0), UniformPolicy(SPEC)], [0.6, 0.4])
     p = mix.probs(logs.states[:5])
