@@ -63,21 +63,6 @@ def candidates_for(bc, champion, uniform, iql):  # type: ignore[no-untyped-def]
     return out
 
 
-def served(sim, champion, episodes: int, seed: int):  # type: ignore[no-untyped-def]
-    """``episodes`` episodes served by the champion, logged with its own propensities."""
-    from decision_core.envs.rollout import rollout
-    from decision_core.ope.validate import SimulatedTarget, episodes_to_arrays
-
-    batch = rollout(
-        sim.dynamics(),
-        SimulatedTarget(champion),
-        batch=episodes,
-        max_steps=sim.max_steps,
-        rng=np.random.default_rng(seed),
-    )
-    return episodes_to_arrays(sim, batch)
-
-
 def rng_of(draw: int) -> np.random.Generator:
     return np.random.default_rng([draw, 17])
 
@@ -86,7 +71,7 @@ def run_domain(domain: str, args: argparse.Namespace, progress: Progress) -> dic
     from decision_core.algos import Exploration
     from decision_core.envs import get_simulator
     from decision_core.ope import AgentPolicy, ModelConfig, UniformPolicy, compare_policies, fit_task_model, reward_task
-    from decision_core.ope.validate import log_behaviour, true_value
+    from decision_core.ope.validate import SimulatedTarget, log_behaviour, log_policy, true_value
 
     sim = get_simulator(domain)
     logs = log_behaviour(sim, args.episodes, args.seed)
@@ -112,7 +97,8 @@ def run_domain(domain: str, args: argparse.Namespace, progress: Progress) -> dic
         for n in candidates
     }
     for draw in range(args.draws):
-        new = served(sim, champion, args.served, args.seed * 1000 + draw)
+        # The champion serves, logging its own propensities.
+        new = log_policy(sim, SimulatedTarget(champion), args.served, np.random.default_rng(args.seed * 1000 + draw))
         task = reward_task(new, "logged")
         # mb's model does not depend on the policy: one fit per draw serves every comparison on it.
         dynamics = None

@@ -416,13 +416,14 @@ def judge(
                 f"{diff.ci_high:+.4g}] (candidate {cand.value:.4g}, champion {diff.baseline.value:.4g}; {estimator}, "
                 f"paired over {cand.n_episodes} episodes, candidate's effective sample size {cand.ess:.3g})"
             )
-            if cand.ess < min_ess:
+            verdict = diff.verdict(min_ess)
+            if verdict == "not evaluable":
                 accepted = False
                 reasons[-1] = (
                     f"not evaluable (effective sample size below finetune_min_ess {min_ess:g}; serve more episodes "
                     "or explore more) on " + reasons[-1]
                 )
-            elif diff.worse:
+            elif verdict == "worse":
                 accepted = False
                 reasons[-1] = "worse on " + reasons[-1]
     except OPEError as exc:

@@ -238,7 +238,7 @@ def evaluate_policy(
     every policy evaluated on that task. Like ``fqe``'s default, its interval resamples episodes under one model;
     ``model_refits > 0`` takes it from that many models refitted on bootstrap resamples instead.
     """
-    names, skipped = _named_estimators(arrays, [policy], estimators)
+    names, skipped = _named_estimators(arrays, policy, estimators)
     task = task or reward_task(arrays)
     episodes = _TaskEpisodes.of(task, max_episodes, rng)
     starts, ends, rows, rewards = episodes.starts, episodes.ends, episodes.rows, episodes.rewards
@@ -336,9 +336,8 @@ def compare_policies(
     ``fqe`` fits one Q model per policy; ``mb`` fits one dynamics model (or uses ``dynamics``) for both. Their
     intervals resample episodes under the fitted models, as :func:`evaluate_policy`'s do by default.
     """
-    if estimator not in ESTIMATORS:
-        raise OPEError(f"unknown estimator '{estimator}'; choose from {', '.join(ESTIMATORS)}")
-    names, _ = _named_estimators(arrays, [policy, baseline], [estimator])
+    names, _ = _named_estimators(arrays, policy, [estimator])
+    _named_estimators(arrays, baseline, names)  # refuses what it cannot run for the baseline either
     task = task or reward_task(arrays)
     episodes = _TaskEpisodes.of(task, max_episodes, rng)
     names, _, logged = _weighable(arrays, episodes, names, {}, explicit=True)
@@ -374,25 +373,20 @@ class _TaskEpisodes:
 
 
 def _named_estimators(
-    arrays: Any, policies: Sequence[TargetPolicy], estimators: Sequence[str] | None
+    arrays: Any, policy: TargetPolicy, estimators: Sequence[str] | None
 ) -> tuple[list[str], dict[str, str]]:
-    """The estimators to run for ``policies`` and why the others are skipped: every one the data supports when
+    """The estimators to run for ``policy`` and why the others are skipped: every one the data supports when
     ``estimators`` is None, else the named ones, refused with the reason when one cannot run."""
     if estimators is None:
-        names, skipped = supported_estimators(arrays, policies[0])
-        for other in policies[1:]:
-            more = supported_estimators(arrays, other)[1]
-            names = [n for n in names if n not in more]
-            skipped = {**more, **skipped}
+        names, skipped = supported_estimators(arrays, policy)
     else:
         unknown = [e for e in estimators if e not in ESTIMATORS]
         if unknown:
             raise OPEError(f"unknown estimator(s) {unknown}; choose from {', '.join(ESTIMATORS)}")
         names, skipped = list(dict.fromkeys(estimators)), {}
-        deterministic = [p.name for p in policies if not p.stochastic]
-        if any(e in NEEDS_PROPENSITIES for e in names) and deterministic:
+        if any(e in NEEDS_PROPENSITIES for e in names) and not policy.stochastic:
             raise OPEError(
-                f"policy '{deterministic[0]}' is deterministic over continuous actions, so importance sampling "
+                f"policy '{policy.name}' is deterministic over continuous actions, so importance sampling "
                 f"is undefined; evaluate a stochastic policy or use only 'fqe' and 'mb'"
             )
     if not names:

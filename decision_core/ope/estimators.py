@@ -330,6 +330,15 @@ class Difference:
         """The policy is worse than the baseline with the interval's confidence (its upper end is below 0)."""
         return self.ci_high < 0.0
 
+    def verdict(self, min_ess: float) -> str:
+        """ "not evaluable" (the policy's estimate rests on fewer than ``min_ess`` effective episodes), "worse",
+        "better" (the interval above 0) or "no clear difference": how the guard and ``ope --baseline`` read it."""
+        if self.policy.ess < min_ess:
+            return "not evaluable"
+        if self.worse:
+            return "worse"
+        return "better" if self.ci_low > 0.0 else "no clear difference"
+
     def to_dict(self) -> dict[str, object]:
         return {
             "estimator": self.estimator,

@@ -77,13 +77,13 @@ def episodes_to_arrays(sim: DomainSimulator, batch: EpisodeBatch) -> DomainArray
 
 def log_behaviour(sim: DomainSimulator, episodes: int, seed: int) -> DomainArrays:
     """``episodes`` episodes of the simulator's behaviour policy, with its propensities."""
-    batch = rollout(
-        sim.dynamics(),
-        sim.policies()["behaviour"],
-        batch=episodes,
-        max_steps=sim.max_steps,
-        rng=np.random.default_rng([seed, 11]),
-    )
+    return log_policy(sim, sim.policies()["behaviour"], episodes, np.random.default_rng([seed, 11]))
+
+
+def log_policy(sim: DomainSimulator, policy: SimPolicy, episodes: int, rng: np.random.Generator) -> DomainArrays:
+    """``episodes`` episodes of ``policy`` in the simulator, logged with its propensities as the store holds them
+    (a :class:`SimulatedTarget` logs a served target policy)."""
+    batch = rollout(sim.dynamics(), policy, batch=episodes, max_steps=sim.max_steps, rng=rng)
     return episodes_to_arrays(sim, batch)
 
 

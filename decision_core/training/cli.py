@@ -272,16 +272,15 @@ def _print_comparisons(
         "task", "estimator", "difference", f"{pct}% CI", "worse in", "model", "baseline", "model ESS", "",
         title=f"{model} - {baseline} (paired over the same episodes)",
     )  # fmt: skip
+    shown = {
+        "not evaluable": f"[yellow]not evaluable (ESS < {MIN_ESS:g})[/]",
+        "worse": "[red]worse[/]",
+        "better": "[green]better[/]",
+        "no clear difference": "no clear difference",
+    }
     for task, d in compared:
         # As select and the fine-tuning guard: an estimate resting on a handful of episodes is not a verdict.
-        if d.policy.ess < MIN_ESS:
-            verdict = f"[yellow]not evaluable (ESS < {MIN_ESS:g})[/]"
-        elif d.worse:
-            verdict = "[red]worse[/]"
-        elif d.ci_low > 0:
-            verdict = "[green]better[/]"
-        else:
-            verdict = "no clear difference"
+        verdict = shown[d.verdict(MIN_ESS)]
         table.add_row(
             task, d.estimator, f"{d.value:+.4g}", f"[{d.ci_low:+.4g}, {d.ci_high:+.4g}]", f"{100 * d.share_worse:.0f}%",
             f"{d.policy.value:.4g}", f"{d.baseline.value:.4g}", f"{d.policy.ess:.1f}", verdict,

@@ -304,6 +304,9 @@ def test_a_paired_comparison_agrees_with_the_separate_estimates_and_is_zero_agai
     same = compare_policies(logs, RightProb(0.6), RightProb(0.6), estimator="snips", rng=np.random.default_rng(0))
     assert (same.value, same.ci_low, same.ci_high, same.share_worse) == (0.0, 0.0, 0.0, 0.0)
     assert set(d.to_dict()) >= {"value", "ci_low", "ci_high", "share_worse", "policy", "baseline"}
+    assert d.verdict(10.0) == "better" and same.verdict(10.0) == "no clear difference"
+    worse = compare_policies(logs, RightProb(0.5), RightProb(0.6), estimator="pdwis", rng=np.random.default_rng(0))
+    assert worse.verdict(10.0) == "worse" and worse.verdict(worse.policy.ess + 1) == "not evaluable"
 
 
 def test_a_paired_comparison_runs_the_model_estimators_and_weighs_only_logged_episodes(logs: DomainArrays) -> None:
@@ -330,7 +333,7 @@ def test_float_round_off_between_two_policies_is_no_difference() -> None:
 
 
 def test_a_paired_comparison_refuses_what_it_cannot_compare(logs: DomainArrays) -> None:
-    with pytest.raises(OPEError, match="unknown estimator 'magic'"):
+    with pytest.raises(OPEError, match=r"unknown estimator\(s\) \['magic'\]"):
         compare_policies(logs, RightProb(0.6), RightProb(0.5), estimator="magic", rng=np.random.default_rng(0))
     bare = unlogged_episodes(logs, np.arange(logs.n_episodes))
     with pytest.raises(OPEError, match="needs a positive logged propensity on every step"):
