@@ -10,7 +10,9 @@ worse (``serving.finetune.judge``). This benchmark replays that decision many ti
    policy (shares 0.3 and 0.6) and the IQL policy itself;
 3. every policy's true value comes from ``--truth-episodes`` simulated episodes;
 4. ``--draws`` times, the champion serves ``--served`` new episodes in the simulator, and each candidate is judged
-   on them with each of ``--estimators`` (SNIPS, the guard's default, and PDWIS) at 90% confidence by two rules:
+   on them with each of ``--estimators`` (by default SNIPS and PDWIS; ``mb`` fits its dynamics model on the served
+   episodes alone, ``mb-all`` on the logs and the served episodes together, as the guard does with its snapshot
+   of every stored step) at 90% confidence by two rules:
 
    - **paired** (the guard's rule): reject when the paired bootstrap interval of ``candidate - champion``
      (:func:`decision_core.ope.compare_policies`) lies below 0;
@@ -72,6 +74,7 @@ def run_domain(domain: str, args: argparse.Namespace, progress: Progress) -> dic
     from decision_core.envs import get_simulator
     from decision_core.ope import AgentPolicy, ModelConfig, UniformPolicy, compare_policies, fit_task_model, reward_task
     from decision_core.ope.validate import SimulatedTarget, log_behaviour, log_policy, true_value
+    from decision_core.store import DomainArrays
 
     sim = get_simulator(domain)
     logs = log_behaviour(sim, args.episodes, args.seed)
@@ -101,12 +104,24 @@ def run_domain(domain: str, args: argparse.Namespace, progress: Progress) -> dic
         new = log_policy(sim, SimulatedTarget(champion), args.served, np.random.default_rng(args.seed * 1000 + draw))
         task = reward_task(new, "logged")
         # mb's model does not depend on the policy: one fit per draw serves every comparison on it.
-        dynamics = None
+        # mb-all fits it on the logs and the served episodes together, as the guard does with the full snapshot.
+        dynamics = {}
         if "mb" in estimators:
-            dynamics = fit_task_model(new, task, config=ModelConfig(steps=args.model_steps), rng=rng_of(draw))
+            dynamics["mb"] = fit_task_model(new, task, config=ModelConfig(steps=args.model_steps), rng=rng_of(draw))
+        if "mb-all" in estimators:
+            both = DomainArrays.concat([logs, new])
+            dynamics["mb-all"] = fit_task_model(
+                both, reward_task(both, "logged"), config=ModelConfig(steps=args.model_steps), rng=rng_of(draw)
+            )
         for (estimator, name), verdicts in decisions.items():
             d = compare_policies(
-                new, candidates[name], champion, estimator=estimator, rng=rng_of(draw), task=task, dynamics=dynamics
+                new,
+                candidates[name],
+                champion,
+                estimator="mb" if estimator == "mb-all" else estimator,
+                rng=rng_of(draw),
+                task=task,
+                dynamics=dynamics.get(estimator),
             )
             true_diff = truth[name][0] - truth["champion"][0]
             verdicts["paired"].append(d.worse)
@@ -191,7 +206,10 @@ def main() -> None:
     parser.add_argument("--served", type=int, default=200, help="episodes the champion serves before each verdict")
     parser.add_argument("--draws", type=int, default=40, help="independent verdicts per candidate")
     parser.add_argument(
-        "--estimators", default="snips,pdwis", help="comma-separated; snips is the guard's default estimator"
+        "--estimators",
+        default="snips,pdwis",
+        help="comma-separated OPE estimators, plus mb-all (mb with its model fitted on the logs and the served "
+        "episodes)",
     )
     parser.add_argument("--min-ess", type=float, default=10.0, help="the guard's ESS floor, beside none")
     parser.add_argument("--model-steps", type=int, default=3000, help="gradient steps of mb's model (with mb)")

@@ -96,6 +96,10 @@ class BoxActions:
 ActionSpace = DiscreteActions | BoxActions
 
 
+#: The off-policy estimators of :mod:`decision_core.ope`, in its order; a spec's ``ope_estimator`` names one.
+OPE_ESTIMATORS: tuple[str, ...] = ("ips", "snips", "pdwis", "dr", "wdr", "fqe", "mb")
+
+
 @dataclass(frozen=True)
 class DomainSpec:
     """Everything the core needs to know about a domain; serialisable to and from JSON."""
@@ -111,6 +115,10 @@ class DomainSpec:
     description: str = ""
     #: Named goal sets the domain defines (name -> {outcome feature: target}); used for evaluation.
     goals: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: The off-policy estimator that judges policies on this domain (one of :data:`OPE_ESTIMATORS`), as checked
+    #: against its simulator or held-out outcomes; ``decision-core select``, ``ope --baseline`` and the
+    #: fine-tuning guard use it when none is named. ``None``: SNIPS where the logs have propensities, else FQE.
+    ope_estimator: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -157,6 +165,11 @@ class DomainSpec:
                     raise SpecError(f"domain '{self.name}': action '{n}' bounds must be finite with low < high")
         else:
             raise SpecError(f"domain '{self.name}': actions must be DiscreteActions or BoxActions")
+        if self.ope_estimator is not None and self.ope_estimator not in OPE_ESTIMATORS:
+            raise SpecError(
+                f"domain '{self.name}': ope_estimator '{self.ope_estimator}' is not an OPE estimator; choose from "
+                f"{', '.join(OPE_ESTIMATORS)}"
+            )
         outcome_names = {o.name for o in self.outcomes}
         for goal_name, goal in self.goals.items():
             unknown = sorted(set(goal) - outcome_names)
@@ -234,6 +247,8 @@ class DomainSpec:
     # -- serialisation ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if d["ope_estimator"] is None:  # absent rather than null: a spec that names none reads as it always has
+            del d["ope_estimator"]
         d["schema_version"] = SCHEMA_VERSION
         return d
 
@@ -268,6 +283,7 @@ class DomainSpec:
                 reward=d.get("reward"),
                 description=d.get("description", ""),
                 goals={k: {kk: float(vv) for kk, vv in v.items()} for k, v in (d.get("goals") or {}).items()},
+                ope_estimator=d.get("ope_estimator"),
             )
         except (KeyError, TypeError) as exc:
             raise SpecError(f"domain spec is missing or has a malformed field: {exc}") from exc

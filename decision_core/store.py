@@ -22,7 +22,7 @@ import dataclasses
 import mmap
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -150,6 +150,32 @@ class DomainArrays:
         derived = once_per_episode_masks(self)
         masks = derived if self.action_masks is None else derived & self.action_masks
         return dataclasses.replace(self, action_masks=masks)
+
+    @classmethod
+    def concat(cls, parts: Sequence[DomainArrays]) -> DomainArrays:
+        """The episodes of ``parts`` back to back, in order (e.g. the logs and the traffic served since)."""
+        if not parts:
+            raise ValueError("concat needs at least one DomainArrays")
+        spec = parts[0].spec
+        if any(p.spec != spec for p in parts[1:]):
+            raise ValueError("concat needs arrays of one domain spec")
+        masks = [p.action_masks for p in parts]
+        if any(m is None for m in masks) and any(m is not None for m in masks):
+            raise ValueError("concat needs action masks on all parts or on none")
+        offsets = np.cumsum([0] + [p.n_steps for p in parts[:-1]])
+        return cls(
+            spec=spec,
+            states=np.concatenate([p.states for p in parts]),
+            actions=np.concatenate([p.actions for p in parts]),
+            next_states=np.concatenate([p.next_states for p in parts]),
+            rewards=np.concatenate([p.rewards for p in parts]),
+            propensities=np.concatenate([p.propensities for p in parts]),
+            terminated=np.concatenate([p.terminated for p in parts]),
+            truncated=np.concatenate([p.truncated for p in parts]),
+            action_masks=None if masks[0] is None else np.concatenate(masks),  # type: ignore[arg-type]
+            episode_starts=np.concatenate([p.episode_starts + o for p, o in zip(parts, offsets, strict=True)]),
+            episode_ends=np.concatenate([p.episode_ends + o for p, o in zip(parts, offsets, strict=True)]),
+        )
 
     def select_episodes(self, episodes: np.ndarray) -> DomainArrays:
         """A copy holding only the given episode numbers (used to shard data by episode)."""

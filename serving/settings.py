@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from decision_core.settings import CoreSettings
 
+#: ``finetune_estimator`` value that judges with the domain's own estimator (``serving.finetune.guard_estimator``).
+AUTO_ESTIMATOR = "auto"
 _NAME_AT_ALIAS = re.compile(r"^[A-Za-z0-9_.-]+@[A-Za-z0-9_-]+$")
 
 
@@ -94,7 +96,14 @@ class ServingSettings(BaseSettings):
         default=0, ge=0, description="Start a fine-tune after this many new feedback steps (0: only on request)."
     )
     finetune_steps: int = Field(default=500, ge=1, description="Gradient steps of one fine-tune.")
-    finetune_estimator: str = Field(default="snips", description="OPE estimator that guards promotion.")
+    finetune_estimator: str = Field(
+        default=AUTO_ESTIMATOR,
+        description="OPE estimator that guards promotion; auto: the domain spec's ope_estimator where the data "
+        "supports it, else snips (fqe without propensities).",
+    )
+    finetune_model_steps: int = Field(
+        default=6000, ge=1, description="Gradient steps of the dynamics model when the guard judges with mb."
+    )
     finetune_confidence: float = Field(default=0.9, gt=0.0, lt=1.0, description="Confidence of the OPE interval.")
     finetune_min_episodes: int = Field(
         default=5, ge=1, description="New served episodes needed before a candidate can be evaluated."
@@ -117,12 +126,12 @@ class ServingSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_estimator(self) -> ServingSettings:
-        from decision_core.ope import ESTIMATORS
+        from decision_core.schema import OPE_ESTIMATORS
 
-        if self.finetune_estimator not in ESTIMATORS:
+        if self.finetune_estimator != AUTO_ESTIMATOR and self.finetune_estimator not in OPE_ESTIMATORS:
             raise ValueError(
-                f"finetune_estimator '{self.finetune_estimator}' is not an OPE estimator; choose from "
-                f"{', '.join(ESTIMATORS)}"
+                f"finetune_estimator '{self.finetune_estimator}' is not an OPE estimator; choose auto or one of "
+                f"{', '.join(OPE_ESTIMATORS)}"
             )
         return self
 

@@ -121,6 +121,7 @@ SPEC = DomainSpec(
     reward=f"{SUCCESS_REWARD:g} * (next.task_success - task_success) - {TURN_COST:g}",
     description="Task-oriented restaurant booking dialogues; state = belief state, action = system dialogue act.",
     goals={g.name: dict(g.targets) for g in GOALS},
+    ope_estimator="pdwis",  # docs/ope.md and docs/serving.md measure it against the simulator
 )
 
 

@@ -106,6 +106,7 @@ def inventory_spec(continuous: bool = False) -> DomainSpec:
         description="Daily replenishment of one SKU: seasonal demand, lead time 2-4 days, lost sales, "
         "capacity; reward = -(holding + lost sales + ordering + refusal cost).",
         goals={g.name: dict(g.targets) for g in GOALS},
+        ope_estimator="mb",  # docs/ope.md and docs/serving.md measure it against the simulator
     )
 
 

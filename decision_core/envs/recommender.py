@@ -200,6 +200,7 @@ def recommender_spec() -> DomainSpec:
         reward=REWARD,
         description="One user session of a shop's recommendation widget; the action is the item to show.",
         goals={g.name: dict(g.targets) for g in GOALS},
+        ope_estimator="mb",  # docs/ope.md and docs/serving.md measure it against the simulator
     )
 
 

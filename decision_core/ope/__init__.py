@@ -56,6 +56,7 @@ __all__ = [
     "UniformPolicy",
     "compare",
     "compare_policies",
+    "default_estimator",
     "estimate",
     "evaluate_policy",
     "evaluate_tasks",
@@ -183,6 +184,17 @@ def weighs_by_default(arrays: Any) -> bool:
     :data:`WEIGHTED_DEFAULT_SHARE` of its episodes have a logged propensity on every step."""
     logged = arrays.propensity_episodes
     return bool(logged.size) and float(logged.mean()) >= WEIGHTED_DEFAULT_SHARE
+
+
+def default_estimator(arrays: Any) -> str:
+    """The estimator that judges policies on ``arrays`` when none is named: the domain spec's ``ope_estimator``
+    where the logs support it (importance sampling needs propensities on :data:`WEIGHTED_DEFAULT_SHARE` of the
+    episodes), else SNIPS where they have them, else FQE."""
+    declared = arrays.spec.ope_estimator
+    weighs = weighs_by_default(arrays)
+    if declared is not None and (declared not in NEEDS_PROPENSITIES or weighs):
+        return str(declared)
+    return "snips" if weighs else "fqe"
 
 
 def supported_estimators(arrays: Any, policy: TargetPolicy) -> tuple[list[str], dict[str, str]]:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from decision_core.errors import DecisionCoreError
+from decision_core.schema import OPE_ESTIMATORS
 
 #: Estimators that need the behaviour policy's propensities in the logs.
 NEEDS_PROPENSITIES = frozenset({"ips", "snips", "pdwis", "dr", "wdr"})
@@ -35,7 +36,7 @@ NEEDS_PROPENSITIES = frozenset({"ips", "snips", "pdwis", "dr", "wdr"})
 NEEDS_Q_MODEL = frozenset({"dr", "wdr", "fqe"})
 #: Estimators that need a learned model of the dynamics.
 NEEDS_DYNAMICS = frozenset({"mb"})
-ESTIMATORS: tuple[str, ...] = ("ips", "snips", "pdwis", "dr", "wdr", "fqe", "mb")
+ESTIMATORS: tuple[str, ...] = OPE_ESTIMATORS
 
 #: Importance ratios are clipped here per step so one near-zero logged propensity cannot produce inf.
 MAX_STEP_RATIO = 1e3

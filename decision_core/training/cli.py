@@ -131,8 +131,8 @@ def ope_cmd(
         typer.Option(
             "--baseline",
             help="A second model (e.g. models:/name@champion): estimate model - baseline on the same episodes with a "
-            "paired interval instead (default estimator: snips where at least half the episodes have propensities, "
-            "else fqe).",
+            "paired interval instead (default estimator: the domain spec's ope_estimator, else snips where at "
+            "least half the episodes have propensities, else fqe).",
         ),
     ] = None,
 ) -> None:
@@ -247,9 +247,9 @@ def _compare_jobs(
     **kwargs: Any,
 ) -> list[tuple[str, Any]]:
     """(task description, Difference) for each task and estimator: the model's policy minus the baseline's."""
-    from decision_core.ope import compare_policies, weighs_by_default
+    from decision_core.ope import compare_policies, default_estimator
 
-    names = estimators or ["snips" if weighs_by_default(arrays) else "fqe"]
+    names = estimators or [default_estimator(arrays)]
     out = []
     for (policy, task), (base_policy, _) in zip(jobs, base_jobs, strict=True):
         for name in dict.fromkeys(names):
@@ -299,7 +299,8 @@ def select_cmd(
     estimator: Annotated[
         str | None,
         typer.Option(
-            help="Estimator to rank by (default: snips where at least half the episodes have propensities, else fqe)."
+            help="Estimator to rank by (default: the domain spec's ope_estimator, else snips where at least half "
+            "the episodes have propensities, else fqe)."
         ),
     ] = None,
     confidence: Annotated[float, typer.Option(help="Confidence of the lower bound ranked on.")] = 0.9,

@@ -41,6 +41,9 @@ def test_spec_round_trips_through_json():
     once = make(actions=DiscreteActions(labels=("a", "b"), once_per_episode=True))
     assert DomainSpec.from_json(once.to_json()) == once
     assert once.has_action_masks and not once.masked and "once per episode" in once.summary()
+    judged = make(ope_estimator="mb")
+    assert DomainSpec.from_json(judged.to_json()) == judged and '"ope_estimator": "mb"' in judged.to_json()
+    assert "ope_estimator" not in spec.to_json()  # a spec that names none reads as one written before the field
 
 
 @pytest.mark.parametrize(
@@ -54,6 +57,7 @@ def test_spec_round_trips_through_json():
         ({"actions": DiscreteActions(labels=("only",))}, "at least 2 labels"),
         ({"actions": BoxActions(names=("q",), low=(5.0,), high=(1.0,))}, "low < high"),
         ({"goals": {"g": {"demand": 1.0}}}, "not outcome features"),
+        ({"ope_estimator": "magic"}, "ope_estimator 'magic' is not an OPE estimator; choose from ips, snips"),
     ],
 )
 def test_invalid_specs_name_the_broken_field(overrides, message):

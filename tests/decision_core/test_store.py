@@ -92,6 +92,37 @@ def test_once_per_episode_masks_come_from_the_episode_and_combine_with_logged_ma
     assert arrays.action_masks.astype(int).tolist() == expected
 
 
+def test_concatenated_arrays_keep_every_episode_back_to_back() -> None:
+    from decision_core.store import DomainArrays
+
+    def episodes(lengths: list[int], first: float) -> DomainArrays:
+        n, ends = sum(lengths), np.cumsum(lengths)
+        x = first + np.arange(n, dtype=np.float32)[:, None]
+        return DomainArrays(
+            spec=spec(),
+            states=x,
+            actions=np.zeros((n, 1), np.float32),
+            next_states=x + 1,
+            rewards=np.zeros(n, np.float32),
+            propensities=np.full(n, 0.5, np.float32),
+            terminated=np.zeros(n, np.bool_),
+            truncated=np.isin(np.arange(n), ends - 1),
+            action_masks=None,
+            episode_starts=ends - np.array(lengths),
+            episode_ends=ends,
+        )
+
+    logs, served = episodes([2, 3], 0.0), episodes([1, 2], 100.0)
+    both = DomainArrays.concat([logs, served])
+    assert both.n_steps == 8 and both.n_episodes == 4
+    assert both.episode_starts.tolist() == [0, 2, 5, 6] and both.episode_ends.tolist() == [2, 5, 6, 8]
+    assert both.states[both.episode_starts[2:], 0].tolist() == [100.0, 101.0]
+    assert both.truncated.tolist() == [False, True, False, False, True, True, False, True]
+    other = DomainArrays(**{**served.__dict__, "spec": spec(("y",))})
+    with pytest.raises(ValueError, match="one domain spec"):
+        DomainArrays.concat([logs, other])
+
+
 # -- how steps are kept: rows, the explicit next states, and the steps view ------------------------------------
 
 

@@ -38,23 +38,27 @@ def walk_spec() -> DomainSpec:
     )
 
 
-def walk_episodes(spec: DomainSpec, n_episodes: int, length: int, rng: np.random.Generator) -> pl.DataFrame:
-    """Logged episodes of a uniformly random behaviour policy (propensity 1/3), in the steps schema."""
+def walk_episodes(
+    spec: DomainSpec, n_episodes: int, length: int, rng: np.random.Generator, *, action: int | None = None
+) -> pl.DataFrame:
+    """Logged episodes of a uniformly random behaviour policy (propensity 1/3), or of one that always takes
+    ``action`` (propensity 1), in the steps schema."""
     rows: dict[str, list] = {c: [] for c in steps_schema(spec)}
+    prefix = "log" if action is None else f"always{action}"
     for e in range(n_episodes):
         level = float(rng.integers(-2, 3))
         for t in range(length):
-            a = int(rng.integers(0, 3))
+            a = int(rng.integers(0, 3)) if action is None else action
             state = [level, float(rng.normal()), float(t)]
             level = float(np.clip(level + a - 1, -6, 6))
             nxt = [level, float(rng.normal()), float(t + 1)]
             for col, val in (
-                ("episode_id", f"log-{e}"),
+                ("episode_id", f"{prefix}-{e}"),
                 ("step", t),
                 ("state", state),
                 ("action", [float(a)]),
                 ("action_mask", None),
-                ("propensity", 1 / 3),
+                ("propensity", 1 / 3 if action is None else 1.0),
                 ("reward", None),
                 ("next_state", nxt),
                 ("terminated", False),

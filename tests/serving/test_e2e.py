@@ -64,6 +64,7 @@ def test_ingest_train_serve_feedback_finetune_promote(
         seed=0,
         epsilon=0.3,
         finetune_steps=5,
+        finetune_model_steps=50,  # the domain's guard is mb (its spec's ope_estimator): a brief model here
         finetune_min_episodes=3,
         finetune_min_ess=min_ess,
     )

@@ -10,9 +10,10 @@ import pytest
 
 from decision_core.algos import Exploration, create_agent
 from decision_core.data.dataset import FeatureStats, OfflineDataset
+from decision_core.ope import ModelConfig
 from decision_core.schema import DomainSpec
 from decision_core.store import DecisionStore, DomainArrays
-from serving.finetune import judge
+from serving.finetune import guard_estimator, judge
 
 from .conftest import fill_store, walk_episodes, walk_spec
 
@@ -89,3 +90,27 @@ def test_the_guard_asks_for_the_evidence_select_asks_for_by_default() -> None:
     from serving.settings import ServingSettings
 
     assert ServingSettings.model_fields["finetune_min_ess"].default == MIN_ESS == 10.0
+
+
+def test_a_model_based_guard_learns_the_dynamics_from_every_stored_step(setting, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec, logs, up, down = setting
+    # The champion served: it always went up, so the new steps alone never show what going down does.
+    new = served(tmp_path / "new.duckdb", spec, walk_episodes(spec, 40, 5, np.random.default_rng(1), action=2))
+    history = DomainArrays.concat([logs, new])
+    fast = ModelConfig(steps=400, members=2, hidden=(32, 32))
+    v = verdict(new, down, up, estimator="mb", history=history, model=fast)
+    assert not v.accepted and v.reason.startswith("rejected: worse on reward: next.level"), v.reason
+    assert "mb, paired over 40 episodes" in v.reason
+    # Served with epsilon 0.3 each drifts 0.7 a step its way: over 5 steps the returns differ by about 21 (the
+    # line's ends clip a little). From the new steps alone the model called going down better (+0.5).
+    assert -26.0 < v.metrics["ope/reward/difference/mb"] < -16.0
+    assert verdict(new, up, down, estimator="mb", history=history, model=fast).accepted
+
+
+def test_auto_judges_with_the_domain_specs_estimator(setting) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    spec, new, _, _ = setting
+    assert guard_estimator("auto", new) == "snips" and guard_estimator("pdwis", new) == "pdwis"
+    judged = dataclasses.replace(new, spec=dataclasses.replace(spec, ope_estimator="mb"))
+    assert guard_estimator("auto", judged) == "mb"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,7 @@ from decision_core.ope import (
     UniformPolicy,
     compare,
     compare_policies,
+    default_estimator,
     estimate,
     evaluate_policy,
     goal_task,
@@ -204,6 +207,18 @@ def test_importance_sampling_is_the_default_estimator_where_most_episodes_have_p
     half = logs.n_episodes // 2
     assert weighs_by_default(unlogged_episodes(logs, np.arange(half)))  # exactly half still have them
     assert not weighs_by_default(unlogged_episodes(logs, np.arange(half + 1)))
+
+
+def test_the_domain_spec_names_the_default_estimator_where_the_logs_support_it(logs: DomainArrays) -> None:
+    def declaring(arrays: DomainArrays, name: str | None) -> DomainArrays:
+        return dataclasses.replace(arrays, spec=dataclasses.replace(SPEC, ope_estimator=name))
+
+    unlogged = unlogged_episodes(logs, np.arange(logs.n_episodes))
+    assert default_estimator(logs) == "snips" and default_estimator(unlogged) == "fqe"
+    assert default_estimator(declaring(logs, "mb")) == "mb"
+    assert default_estimator(declaring(unlogged, "mb")) == "mb"  # the model needs no propensities
+    assert default_estimator(declaring(logs, "pdwis")) == "pdwis"
+    assert default_estimator(declaring(unlogged, "pdwis")) == "fqe"  # it would: the logs' own default instead
 
 
 def test_bootstrap_is_reproducible_with_the_same_generator(logs: DomainArrays) -> None:
