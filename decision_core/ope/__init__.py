@@ -611,14 +611,30 @@ def evaluate_tasks(
     rng: np.random.Generator,
     estimators: Sequence[str] | None = None,
     model: ModelConfig | None = None,
+    models: dict[str, DynamicsModel] | None = None,
     **kwargs: Any,
 ) -> list[OPEReport]:
     """:func:`evaluate_policy` for each ``(policy, task)`` (``kwargs`` passed on), with the goal tasks sharing one
-    fit of ``mb``'s model (:func:`fit_task_models`) instead of one each."""
+    fit of ``mb``'s model (:func:`fit_task_models`) instead of one each.
+
+    ``models`` keeps ``mb``'s fitted models by task description across calls on the same ``arrays``: a task found
+    there is not fitted again, and the models fitted are added (the model does not depend on the policy, so the
+    candidates that ``select`` scores share one fit). Each such call draws one seed for its fits from ``rng``,
+    found or fitted, so calls with equally seeded generators still meet the same episodes and bootstrap draws."""
     tasks = [task for _, task in jobs]
     goals = [t for t in tasks if t.goal is not None]
     dynamics: list[DynamicsModel | None] = [None] * len(jobs)
-    if len(goals) > 1 and any(e in NEEDS_DYNAMICS for e in estimators or ESTIMATORS):
+    wants_model = any(e in NEEDS_DYNAMICS for e in estimators or ESTIMATORS)
+    if wants_model and models is not None:
+        fit_rng = np.random.default_rng(rng.integers(2**63))
+        unfitted = list({t.description: t for t in goals if t.description not in models}.values())
+        fitted = fit_task_models(arrays, unfitted, config=model, rng=fit_rng)
+        models.update(zip([t.description for t in unfitted], fitted, strict=True))
+        for t in tasks:
+            if t.description not in models:
+                models[t.description] = fit_task_model(arrays, t, config=model, rng=fit_rng)
+        dynamics = [models[t.description] for t in tasks]
+    elif len(goals) > 1 and wants_model:
         shared = iter(fit_task_models(arrays, goals, config=model, rng=rng))
         dynamics = [next(shared) if t.goal is not None else None for t in tasks]
     return [

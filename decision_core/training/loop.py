@@ -175,9 +175,11 @@ def run_ope(
     sim: Any | None = None,
     confidence: float = 0.9,
     refits: int = 0,
+    models: dict[str, Any] | None = None,
 ) -> tuple[dict[str, float], list[Any]]:
     """OPE of the agent's served policy: on its reward task, or averaged over the evaluation goals. ``refits`` > 0
-    takes fqe's and mb's intervals from that many models refitted on bootstrap resamples."""
+    takes fqe's and mb's intervals from that many models refitted on bootstrap resamples; ``models`` shares mb's
+    fitted models between calls on the same arrays (see :func:`~decision_core.ope.evaluate_tasks`)."""
     from decision_core.algos import Exploration
     from decision_core.ope import FQEConfig, ModelConfig, evaluate_tasks
 
@@ -207,6 +209,7 @@ def run_ope(
         confidence=confidence,
         fqe_refits=refits,
         model_refits=refits,
+        models=models,
     )
     sums: dict[str, list[float]] = defaultdict(list)
     for report in reports:

@@ -167,6 +167,7 @@ def select_champion(
     sim = _simulator(domain)
     scores: list[CandidateScore] = []
     task = ""
+    models: dict[str, Any] = {}  # mb's dynamics do not depend on the candidate: one fit serves them all
     for v, agent in loaded:
         cfg = TrainConfig(domain=domain, algo=agent.name, ope_episodes=max_episodes, fqe_steps=fqe_steps)
         # The same generator seed for every candidate: they meet the same episodes and bootstrap draws.
@@ -179,6 +180,7 @@ def select_champion(
             sim=sim,
             confidence=confidence,
             refits=refits,
+            models=models,
         )
         ess = min(r.estimates[estimator].ess for r in reports)
         task = reports[0].task if len(reports) == 1 else f"mean success over {len(reports)} goals"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from decision_core.ope import (
+    Estimate,
     FQEConfig,
     MixturePolicy,
     ModelConfig,
@@ -20,7 +21,9 @@ from decision_core.ope import (
     default_estimator,
     estimate,
     evaluate_policy,
+    evaluate_tasks,
     goal_task,
+    reward_task,
     supported_estimators,
     weighs_by_default,
 )
@@ -357,3 +360,26 @@ def test_a_paired_comparison_refuses_what_it_cannot_compare(logs: DomainArrays) 
     other = OPEInputs(rewards=np.zeros(4), episode_starts=np.array([0]), episode_ends=np.array([4]), v0=np.zeros(1))
     with pytest.raises(OPEError, match="same episodes"):
         compare("fqe", one, other, rng=np.random.default_rng(0))
+
+
+def test_candidates_evaluated_on_the_same_tasks_share_one_model_fit(logs: DomainArrays) -> None:
+    models: dict = {}
+    task = reward_task(logs)
+
+    def run(p: float) -> Estimate:
+        (report,) = evaluate_tasks(
+            logs,
+            [(RightProb(p), task)],
+            rng=np.random.default_rng(3),
+            estimators=["mb"],
+            model=FAST_MODEL,
+            models=models,
+        )
+        return report.estimates["mb"]
+
+    first = run(0.8)
+    (fitted,) = models.values()
+    other = run(0.2)
+    assert list(models.values()) == [fitted] and models[task.description] is fitted  # not fitted again
+    assert run(0.8) == first  # the same model and, from an equal seed, the same draws
+    assert other.value < first.value  # going right more often reaches the rewarded end of the chain more often
