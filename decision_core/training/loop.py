@@ -165,6 +165,15 @@ def ope_jobs(
     return [(AgentPolicy(agent, exploration), reward_task(arrays, task))]
 
 
+def ope_exploration(config: TrainConfig) -> Any | None:
+    """The exploration OPE evaluates a model's policy under (``ope_epsilon``, ``ope_temperature``)."""
+    from decision_core.algos import Exploration
+
+    if config.ope_epsilon > 0 or config.ope_temperature is not None:
+        return Exploration(epsilon=config.ope_epsilon, temperature=config.ope_temperature)
+    return None
+
+
 def run_ope(
     agent: Any,
     arrays: Any,
@@ -180,12 +189,9 @@ def run_ope(
     """OPE of the agent's served policy: on its reward task, or averaged over the evaluation goals. ``refits`` > 0
     takes fqe's and mb's intervals from that many models refitted on bootstrap resamples; ``models`` shares mb's
     fitted models between calls on the same arrays (see :func:`~decision_core.ope.evaluate_tasks`)."""
-    from decision_core.algos import Exploration
     from decision_core.ope import FQEConfig, ModelConfig, evaluate_tasks
 
-    exploration = None
-    if config.ope_epsilon > 0 or config.ope_temperature is not None:
-        exploration = Exploration(epsilon=config.ope_epsilon, temperature=config.ope_temperature)
+    exploration = ope_exploration(config)
     fqe = FQEConfig(steps=config.fqe_steps)
     jobs: list[tuple[Any, Any]] = []
     if agent.goal_conditioned:

@@ -3,7 +3,8 @@
 Every candidate (a registered model version) is evaluated on the same logged episodes with the same estimator and
 bootstrap seed; the winner is the one with the highest **lower confidence bound** (a model that only looks good
 because its estimate is noisy does not win), and the ``champion`` alias moves to it. The current champion is always
-scored (beside named runs that leave it out), so it is replaced only by a candidate that beats it. A candidate whose
+scored (beside named runs that leave it out), and it is replaced only by a candidate that beats it: one ranked
+above it must also be better in a paired comparison (the paired interval of ``winner - champion`` above 0). A candidate whose
 estimate rests on fewer than ``min_ess`` effective episodes (importance weights concentrated on a handful of logged
 episodes: a policy far from the logs, or hundreds of actions) is not evaluable and cannot win; when no candidate
 is, the champion stays where it is and the summary says which estimators do not weight episodes.
@@ -109,6 +110,48 @@ def _versions(name: str, run_ids: list[str] | None, settings: CoreSettings) -> l
     return chosen
 
 
+def _paired_difference(
+    challenger: Any,
+    champion: Any,
+    arrays: Any,
+    config: TrainConfig,
+    *,
+    estimator: str,
+    sim: Any,
+    models: dict[str, Any],
+    seed: int,
+    confidence: float,
+) -> tuple[float, float, float]:
+    """``challenger - champion`` by ``estimator`` with its paired interval (value, low, high), on the tasks
+    :func:`~decision_core.training.loop.run_ope` scores them on (a goal model's mean over its goals, the bounds
+    averaged as run_ope averages them)."""
+    from decision_core.ope import FQEConfig, ModelConfig, compare_policies
+    from decision_core.training.loop import evaluation_goals, ope_exploration, ope_jobs
+
+    exploration = ope_exploration(config)
+    goals = evaluation_goals(arrays.spec, config.goal_set, sim) if challenger.goal_conditioned else []
+    jobs = ope_jobs(challenger, arrays, goals, config.task, exploration)
+    base_jobs = ope_jobs(champion, arrays, goals, config.task, exploration)
+    diffs = [
+        compare_policies(
+            arrays,
+            policy,
+            base,
+            estimator=estimator,
+            rng=np.random.default_rng(seed),
+            task=task,
+            confidence=confidence,
+            fqe=FQEConfig(steps=config.fqe_steps),
+            max_episodes=config.ope_episodes,
+            model=ModelConfig(steps=config.model_steps),
+            dynamics=models.get(task.description),
+        )
+        for (policy, task), (base, _) in zip(jobs, base_jobs, strict=True)
+    ]
+    mean = np.mean([(d.value, d.ci_low, d.ci_high) for d in diffs], axis=0)
+    return float(mean[0]), float(mean[1]), float(mean[2])
+
+
 def select_champion(
     domain: str,
     *,
@@ -199,6 +242,22 @@ def select_champion(
         )
     evaluable = [s for s in scores if s.evaluable]
     best = max(evaluable, key=lambda s: (s.ci_low, s.value)) if evaluable else None
+    incumbent = next((s for s in evaluable if s.version == previous), None)
+    if best is not None and incumbent is not None and best is not incumbent:
+        # Ranking first does not yet make it better: both estimates rest on the same episodes, and much of a
+        # model-based estimator's error is shared between them, which only a paired comparison cancels.
+        agents = {str(v.version): a for v, a in loaded}
+        cfg = TrainConfig(domain=domain, algo=agents[best.version].name, ope_episodes=max_episodes, fqe_steps=fqe_steps)
+        value, low, high = _paired_difference(
+            agents[best.version], agents[incumbent.version], arrays, cfg, estimator=estimator, sim=sim,
+            models=models, seed=seed, confidence=confidence,
+        )  # fmt: skip
+        if low <= 0.0:
+            notes.append(
+                f"v{best.version} ranks first, but its paired difference from the champion v{incumbent.version} is "
+                f"{value:+.4g} [{low:+.4g}, {high:+.4g}]: not shown better, so the champion stays"
+            )
+            best = incumbent
     moved = False
     if best is not None and move_alias and previous != best.version:
         set_alias(name, CHAMPION, best.version, settings)

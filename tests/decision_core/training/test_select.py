@@ -37,6 +37,25 @@ def test_select_moves_champion_to_the_best_lower_bound(settings: CoreSettings, t
     assert not again.moved and "stays" in again.summary()
 
 
+def test_a_candidate_ranked_first_must_also_be_better_than_the_champion_in_a_paired_comparison(
+    settings: CoreSettings, tiny: dict, two_candidates: tuple[str, str]
+) -> None:
+    # v3 is v2 trained again: the same policy, so neither is better than the other, whatever their ranking says.
+    base = TrainConfig(domain="chain", algo="iql", **{**tiny, "steps": 150, "log_every": 50, "checkpoint_every": 0})
+    train(base, settings, progress=False)
+    set_alias("chain", CHAMPION, "3", settings)
+    result = select_champion("chain", settings=settings, max_episodes=300)
+    by_version = {c.version: c for c in result.candidates}
+    assert by_version["2"].ci_low >= by_version["3"].ci_low  # v2 ranks first (first of equals)
+    assert result.chosen is by_version["3"] and not result.moved, result.notes
+    assert alias_version("chain", CHAMPION, settings) == "3"
+    (note,) = [n for n in result.notes if "paired" in n]
+    assert note.startswith("v2 ranks first, but its paired difference from the champion v3 is +0 [+0, +0]"), note
+    # Against the barely trained v1 the paired interval is clear of 0: v2 replaces it.
+    set_alias("chain", CHAMPION, "1", settings)
+    assert select_champion("chain", settings=settings, max_episodes=300, run_ids=[two_candidates[1]]).moved
+
+
 def test_a_candidate_whose_estimate_rests_on_few_episodes_cannot_win(
     settings: CoreSettings, two_candidates: tuple[str, str]
 ) -> None:
