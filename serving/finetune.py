@@ -7,8 +7,10 @@ A run (after ``finetune_every`` new feedback steps, or on ``POST /v1/finetune``)
 2. a worker **process** (``python -m serving.finetune job.json``, at lower CPU priority) loads the champion,
    continues its training on the full snapshot for ``finetune_steps`` gradient steps (same algorithm, same
    feature statistics), then evaluates the candidate and the champion with off-policy evaluation on the new
-   data, under the exploration the deployment serves with: for a goal-conditioned model, on the goals most
-   requested in the new traffic (else the domain's named goals); for a reward model, on the domain's reward;
+   data (``finetune_estimator``, by default the domain spec's own; ``mb`` learns its dynamics from the full
+   snapshot and rolls out from the new episodes), under the exploration the deployment serves with: for a
+   goal-conditioned model, on the goals most requested in the new traffic (else the domain's named goals); for a
+   reward model, on the domain's reward;
 3. the candidate is **accepted** unless, on some evaluated task, its estimate rests on fewer than
    ``finetune_min_ess`` effective episodes (not evaluable), or it is worse than the champion with the guard's
    confidence: the upper end of the interval of the difference ``candidate - champion`` is below 0. The interval
