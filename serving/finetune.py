@@ -279,6 +279,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Fine-tune, evaluate and record one candidate; returns (and writes) the verdict."""
     from decision_core.algos import Exploration, configure_torch_threads, load_agent
     from decision_core.data.dataset import OfflineDataset
+    from decision_core.ope import ModelConfig
+    from decision_core.ope.estimators import NEEDS_DYNAMICS
 
     configure_torch_threads(1)
     out = Path(job["out_dir"])
@@ -319,9 +321,6 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         metrics[f"finetune/{k}"] = points[-1][1]
     with DecisionStore(job["new_store"], read_only=True) as store:
         new = store.load_arrays(spec.name)
-    from decision_core.ope import ModelConfig
-    from decision_core.ope.estimators import NEEDS_DYNAMICS
-
     estimator = guard_estimator(job["estimator"], new)
     history = None
     if estimator in NEEDS_DYNAMICS:  # the dynamics do not depend on the policy: learn them from every step

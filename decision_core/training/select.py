@@ -4,10 +4,10 @@ Every candidate (a registered model version) is evaluated on the same logged epi
 bootstrap seed; the winner is the one with the highest **lower confidence bound** (a model that only looks good
 because its estimate is noisy does not win), and the ``champion`` alias moves to it. The current champion is always
 scored (beside named runs that leave it out), and it is replaced only by a candidate that beats it: one ranked
-above it must also be better in a paired comparison (the paired interval of ``winner - champion`` above 0). A candidate whose
-estimate rests on fewer than ``min_ess`` effective episodes (importance weights concentrated on a handful of logged
-episodes: a policy far from the logs, or hundreds of actions) is not evaluable and cannot win; when no candidate
-is, the champion stays where it is and the summary says which estimators do not weight episodes.
+above it must also be better in a paired comparison (the paired interval of ``winner - champion`` above 0). A
+candidate whose estimate rests on fewer than ``min_ess`` effective episodes (importance weights concentrated on a
+handful of logged episodes: a policy far from the logs, or hundreds of actions) is not evaluable and cannot win;
+when no candidate is, the champion stays where it is and the summary says which estimators do not weight episodes.
 """
 
 from __future__ import annotations
