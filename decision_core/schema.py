@@ -244,6 +244,17 @@ class DomainSpec:
         """The store's table of the next states that are not the following step's state; see :func:`store_ddl`."""
         return f"steps_{self.name}_next"
 
+    def same_data(self, other: DomainSpec) -> bool:
+        """Whether ``other`` describes the same steps: equal but for how the domain is described and evaluated
+        (its description, named goals and ``ope_estimator``), which a model trained on one can serve under the
+        other."""
+        described = {"description", "goals", "ope_estimator"}
+
+        def steps(spec: DomainSpec) -> dict[str, Any]:
+            return {k: v for k, v in spec.to_dict().items() if k not in described}
+
+        return steps(self) == steps(other)
+
     # -- serialisation ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

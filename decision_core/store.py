@@ -157,7 +157,7 @@ class DomainArrays:
         if not parts:
             raise ValueError("concat needs at least one DomainArrays")
         spec = parts[0].spec
-        if any(p.spec != spec for p in parts[1:]):
+        if any(not p.spec.same_data(spec) for p in parts[1:]):
             raise ValueError("concat needs arrays of one domain spec")
         masks = [p.action_masks for p in parts]
         if any(m is None for m in masks) and any(m is not None for m in masks):

@@ -148,7 +148,7 @@ class ModelCatalog:
             if version == current.version:
                 raise Conflict(f"version '{version}' is already the champion", field="version")
             model = self._materialise(entry)
-            if model.agent.spec.to_json() != current.agent.spec.to_json():
+            if not model.agent.spec.same_data(current.agent.spec):
                 raise Conflict(
                     f"version '{version}' was trained for another domain spec than the one served", field="version"
                 )

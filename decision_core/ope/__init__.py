@@ -479,7 +479,7 @@ def _policy_inputs(
     if any(e in NEEDS_DYNAMICS for e in names):
         if dynamics is None:
             dynamics = fit_task_model(arrays, task, config=model, rng=rng)
-        elif dynamics.spec != arrays.spec:
+        elif not dynamics.spec.same_data(arrays.spec):
             raise OPEError(
                 f"the dynamics model was fitted on domain '{dynamics.spec.name}' (version {dynamics.spec.version}), "
                 f"not on these logs' '{arrays.spec.name}' (version {arrays.spec.version}); fit it with "

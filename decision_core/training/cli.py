@@ -184,7 +184,7 @@ def ope_cmd(
                     "over the episodes instead: drop one of them"
                 )
             base_agent, base_ref = load_agent_from_uri(baseline, settings)
-            if base_agent.goal_conditioned != agent.goal_conditioned or base_agent.spec != agent.spec:
+            if base_agent.goal_conditioned != agent.goal_conditioned or not base_agent.spec.same_data(agent.spec):
                 kind = "goal-conditioned" if agent.goal_conditioned else "reward"
                 raise SpecError(
                     f"--baseline {base_ref.label()} must be a {kind} model of domain '{agent.spec.name}' like "

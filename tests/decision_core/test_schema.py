@@ -46,6 +46,14 @@ def test_spec_round_trips_through_json():
     assert "ope_estimator" not in spec.to_json()  # a spec that names none reads as one written before the field
 
 
+def test_specs_that_differ_only_in_how_the_domain_is_described_hold_the_same_data():
+    spec = make()
+    assert spec.same_data(make(ope_estimator="mb", goals={}, description="a shop"))
+    assert not spec.same_data(make(reward="next.stock"))
+    assert not spec.same_data(make(version="2"))
+    assert not spec.same_data(make(state=(Feature("stock"), Feature("demand"), Feature("open"))))  # a dtype
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

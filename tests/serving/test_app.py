@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from decision_core.algos import create_agent, load_agent
 from decision_core.errors import RegistryError
+from decision_core.schema import DomainSpec
 from decision_core.store import DecisionStore
 from serving.app import create_app
 from serving.hooks import HookManager
@@ -268,10 +269,11 @@ def test_hook_plugins_are_validated_when_registered() -> None:
 
 
 # -- models --------------------------------------------------------------------------------------------------------
-def _add_candidate(client: TestClient, tmp: Path, version: str) -> Path:
+def _add_candidate(client: TestClient, tmp: Path, version: str, spec: DomainSpec | None = None) -> Path:
     ctx = client.app.state.ctx  # type: ignore[attr-defined]
     champion = ctx.catalog.champion.agent
-    other = create_agent("gcbc", champion.spec, champion.stats, {"hidden_dims": [16], "batch_size": 8}, seed=7)
+    spec = spec or champion.spec
+    other = create_agent("gcbc", spec, champion.stats, {"hidden_dims": [16], "batch_size": 8}, seed=7)
     path = other.save(tmp / version)
     ctx.catalog.add_candidate(CatalogEntry(version=version, status="candidate", source=str(path), agent_dir=path))
     return path
@@ -290,6 +292,20 @@ def test_promote_hot_swaps_and_rollback_restores(client: TestClient, tmp_path: P
     assert act(client)["model"]["version"] == "local"
     assert client.post("/v1/models/rollback", headers=auth()).status_code == 409
     assert client.post("/v1/models/nope/promote", headers=auth()).status_code == 404
+
+
+def test_a_model_of_the_same_steps_may_replace_the_champion_and_one_of_other_steps_may_not(
+    client: TestClient, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    spec = client.app.state.ctx.catalog.champion.agent.spec  # type: ignore[attr-defined]
+    # Trained after the domain named its OPE estimator and another goal: the same steps, so it may serve.
+    _add_candidate(client, tmp_path, "v2", dataclasses.replace(spec, ope_estimator="mb", goals={}))
+    assert client.post("/v1/models/v2/promote", headers=auth()).status_code == 200
+    _add_candidate(client, tmp_path, "v3", dataclasses.replace(spec, reward="-next.level"))
+    r = client.post("/v1/models/v3/promote", headers=auth())
+    assert r.status_code == 409 and "was trained for another domain spec than the one served" in r.text
 
 
 def test_a_before_promote_hook_can_veto(settings: ServingSettings, tmp_path: Path) -> None:
