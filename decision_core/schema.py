@@ -310,9 +310,10 @@ class DomainSpec:
             a += " once per episode" if acts.once_per_episode else ""
         else:
             a = f"box[{acts.dim}]"
+        judged = f"; judged by {self.ope_estimator}" if self.ope_estimator else ""
         return (
             f"{self.state_dim} state features, outcomes: {', '.join(self.outcome_names)}; actions: {a}; "
-            f"reward: {self.reward or 'none'}"
+            f"reward: {self.reward or 'none'}{judged}"
         )
 
 

@@ -44,6 +44,7 @@ def test_spec_round_trips_through_json():
     judged = make(ope_estimator="mb")
     assert DomainSpec.from_json(judged.to_json()) == judged and '"ope_estimator": "mb"' in judged.to_json()
     assert "ope_estimator" not in spec.to_json()  # a spec that names none reads as one written before the field
+    assert judged.summary().endswith("reward: -next.stock; judged by mb")
 
 
 def test_specs_that_differ_only_in_how_the_domain_is_described_hold_the_same_data():
