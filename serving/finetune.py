@@ -407,10 +407,9 @@ def judge(
         AgentPolicy,
         OPEError,
         compare_policies,
-        fit_task_model,
-        fit_task_models,
         goal_task,
         reward_task,
+        task_models,
     )
     from decision_core.ope.estimators import NEEDS_DYNAMICS
 
@@ -436,11 +435,11 @@ def judge(
         rng = np.random.default_rng(seed)
         dynamics: list[Any] = [None] * len(tasks)
         if estimator in NEEDS_DYNAMICS and history is not None:
-            if candidate.goal_conditioned:
-                goal_tasks = [goal_task(history, g, m) for _, _, g, m in tasks if g is not None and m is not None]
-                dynamics = fit_task_models(history, goal_tasks, config=model, rng=rng)
-            else:
-                dynamics = [fit_task_model(history, reward_task(history), config=model, rng=rng)]
+            learned = [
+                reward_task(history) if g is None or m is None else goal_task(history, g, m, name=label)
+                for label, _, g, m in tasks
+            ]
+            dynamics = task_models(history, learned, config=model, rng=rng)
         for (label, task, goal, task_mask), fitted in zip(tasks, dynamics, strict=True):
             cand_policy, champ_policy = (
                 AgentPolicy(a, exploration, goal=goal, goal_mask=task_mask, name=who)

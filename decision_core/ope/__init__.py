@@ -65,6 +65,7 @@ __all__ = [
     "goal_task",
     "reward_task",
     "supported_estimators",
+    "task_models",
     "weighs_by_default",
 ]
 
@@ -604,6 +605,29 @@ def fit_task_models(
     return [dataclasses.replace(shared, goal=_goal_check(arrays.spec, t.goal)) for t in tasks if t.goal is not None]
 
 
+def task_models(
+    arrays: Any,
+    tasks: Sequence[OPETask],
+    *,
+    config: ModelConfig | None = None,
+    rng: np.random.Generator,
+    models: dict[str, DynamicsModel] | None = None,
+) -> list[DynamicsModel]:
+    """``mb``'s model of each task: the goal tasks share one fit (:func:`fit_task_models`), any other task gets its
+    own (:func:`fit_task_model`). ``models`` keeps them by task description across calls on the same ``arrays``: a
+    task found there is not fitted again, and the models fitted are added. One seed for the fits is drawn from
+    ``rng`` whether or not anything is fitted, so equally seeded generators stay in step after the call."""
+    models = {} if models is None else models
+    fit_rng = np.random.default_rng(rng.integers(2**63))
+    unfitted = list({t.description: t for t in tasks if t.goal is not None and t.description not in models}.values())
+    fitted = fit_task_models(arrays, unfitted, config=config, rng=fit_rng)
+    models.update(zip([t.description for t in unfitted], fitted, strict=True))
+    for t in tasks:
+        if t.description not in models:
+            models[t.description] = fit_task_model(arrays, t, config=config, rng=fit_rng)
+    return [models[t.description] for t in tasks]
+
+
 def evaluate_tasks(
     arrays: Any,
     jobs: Sequence[tuple[TargetPolicy, OPETask]],
@@ -617,23 +641,15 @@ def evaluate_tasks(
     """:func:`evaluate_policy` for each ``(policy, task)`` (``kwargs`` passed on), with the goal tasks sharing one
     fit of ``mb``'s model (:func:`fit_task_models`) instead of one each.
 
-    ``models`` keeps ``mb``'s fitted models by task description across calls on the same ``arrays``: a task found
-    there is not fitted again, and the models fitted are added (the model does not depend on the policy, so the
-    candidates that ``select`` scores share one fit). Each such call draws one seed for its fits from ``rng``,
-    found or fitted, so calls with equally seeded generators still meet the same episodes and bootstrap draws."""
+    ``models`` keeps ``mb``'s fitted models by task description across calls on the same ``arrays``
+    (:func:`task_models`): the model does not depend on the policy, so the candidates that ``select`` scores share
+    one fit, and calls with equally seeded generators still meet the same episodes and bootstrap draws."""
     tasks = [task for _, task in jobs]
     goals = [t for t in tasks if t.goal is not None]
     dynamics: list[DynamicsModel | None] = [None] * len(jobs)
     wants_model = any(e in NEEDS_DYNAMICS for e in estimators or ESTIMATORS)
     if wants_model and models is not None:
-        fit_rng = np.random.default_rng(rng.integers(2**63))
-        unfitted = list({t.description: t for t in goals if t.description not in models}.values())
-        fitted = fit_task_models(arrays, unfitted, config=model, rng=fit_rng)
-        models.update(zip([t.description for t in unfitted], fitted, strict=True))
-        for t in tasks:
-            if t.description not in models:
-                models[t.description] = fit_task_model(arrays, t, config=model, rng=fit_rng)
-        dynamics = [models[t.description] for t in tasks]
+        dynamics = list(task_models(arrays, tasks, config=model, rng=rng, models=models))
     elif len(goals) > 1 and wants_model:
         shared = iter(fit_task_models(arrays, goals, config=model, rng=rng))
         dynamics = [next(shared) if t.goal is not None else None for t in tasks]

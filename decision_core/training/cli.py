@@ -146,7 +146,14 @@ def ope_cmd(
         from decision_core.ope import FQEConfig, ModelConfig, evaluate_tasks
         from decision_core.settings import CoreSettings
         from decision_core.training.config import TrainConfig
-        from decision_core.training.loop import _simulator, evaluation_goals, goal_arrays, load_domain, ope_jobs
+        from decision_core.training.loop import (
+            _simulator,
+            compare_jobs,
+            evaluation_goals,
+            goal_arrays,
+            load_domain,
+            ope_jobs,
+        )
         from decision_core.training.models import load_agent_from_uri
 
         settings = CoreSettings(db=db) if db else CoreSettings()
@@ -191,7 +198,7 @@ def ope_cmd(
                     f"{ref.label()}, so that both are evaluated on the same tasks"
                 )
             base_jobs = ope_jobs(base_agent, arrays, goals, task, exploration)
-            compared = _compare_jobs(
+            compared = compare_jobs(
                 arrays, jobs, base_jobs, estimators, rng, gamma=gamma, n_bootstrap=bootstrap, confidence=confidence,
                 fqe=FQEConfig(steps=fqe_steps), model=ModelConfig(steps=model_steps), max_episodes=episodes,
             )  # fmt: skip
@@ -236,26 +243,6 @@ def ope_cmd(
             )
         for name, why in r.skipped.items():
             out.print(f"[yellow]skipped {name}[/]: {why}")
-
-
-def _compare_jobs(
-    arrays: Any,
-    jobs: list[tuple[Any, Any]],
-    base_jobs: list[tuple[Any, Any]],
-    estimators: list[str] | None,
-    rng: Any,
-    **kwargs: Any,
-) -> list[tuple[str, Any]]:
-    """(task description, Difference) for each task and estimator: the model's policy minus the baseline's."""
-    from decision_core.ope import compare_policies, default_estimator
-
-    names = estimators or [default_estimator(arrays)]
-    out = []
-    for (policy, task), (base_policy, _) in zip(jobs, base_jobs, strict=True):
-        for name in dict.fromkeys(names):
-            d = compare_policies(arrays, policy, base_policy, estimator=name, rng=rng, task=task, **kwargs)
-            out.append((task.description, d))
-    return out
 
 
 def _print_comparisons(

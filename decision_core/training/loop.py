@@ -165,6 +165,37 @@ def ope_jobs(
     return [(AgentPolicy(agent, exploration), reward_task(arrays, task))]
 
 
+def compare_jobs(
+    arrays: Any,
+    jobs: list[tuple[Any, Any]],
+    base_jobs: list[tuple[Any, Any]],
+    estimators: list[str] | None,
+    rng: np.random.Generator,
+    *,
+    model: Any | None = None,
+    models: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> list[tuple[str, Any]]:
+    """(task description, Difference) for each task and estimator (default: the domain's own): the policy of
+    ``jobs`` minus the policy of ``base_jobs`` on the same task, with a paired interval. ``mb``'s models are fitted
+    once for all the tasks, or taken from ``models`` (see :func:`~decision_core.ope.task_models`)."""
+    from decision_core.ope import compare_policies, default_estimator, task_models
+    from decision_core.ope.estimators import NEEDS_DYNAMICS
+
+    names = list(dict.fromkeys(estimators or [default_estimator(arrays)]))
+    dynamics: list[Any] = [None] * len(jobs)
+    if any(n in NEEDS_DYNAMICS for n in names):
+        dynamics = task_models(arrays, [task for _, task in jobs], config=model, rng=rng, models=models)
+    out = []
+    for (policy, task), (base_policy, _), fitted in zip(jobs, base_jobs, dynamics, strict=True):
+        for name in names:
+            d = compare_policies(
+                arrays, policy, base_policy, estimator=name, rng=rng, task=task, model=model, dynamics=fitted, **kwargs
+            )
+            out.append((task.description, d))
+    return out
+
+
 def ope_exploration(config: TrainConfig) -> Any | None:
     """The exploration OPE evaluates a model's policy under (``ope_epsilon``, ``ope_temperature``)."""
     from decision_core.algos import Exploration

@@ -125,30 +125,24 @@ def _paired_difference(
     """``challenger - champion`` by ``estimator`` with its paired interval (value, low, high), on the tasks
     :func:`~decision_core.training.loop.run_ope` scores them on (a goal model's mean over its goals, the bounds
     averaged as run_ope averages them)."""
-    from decision_core.ope import FQEConfig, ModelConfig, compare_policies
-    from decision_core.training.loop import evaluation_goals, ope_exploration, ope_jobs
+    from decision_core.ope import FQEConfig, ModelConfig
+    from decision_core.training.loop import compare_jobs, evaluation_goals, ope_exploration, ope_jobs
 
     exploration = ope_exploration(config)
     goals = evaluation_goals(arrays.spec, config.goal_set, sim) if challenger.goal_conditioned else []
-    jobs = ope_jobs(challenger, arrays, goals, config.task, exploration)
-    base_jobs = ope_jobs(champion, arrays, goals, config.task, exploration)
-    diffs = [
-        compare_policies(
-            arrays,
-            policy,
-            base,
-            estimator=estimator,
-            rng=np.random.default_rng(seed),
-            task=task,
-            confidence=confidence,
-            fqe=FQEConfig(steps=config.fqe_steps),
-            max_episodes=config.ope_episodes,
-            model=ModelConfig(steps=config.model_steps),
-            dynamics=models.get(task.description),
-        )
-        for (policy, task), (base, _) in zip(jobs, base_jobs, strict=True)
-    ]
-    mean = np.mean([(d.value, d.ci_low, d.ci_high) for d in diffs], axis=0)
+    diffs = compare_jobs(
+        arrays,
+        ope_jobs(challenger, arrays, goals, config.task, exploration),
+        ope_jobs(champion, arrays, goals, config.task, exploration),
+        [estimator],
+        np.random.default_rng(seed),
+        model=ModelConfig(steps=config.model_steps),
+        models=models,
+        confidence=confidence,
+        fqe=FQEConfig(steps=config.fqe_steps),
+        max_episodes=config.ope_episodes,
+    )
+    mean = np.mean([(d.value, d.ci_low, d.ci_high) for _, d in diffs], axis=0)
     return float(mean[0]), float(mean[1]), float(mean[2])
 
 
