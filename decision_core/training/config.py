@@ -60,7 +60,8 @@ class TrainConfig:
     #: OPE estimators to run at the end (None: every one the data supports).
     ope_estimators: tuple[str, ...] | None = None
     #: OPE estimators of the periodic evaluations (None: the cheap ones, snips and pdwis, or fqe when the logs
-    #: lack propensities). Add "fqe" when ``keep`` picks by OPE over long episodes (one FQE fit per evaluation).
+    #: lack propensities, and the domain's own estimator unless it fits a Q model per policy). The estimator
+    #: ``keep`` picks by always runs (FQE: one fit per evaluation).
     ope_periodic: tuple[str, ...] | None = None
     #: Discount of the OPE return (1.0: the episode's total, as the simulator reports it).
     ope_gamma: float = 1.0
@@ -83,10 +84,10 @@ class TrainConfig:
     run_name: str | None = None
     #: Which weights the run logs and registers: "last" (after the last step), or "best:<metric>", the evaluation
     #: (periodic ones and the one at the end) with the highest value of that logged metric, e.g.
-    #: "best:eval/normalised_score" (the simulator's) or, without a simulator, "best:ope/fqe" with "fqe" in
-    #: ``ope_periodic`` (measured to rank well on inventory and badly on the recommender: check OPE on the
-    #: domain first). Offline training can peak early and decline (see docs/algorithms.md); the checkpoint for
-    #: resuming stays the last.
+    #: "best:eval/normalised_score" (the simulator's) or, without a simulator, "best:ope" (the domain's own
+    #: estimator) or a named one, "best:ope/fqe" (FQE measured to rank well on inventory and badly on the
+    #: recommender: check OPE on the domain first). Offline training can peak early and decline (see
+    #: docs/algorithms.md); the checkpoint for resuming stays the last.
     keep: str = "last"
     #: Register the final model in the Model Registry (under ``model_name``, default the domain name).
     register: bool = True
@@ -122,9 +123,10 @@ class TrainConfig:
             (self.ope_temperature is None or self.ope_temperature > 0, "ope_temperature", "must be > 0"),
             (
                 isinstance(self.keep, str)
-                and (self.keep == "last" or (self.keep.startswith("best:") and "/" in self.keep)),
+                and (self.keep in ("last", "best:ope") or (self.keep.startswith("best:") and "/" in self.keep)),
                 "keep",
-                "must be 'last' or 'best:<a logged metric>' (e.g. 'best:eval/normalised_score')",
+                "must be 'last', 'best:ope' (the domain's own OPE estimator) or 'best:<a logged metric>' "
+                "(e.g. 'best:eval/normalised_score')",
             ),
         ]
         for ok, name, rule in rules:

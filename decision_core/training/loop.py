@@ -36,6 +36,8 @@ console = Console(stderr=True)
 
 #: Estimators cheap enough to run at every periodic evaluation (FQE fits a network, so it waits for the end).
 PERIODIC_ESTIMATORS = ("snips", "pdwis")
+#: ``keep = "best:ope"``: keep by the domain's own estimator (:func:`~decision_core.ope.default_estimator`).
+KEEP_BY_JUDGE = "ope"
 
 
 class TrainingError(DecisionCoreError):
@@ -466,9 +468,10 @@ def _loop(
     window: dict[str, list[float]] = defaultdict(list)
     latest: dict[str, float] = {}
     keeper = None
-    if tracker is not None and config.keep_metric:
-        keeper = _BestWeights(config.keep_metric)
-        if kept_state is not None and kept_state["metric"] == config.keep_metric:
+    metric = keep_metric(config, arrays)
+    if tracker is not None and metric:
+        keeper = _BestWeights(metric)
+        if kept_state is not None and kept_state["metric"] == metric:
             keeper.load_state_dict(kept_state, agent.device)  # a resumed run compares with the best before it
     started = time.perf_counter()
     with _progress(show_progress and ctx.is_main, config.steps, start) as (progress, task):
@@ -520,7 +523,7 @@ def _loop(
     if keeper is not None:
         keeper.offer(agent, config.steps, final)
         kept = keeper.step
-        tracker.mlflow.set_tags({"decision_core.kept_step": str(kept), "decision_core.kept_by": config.keep})
+        tracker.mlflow.set_tags({"decision_core.kept_step": str(kept), "decision_core.kept_by": f"best:{metric}"})
         if kept == config.steps:
             # The checkpoint was written before this evaluation, holding an earlier best: the last step beat it.
             partial = ckpt_dir / (KEPT_FILE + ".tmp")
@@ -531,11 +534,41 @@ def _loop(
             # The logged model is the best evaluation's weights; its full evaluation (OPE reports included) is
             # logged under "kept/" so the run's curves keep the last weights' figures at the last step.
             keeper.restore(agent)
-            console.print(f"keeping the weights of step {kept} ({config.keep} = {keeper.value:.4g})")
+            console.print(f"keeping the weights of step {kept} (best:{metric} = {keeper.value:.4g})")
             latest.update(tracker.evaluate(agent, arrays, rng, sim, config.steps, history, final=True, prefix="kept/"))
     result = tracker.finish(agent, history, latest, ckpt_dir)
     dist_utils.barrier(ctx)
     return result
+
+
+def keep_metric(config: TrainConfig, arrays: Any) -> str | None:
+    """The logged metric that picks the kept weights: ``config.keep_metric``, with ``"ope"`` read as the domain's
+    own estimator's value (``"ope/mb"`` on a domain judged by ``mb``)."""
+    from decision_core.ope import default_estimator
+
+    metric = config.keep_metric
+    return f"ope/{default_estimator(arrays)}" if metric == KEEP_BY_JUDGE else metric
+
+
+def periodic_estimators(config: TrainConfig, arrays: Any) -> tuple[str, ...]:
+    """The OPE estimators of the periodic evaluations: ``ope_periodic``, or by default the cheap ones
+    (:data:`PERIODIC_ESTIMATORS`, FQE where the logs lack propensities) and the domain's own estimator unless it
+    fits a Q model per policy (mb's dynamics model is fitted once per run, see :class:`_Tracker`). The estimator
+    that ``keep`` picks by always runs."""
+    from decision_core.ope import default_estimator, weighs_by_default
+    from decision_core.ope.estimators import NEEDS_Q_MODEL
+
+    if config.ope_periodic is not None:
+        names = list(config.ope_periodic)
+    else:
+        names = list(PERIODIC_ESTIMATORS if weighs_by_default(arrays) else ("fqe",))
+        judge = default_estimator(arrays)
+        if judge not in NEEDS_Q_MODEL:
+            names.append(judge)
+    metric = keep_metric(config, arrays)
+    if metric is not None and metric.startswith("ope/"):
+        names.append(metric.split("/")[1])
+    return tuple(dict.fromkeys(names))
 
 
 class _BestWeights:
@@ -596,6 +629,8 @@ class _Tracker:
             self.run = mlflow.start_run(experiment_id=exp_id, run_name=config.run_name)
         self.run_id = self.run.info.run_id
         self.ope_reports: list[Any] = []
+        #: mb's fitted models by task: the dynamics do not depend on the policy, so every evaluation shares them.
+        self.ope_models: dict[str, Any] = {}
         if resume is None:
             params = {**config.flat_params(), **fingerprint(arrays, settings), "dist.world_size": str(ctx.world_size)}
             mlflow.log_params(params)
@@ -634,15 +669,10 @@ class _Tracker:
         metrics: dict[str, float] = {}
         if sim is not None:
             metrics.update(run_simulator_eval(agent, sim, self.config))
-        estimators: tuple[str, ...] | None = self.config.ope_estimators
-        if not final:
-            from decision_core.ope import weighs_by_default
-
-            default = PERIODIC_ESTIMATORS if weighs_by_default(arrays) else ("fqe",)
-            estimators = self.config.ope_periodic or default
+        estimators = self.config.ope_estimators if final else periodic_estimators(self.config, arrays)
         refits = self.config.ope_refits if final else 0
         ope_metrics, reports = run_ope(
-            agent, arrays, self.config, rng=rng, estimators=estimators, sim=sim, refits=refits
+            agent, arrays, self.config, rng=rng, estimators=estimators, sim=sim, refits=refits, models=self.ope_models
         )
         metrics.update(ope_metrics)
         if final:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -294,10 +295,55 @@ def test_periodic_ope_runs_the_estimators_asked_for(settings: CoreSettings, tiny
     assert [m.step for m in c.get_metric_history(result.run_id, "ope/snips")] == [40]  # the final OPE runs all
 
 
+def _judged_by(settings: CoreSettings, estimator: str) -> Any:
+    """The chain's arrays under a spec that names ``estimator`` as the domain's judge."""
+    from dataclasses import replace
+
+    from decision_core.training.loop import load_domain
+
+    arrays = load_domain(TrainConfig(domain="chain", algo="iql"), settings)
+    return replace(arrays, spec=replace(arrays.spec, ope_estimator=estimator))
+
+
+def test_periodic_ope_adds_the_domains_judge_unless_it_fits_a_q_model_per_policy(settings: CoreSettings) -> None:
+    from decision_core.training.loop import periodic_estimators
+
+    cfg = TrainConfig(domain="chain", algo="iql")
+    assert periodic_estimators(cfg, _judged_by(settings, "mb")) == ("snips", "pdwis", "mb")
+    assert periodic_estimators(cfg, _judged_by(settings, "wdr")) == ("snips", "pdwis")  # one Q fit per evaluation
+    assert periodic_estimators(cfg.replace(ope_periodic=("ips",)), _judged_by(settings, "mb")) == ("ips",)
+    # The estimator that keep picks by always runs, named or as the domain's judge ("best:ope").
+    keep_fqe = cfg.replace(eval_every=10, keep="best:ope/fqe/ci_low", ope_periodic=("snips",))
+    assert periodic_estimators(keep_fqe, _judged_by(settings, "mb")) == ("snips", "fqe")
+    keep_judge = cfg.replace(eval_every=10, keep="best:ope", ope_periodic=("snips",))
+    assert periodic_estimators(keep_judge, _judged_by(settings, "wdr")) == ("snips", "wdr")
+
+
+def test_a_run_fits_mbs_model_once_for_all_its_evaluations(
+    settings: CoreSettings, tiny: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import decision_core.ope as ope
+
+    fits = []
+    fit = ope.fit_model  # the reward task's model; goal tasks fit through fit_task_models
+    monkeypatch.setattr(ope, "fit_model", lambda *a, **k: fits.append(1) or fit(*a, **k))
+    arrays = _judged_by(settings, "mb")
+    cfg = TrainConfig(domain="chain", algo="iql", eval_every=10, keep="best:ope", register=False, **tiny)
+    result = train(cfg, settings, progress=False, arrays=arrays)
+    c = _client(settings)
+    assert [m.step for m in c.get_metric_history(result.run_id, "ope/mb")] == [10, 20, 30, 40]
+    assert len(fits) == 1  # fitted at the first evaluation, shared by the later ones and the final one
+    run = c.get_run(result.run_id)
+    history = {m.step: m.value for m in c.get_metric_history(result.run_id, "ope/mb")}
+    best = max(history, key=history.__getitem__)
+    assert run.data.tags["decision_core.kept_by"] == "best:ope/mb"
+    assert run.data.tags["decision_core.kept_step"] == str(best)
+
+
 def test_keep_best_needs_evaluations_and_a_metric_they_log(settings: CoreSettings, tiny: dict) -> None:
     with pytest.raises(SpecError, match="'keep' = 'best:ope/snips' picks among the periodic evaluations"):
         TrainConfig(domain="chain", algo="iql", keep="best:ope/snips", **tiny)
-    with pytest.raises(SpecError, match="'keep' must be 'last' or 'best:<a logged metric>'"):
+    with pytest.raises(SpecError, match="'keep' must be 'last', 'best:ope' .* or 'best:<a logged metric>'"):
         TrainConfig(domain="chain", algo="iql", keep="best", eval_every=10, **tiny)
     cfg = TrainConfig(domain="chain", algo="iql", keep="best:eval/normalised_score", eval_every=20, **tiny)
     with pytest.raises(TrainingError, match=r"logs no 'eval/normalised_score'; it logs .*ope/snips"):
