@@ -3,8 +3,11 @@
 An ensemble of networks (``members``, 5 by default), each fitted on its own batches of the logged transitions
 of a task, predicts from ``(s, a)``:
 
-- the change of state ``s' - s`` as a diagonal Gaussian (mean and log-variance, per normalised feature), so
-  rollouts keep the randomness of the world (demand, user behaviour) that a mean model would average away;
+- the change of state ``s' - s``, so rollouts keep the randomness of the world (demand, user behaviour) that a
+  mean model would average away: a diagonal Gaussian (mean and log-variance per normalised feature), except for
+  the spec's ``int`` and ``bool`` features whose logged changes take at most ``max_classes`` values (counts that
+  move by whole clicks, flags that flip), whose change is a categorical over exactly those values, so a rollout
+  moves them by whole steps and never blurs a flag;
 - the expected reward;
 - the probability that the episode ends there (a logged termination, or the task's own end such as reaching a
   goal; an episode that stops at a time limit is not an end).
@@ -67,6 +70,9 @@ class ModelConfig:
     learning_rate: float = 1e-3
     #: Rolled-out states and rewards are clipped to the logged range widened by this fraction of its width per side.
     margin: float = 0.5
+    #: ``int`` and ``bool`` features whose logged one-step change takes at most this many values (all of them whole
+    #: numbers) are predicted as a categorical over those changes; 0 predicts every feature as a Gaussian.
+    max_classes: int = 32
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.members < 1:
@@ -77,6 +83,8 @@ class ModelConfig:
             raise ValueError(f"model learning_rate must be > 0, got {self.learning_rate}")
         if self.margin < 0.0:
             raise ValueError(f"model margin must be >= 0, got {self.margin}")
+        if self.max_classes < 0:
+            raise ValueError(f"model max_classes must be >= 0, got {self.max_classes}")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ValueError(f"model hidden widths must be positive, got {self.hidden}")
 
@@ -105,8 +113,14 @@ class DynamicsModel:
     net: EnsembleMLP
     state_center: np.ndarray
     state_scale: np.ndarray
-    delta_mean: np.ndarray
-    delta_std: np.ndarray
+    #: The features whose change is Gaussian, and that change's mean and scale.
+    gaussian: np.ndarray  # (G,) feature positions
+    delta_mean: np.ndarray  # (G,)
+    delta_std: np.ndarray  # (G,)
+    #: The features whose change is categorical, and the changes each can take (padded; ``classes`` marks the real).
+    categorical: np.ndarray  # (C,) feature positions
+    changes: np.ndarray  # (C, K)
+    classes: np.ndarray  # (C, K) bool
     reward_mean: float
     reward_std: float
     low: np.ndarray  # rolled-out states are clipped to [low, high]
@@ -129,19 +143,28 @@ class DynamicsModel:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A sampled next state, the expected reward and the probability the episode ends, for each row, from the
         ensemble member ``member[i]`` of row ``i``."""
-        s = len(self.state_center)
+        g, (c, k), t = len(self.gaussian), self.changes.shape, int(self.classes.sum())
         with torch.no_grad():
-            every = self.net(self._inputs(states, actions)).numpy().astype(np.float64)  # (members, B, 2S+2)
+            every = self.net(self._inputs(states, actions)).numpy().astype(np.float64)  # (members, B, outputs)
         out = every[member, np.arange(len(states))]
-        mu, logvar = out[:, :s], np.clip(out[:, s : 2 * s], *_LOGVAR_RANGE)
+        mu, logvar = out[:, :g], np.clip(out[:, g : 2 * g], *_LOGVAR_RANGE)
+        next_states = np.array(states, np.float64)
         delta = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape)
-        next_states = np.asarray(states, np.float64) + delta * self.delta_std + self.delta_mean
+        next_states[:, self.gaussian] += delta * self.delta_std + self.delta_mean
+        if c:
+            # The logits come feature after feature, each with as many as its changes; padded here to (B, C, K).
+            logits = np.where(self.classes, out[:, 2 * g : 2 * g + t][:, _flat_positions(self.classes)], -np.inf)
+            p = np.exp(logits - logits.max(axis=2, keepdims=True))
+            cdf = np.cumsum(p / p.sum(axis=2, keepdims=True), axis=2)
+            drawn = np.minimum((cdf < rng.random((len(states), c, 1))).sum(axis=2), k - 1)
+            next_states[:, self.categorical] += self.changes[np.arange(c), drawn]
         next_states = np.clip(next_states, self.low, self.high)
-        p_end = 1.0 / (1.0 + np.exp(-np.clip(out[:, 2 * s + 1], -50.0, 50.0)))
+        reward_out, end_out = out[:, 2 * g + t], out[:, 2 * g + t + 1]
+        p_end = 1.0 / (1.0 + np.exp(-np.clip(end_out, -50.0, 50.0)))
         if self.goal is not None:
             reached = self.goal.reached(next_states)
             return next_states, reached.astype(np.float64), np.where(reached, 1.0, p_end)
-        reward = np.clip(out[:, 2 * s] * self.reward_std + self.reward_mean, self.reward_low, self.reward_high)
+        reward = np.clip(reward_out * self.reward_std + self.reward_mean, self.reward_low, self.reward_high)
         return next_states, reward, p_end
 
 
@@ -206,8 +229,17 @@ def fit_transitions(
     r_width = float(r.max() - r.min())
     dim = s.shape[1]
     in_dim = dim + (spec.n_actions if spec.discrete else np.asarray(actions).reshape(n, -1).shape[1])
+    categorical, changes, classes, targets = _categorical_changes(spec, s, np.asarray(next_states, np.float64), cfg)
+    gaussian = np.setdiff1d(np.arange(dim), categorical)
+    low, high = lo - cfg.margin * width, hi + cfg.margin * width
+    # Whole-number features stay whole: their widened range is rounded outwards, and a flag stays in [0, 1].
+    low[categorical], high[categorical] = np.floor(low[categorical]), np.ceil(high[categorical])
+    flags = np.array([f.dtype == "bool" for f in spec.state])
+    low[flags], high[flags] = np.maximum(low[flags], 0.0), np.minimum(high[flags], 1.0)
+    c, t = len(categorical), int(classes.sum())
     torch_gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    net = seeded(int(rng.integers(2**31)), lambda: EnsembleMLP(cfg.members, in_dim, cfg.hidden, 2 * dim + 2))
+    outputs = 2 * len(gaussian) + t + 2
+    net = seeded(int(rng.integers(2**31)), lambda: EnsembleMLP(cfg.members, in_dim, cfg.hidden, outputs))
     model = DynamicsModel(
         spec=spec,
         config=cfg,
@@ -216,30 +248,49 @@ def fit_transitions(
         # The standard deviation, but at least a 30th of the range: a flag set in fewer than 1 in 1000 rows would
         # otherwise enter at 30 or more once a rollout wanders, where the network's extrapolation is arbitrary.
         state_scale=np.maximum(s.std(axis=0), width / 30.0) + 1e-6,
-        delta_mean=delta.mean(axis=0),
-        delta_std=delta.std(axis=0) + 1e-6,
+        gaussian=gaussian,
+        delta_mean=delta[:, gaussian].mean(axis=0),
+        delta_std=delta[:, gaussian].std(axis=0) + 1e-6,
+        categorical=categorical,
+        changes=changes,
+        classes=classes,
         reward_mean=float(r.mean()),
         reward_std=float(r.std()) or 1.0,
-        low=lo - cfg.margin * width,
-        high=hi + cfg.margin * width,
+        low=low,
+        high=high,
         reward_low=float(r.min()) - cfg.margin * r_width,
         reward_high=float(r.max()) + cfg.margin * r_width,
     )
     x = model._inputs(s, actions)
-    y_delta = torch.from_numpy(((delta - model.delta_mean) / model.delta_std).astype(np.float32))
+    y_delta = torch.from_numpy(((delta[:, gaussian] - model.delta_mean) / model.delta_std).astype(np.float32))
+    # Each row's logged change as a position among the categorical logits (feature after feature).
+    y_class = torch.from_numpy(targets + np.cumsum(classes.sum(axis=1)) - classes.sum(axis=1))
+    segment = torch.from_numpy(np.repeat(np.arange(c), classes.sum(axis=1)))  # (T,) the feature of each logit
+    members = torch.zeros(t, c).index_put_((torch.arange(t), segment), torch.tensor(1.0))
     y_reward = torch.from_numpy(((r - model.reward_mean) / model.reward_std).astype(np.float32))
     y_end = torch.from_numpy(end)
+    g = len(gaussian)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
     loss_value = float("nan")
     for _ in range(cfg.steps):
         idx = torch.randint(0, n, (cfg.members, min(cfg.batch_size, n)), generator=torch_gen)
-        out = net(x[idx])  # (members, batch, 2S+2): each member its own batch
-        mu, logvar = out[..., :dim], out[..., dim : 2 * dim].clamp(*_LOGVAR_RANGE)
-        nll = ((y_delta[idx] - mu).pow(2) * torch.exp(-logvar) + logvar).mean()
+        out = net(x[idx])  # (members, batch, outputs): each member its own batch
+        mu, logvar = out[..., :g], out[..., g : 2 * g].clamp(*_LOGVAR_RANGE)
+        # Every feature weighs alike: the Gaussian ones' negative log-likelihood and the categorical ones' cross
+        # entropy are summed over features and averaged over the state's width.
+        state_loss = ((y_delta[idx] - mu).pow(2) * torch.exp(-logvar) + logvar).sum(-1)
+        if c:
+            # Cross entropy per feature over its own logits: a log-sum-exp per segment (each feature's largest
+            # logit taken out first), minus the logit of the logged change.
+            logits = out[..., 2 * g : 2 * g + t]
+            spread = segment.expand_as(logits)
+            top = torch.full((*idx.shape, c), -torch.inf).scatter_reduce(-1, spread, logits.detach(), "amax")
+            lse = torch.log(torch.exp(logits - top.gather(-1, spread)) @ members) + top
+            state_loss = state_loss + (lse - logits.gather(-1, y_class[idx])).sum(-1)
         loss = (
-            nll
-            + (out[..., 2 * dim] - y_reward[idx]).pow(2).mean()
-            + nn.functional.binary_cross_entropy_with_logits(out[..., 2 * dim + 1], y_end[idx])
+            state_loss.mean() / dim
+            + (out[..., 2 * g + t] - y_reward[idx]).pow(2).mean()
+            + nn.functional.binary_cross_entropy_with_logits(out[..., 2 * g + t + 1], y_end[idx])
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -249,6 +300,40 @@ def fit_transitions(
         raise OPEError("the dynamics model diverged (non-finite loss); lower the model's learning_rate")
     net.eval()
     return model
+
+
+def _categorical_changes(
+    spec: DomainSpec, states: np.ndarray, next_states: np.ndarray, config: ModelConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The features predicted as a categorical over their logged changes: ``int`` and ``bool`` ones whose values
+    are whole numbers and whose change takes at most ``config.max_classes`` values. Returns their positions (C,),
+    the changes each can take (C, K, padded with 0), which of those are real (C, K), and each row's class (N, C)."""
+    picked: list[int] = []
+    values: list[np.ndarray] = []
+    for j, feature in enumerate(spec.state):
+        if feature.dtype not in ("int", "bool") or config.max_classes == 0:
+            continue
+        column, following = states[:, j], next_states[:, j]
+        if not (np.array_equal(column, np.round(column)) and np.array_equal(following, np.round(following))):
+            continue
+        changes = np.unique(following - column)
+        if len(changes) <= config.max_classes:
+            picked.append(j)
+            values.append(changes)
+    k = max((len(v) for v in values), default=0)
+    changes = np.zeros((len(picked), k))
+    classes = np.zeros((len(picked), k), np.bool_)
+    targets = np.zeros((len(states), len(picked)), np.int64)
+    for i, (j, v) in enumerate(zip(picked, values, strict=True)):
+        changes[i, : len(v)], classes[i, : len(v)] = v, True
+        targets[:, i] = np.searchsorted(v, next_states[:, j] - states[:, j])
+    return np.array(picked, np.int64), changes, classes, targets
+
+
+def _flat_positions(classes: np.ndarray) -> np.ndarray:
+    """(C, K) the position of each padded class among the flat categorical logits (0 where padding)."""
+    counts = classes.sum(axis=1)
+    return np.where(classes, (np.cumsum(counts) - counts)[:, None] + np.arange(classes.shape[1]), 0)
 
 
 def model_values(
