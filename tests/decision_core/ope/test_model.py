@@ -323,6 +323,8 @@ def test_bad_settings_are_refused() -> None:
         ModelConfig(margin=-1.0)
     with pytest.raises(ValueError, match="hidden"):
         ModelConfig(hidden=())
+    with pytest.raises(ValueError, match="max_classes"):
+        ModelConfig(max_classes=-1)
 
 
 def test_refits_give_an_interval_that_reflects_the_model_uncertainty() -> None:
@@ -364,3 +366,92 @@ def test_refits_use_the_settings_of_the_model_that_was_passed(monkeypatch: pytes
     monkeypatch.setattr(ope, "fit_task_model", recording)
     evaluate_policy(logs, Gain(1.0), rng=np.random.default_rng(0), estimators=["mb"], dynamics=fitted, model_refits=2)
     assert used == [small, small]  # not the default settings: the evaluated model's own
+
+
+COUNTER = DomainSpec(
+    name="counter",
+    version="1",
+    state=(Feature("count", "int"), Feature("full", "bool"), Feature("level")),
+    outcomes=(OutcomeFeature("count", tolerance=0.5),),
+    actions=DiscreteActions(labels=("wait", "add")),
+    reward="logged",
+)
+
+
+def counter_logs(episodes: int, rng: np.random.Generator, steps: int = 6) -> DomainArrays:
+    """``add`` raises the count by one; ``full`` is set once the count reaches 3 and pays 1 per step; ``level``
+    is noise. Uniformly random actions; every episode stops after ``steps`` (a time limit)."""
+    count, level = np.zeros(episodes), rng.normal(0.0, 1.0, episodes)
+    rows: list[list[np.ndarray]] = [[], [], [], []]
+    for _ in range(steps):
+        a = rng.integers(0, 2, episodes)
+        nc, nl = count + a, level + rng.normal(0.0, 0.3, episodes)
+        s, ns = np.stack([count, count >= 3, level], 1), np.stack([nc, nc >= 3, nl], 1)
+        for col, v in zip(rows, (s, a, ns, (nc >= 3).astype(float)), strict=True):
+            col.append(v)
+        count, level = nc, nl
+    states, actions, nexts, rewards = (np.stack(c, 1).reshape(episodes * steps, -1).astype(np.float32) for c in rows)
+    n, ends = episodes * steps, np.arange(1, episodes + 1, dtype=np.int64) * steps
+    return DomainArrays(
+        spec=COUNTER,
+        states=states,
+        actions=actions,
+        next_states=nexts,
+        rewards=rewards[:, 0],
+        propensities=np.full(n, 0.5, np.float32),
+        terminated=np.zeros(n, np.bool_),
+        truncated=np.isin(np.arange(n), ends - 1),
+        action_masks=None,
+        episode_starts=ends - steps,
+        episode_ends=ends,
+    )
+
+
+class Always(TargetPolicy):
+    def __init__(self, action: int) -> None:
+        self.spec, self.action, self.name = COUNTER, action, f"always {action}"
+
+    def sample(
+        self, states: np.ndarray, action_mask: np.ndarray | None, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return np.full((len(states), 1), self.action, np.float32), np.ones(len(states), np.float32)
+
+    def log_prob(self, states: np.ndarray, actions: np.ndarray, action_mask: np.ndarray | None = None) -> np.ndarray:
+        return np.where(actions.reshape(-1) == self.action, 0.0, -np.inf)
+
+
+def test_whole_number_features_change_by_a_categorical_over_their_logged_changes() -> None:
+    logs = counter_logs(400, np.random.default_rng(0))
+    task = reward_task(logs, "logged")
+    config = ModelConfig(hidden=(64, 64), steps=1500, learning_rate=3e-3)
+    model = fit_task_model(logs, task, config=config, rng=np.random.default_rng(1))
+    assert model.categorical.tolist() == [0, 1] and model.gaussian.tolist() == [2]  # level is a float
+    assert model.changes.tolist() == [[0.0, 1.0], [0.0, 1.0]] and model.classes.all()  # the count adds, the flag sets
+    # Rolled-out counts stay whole numbers and flags stay flags, wherever the rollout goes.
+    rng = np.random.default_rng(2)
+    states = logs.states[rng.integers(0, logs.n_steps, 500)].astype(np.float64)
+    for _ in range(8):
+        states, _, _ = model.step(states, rng.integers(0, 2, (500, 1)), rng.integers(0, model.members, 500), rng)
+        assert np.array_equal(states[:, :2], np.round(states[:, :2])) and set(np.unique(states[:, 1])) <= {0.0, 1.0}
+    # The counter's rule is learned: always adding from 0 fills it after three steps and pays 4 of 6.
+    add = evaluate_policy(logs, Always(1), rng=np.random.default_rng(3), task=task, dynamics=model, estimators=["mb"])
+    wait = evaluate_policy(logs, Always(0), rng=np.random.default_rng(3), task=task, dynamics=model, estimators=["mb"])
+    assert add.estimates["mb"].value == pytest.approx(4.0, abs=0.3)
+    assert wait.estimates["mb"].value == pytest.approx(0.0, abs=0.2)
+
+
+def test_which_features_are_categorical_follows_dtype_values_and_max_classes() -> None:
+    logs = counter_logs(100, np.random.default_rng(0))
+    task = reward_task(logs, "logged")
+    fit = dataclasses.replace(ModelConfig(), hidden=(8,), steps=2)
+    model = fit_task_model(logs, task, config=fit, rng=np.random.default_rng(0))
+    assert model.categorical.tolist() == [0, 1]
+    assert (model.low[1], model.high[1]) == (0.0, 1.0)  # a flag is clipped to [0, 1], not the widened range
+    assert fit_task_model(
+        logs, task, config=dataclasses.replace(fit, max_classes=0), rng=np.random.default_rng(0)
+    ).categorical.tolist() == []
+    assert fit_task_model(  # both change by 0 or 1: two values, over a limit of one
+        logs, task, config=dataclasses.replace(fit, max_classes=1), rng=np.random.default_rng(0)
+    ).categorical.tolist() == []
+    halves = dataclasses.replace(logs, states=logs.states + np.array([0.5, 0, 0], np.float32))
+    assert fit_task_model(halves, task, config=fit, rng=np.random.default_rng(0)).categorical.tolist() == [1]
