@@ -12,7 +12,8 @@ worse (``serving.finetune.judge``). This benchmark replays that decision many ti
 4. ``--draws`` times, the champion serves ``--served`` new episodes in the simulator, and each candidate is judged
    on them with each of ``--estimators`` (by default SNIPS and PDWIS; ``mb`` fits its dynamics model on the served
    episodes alone, ``mb-all`` on the logs and the served episodes together, as the guard does with its snapshot
-   of every stored step) at 90% confidence by two rules:
+   of every stored step; ``mb-all-gaussian`` as ``mb-all`` with every feature's change Gaussian) at 90%
+   confidence by two rules:
 
    - **paired** (the guard's rule): reject when the paired bootstrap interval of ``candidate - champion``
      (:func:`decision_core.ope.compare_policies`) lies below 0;
@@ -108,17 +109,17 @@ def run_domain(domain: str, args: argparse.Namespace, progress: Progress) -> dic
         dynamics = {}
         if "mb" in estimators:
             dynamics["mb"] = fit_task_model(new, task, config=ModelConfig(steps=args.model_steps), rng=rng_of(draw))
-        if "mb-all" in estimators:
-            both = DomainArrays.concat([logs, new])
-            dynamics["mb-all"] = fit_task_model(
-                both, reward_task(both, "logged"), config=ModelConfig(steps=args.model_steps), rng=rng_of(draw)
-            )
+        for variant, classes in (("mb-all", ModelConfig.max_classes), ("mb-all-gaussian", 0)):
+            if variant in estimators:
+                both = DomainArrays.concat([logs, new])
+                config = ModelConfig(steps=args.model_steps, max_classes=classes)
+                dynamics[variant] = fit_task_model(both, reward_task(both, "logged"), config=config, rng=rng_of(draw))
         for (estimator, name), verdicts in decisions.items():
             d = compare_policies(
                 new,
                 candidates[name],
                 champion,
-                estimator="mb" if estimator == "mb-all" else estimator,
+                estimator="mb" if estimator.startswith("mb-all") else estimator,
                 rng=rng_of(draw),
                 task=task,
                 dynamics=dynamics.get(estimator),
@@ -209,7 +210,7 @@ def main() -> None:
         "--estimators",
         default="snips,pdwis",
         help="comma-separated OPE estimators, plus mb-all (mb with its model fitted on the logs and the served "
-        "episodes)",
+        "episodes) and mb-all-gaussian (the same with every feature's change Gaussian, max_classes = 0)",
     )
     parser.add_argument("--min-ess", type=float, default=10.0, help="the guard's ESS floor, beside none")
     parser.add_argument("--model-steps", type=int, default=3000, help="gradient steps of mb's model (with mb)")
