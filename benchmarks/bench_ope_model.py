@@ -27,10 +27,12 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.bench_ope import policies_for
+from decision_core.ope.model import ModelConfig
 
 RESULTS = Path(__file__).parent / "results" / "ope_model.json"
 console = Console(width=150)
-KINDS = {"categorical": 32, "gaussian": 0}
+#: The two models: ``max_classes`` at its default, and 0 (every feature's change Gaussian).
+KINDS = {"categorical": ModelConfig.max_classes, "gaussian": 0}
 
 
 def main() -> None:
@@ -48,7 +50,6 @@ def main() -> None:
     from decision_core.algos import configure_torch_threads
     from decision_core.envs import get_simulator
     from decision_core.ope import evaluate_policy, fit_task_model, reward_task
-    from decision_core.ope.model import ModelConfig
     from decision_core.ope.validate import PolicyCheck, ValidationReport, log_behaviour, true_value
 
     configure_torch_threads(1)
