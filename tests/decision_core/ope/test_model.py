@@ -443,15 +443,16 @@ def test_whole_number_features_change_by_a_categorical_over_their_logged_changes
 def test_which_features_are_categorical_follows_dtype_values_and_max_classes() -> None:
     logs = counter_logs(100, np.random.default_rng(0))
     task = reward_task(logs, "logged")
-    fit = dataclasses.replace(ModelConfig(), hidden=(8,), steps=2)
+    fit = ModelConfig(hidden=(8,), steps=2)
+
+    def categorical(arrays: DomainArrays, max_classes: int = fit.max_classes) -> list[int]:
+        config = dataclasses.replace(fit, max_classes=max_classes)
+        return fit_task_model(arrays, task, config=config, rng=np.random.default_rng(0)).categorical.tolist()
+
     model = fit_task_model(logs, task, config=fit, rng=np.random.default_rng(0))
     assert model.categorical.tolist() == [0, 1]
     assert (model.low[1], model.high[1]) == (0.0, 1.0)  # a flag is clipped to [0, 1], not the widened range
-    assert fit_task_model(
-        logs, task, config=dataclasses.replace(fit, max_classes=0), rng=np.random.default_rng(0)
-    ).categorical.tolist() == []
-    assert fit_task_model(  # both change by 0 or 1: two values, over a limit of one
-        logs, task, config=dataclasses.replace(fit, max_classes=1), rng=np.random.default_rng(0)
-    ).categorical.tolist() == []
+    assert categorical(logs, max_classes=0) == []
+    assert categorical(logs, max_classes=1) == []  # both change by 0 or 1: two values, over a limit of one
     halves = dataclasses.replace(logs, states=logs.states + np.array([0.5, 0, 0], np.float32))
-    assert fit_task_model(halves, task, config=fit, rng=np.random.default_rng(0)).categorical.tolist() == [1]
+    assert categorical(halves) == [1]  # counts that are not whole numbers stay Gaussian
