@@ -109,9 +109,9 @@ def run_domain(domain: str, args: argparse.Namespace, progress: Progress) -> dic
         dynamics = {}
         if "mb" in estimators:
             dynamics["mb"] = fit_task_model(new, task, config=ModelConfig(steps=args.model_steps), rng=rng_of(draw))
+        both = DomainArrays.concat([logs, new])
         for variant, classes in (("mb-all", ModelConfig.max_classes), ("mb-all-gaussian", 0)):
             if variant in estimators:
-                both = DomainArrays.concat([logs, new])
                 config = ModelConfig(steps=args.model_steps, max_classes=classes)
                 dynamics[variant] = fit_task_model(both, reward_task(both, "logged"), config=config, rng=rng_of(draw))
         for (estimator, name), verdicts in decisions.items():

@@ -645,14 +645,9 @@ def evaluate_tasks(
     (:func:`task_models`): the model does not depend on the policy, so the candidates that ``select`` scores share
     one fit, and calls with equally seeded generators still meet the same episodes and bootstrap draws."""
     tasks = [task for _, task in jobs]
-    goals = [t for t in tasks if t.goal is not None]
     dynamics: list[DynamicsModel | None] = [None] * len(jobs)
-    wants_model = any(e in NEEDS_DYNAMICS for e in estimators or ESTIMATORS)
-    if wants_model and models is not None:
+    if any(e in NEEDS_DYNAMICS for e in estimators or ESTIMATORS):
         dynamics = list(task_models(arrays, tasks, config=model, rng=rng, models=models))
-    elif len(goals) > 1 and wants_model:
-        shared = iter(fit_task_models(arrays, goals, config=model, rng=rng))
-        dynamics = [next(shared) if t.goal is not None else None for t in tasks]
     return [
         evaluate_policy(
             arrays, policy, rng=rng, estimators=estimators, task=task, model=model, dynamics=fitted, **kwargs

@@ -266,7 +266,7 @@ def fit_transitions(
     # Each row's logged change as a position among the categorical logits (feature after feature).
     y_class = torch.from_numpy(targets + np.cumsum(classes.sum(axis=1)) - classes.sum(axis=1))
     segment = torch.from_numpy(np.repeat(np.arange(c), classes.sum(axis=1)))  # (T,) the feature of each logit
-    members = torch.zeros(t, c).index_put_((torch.arange(t), segment), torch.tensor(1.0))
+    of_feature = torch.zeros(t, c).index_put_((torch.arange(t), segment), torch.tensor(1.0))  # (T, C) one-hot
     y_reward = torch.from_numpy(((r - model.reward_mean) / model.reward_std).astype(np.float32))
     y_end = torch.from_numpy(end)
     g = len(gaussian)
@@ -285,7 +285,7 @@ def fit_transitions(
             logits = out[..., 2 * g : 2 * g + t]
             spread = segment.expand_as(logits)
             top = torch.full((*idx.shape, c), -torch.inf).scatter_reduce(-1, spread, logits.detach(), "amax")
-            lse = torch.log(torch.exp(logits - top.gather(-1, spread)) @ members) + top
+            lse = torch.log(torch.exp(logits - top.gather(-1, spread)) @ of_feature) + top
             state_loss = state_loss + (lse - logits.gather(-1, y_class[idx])).sum(-1)
         loss = (
             state_loss.mean() / dim
