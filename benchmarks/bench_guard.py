@@ -12,8 +12,9 @@ worse (``serving.finetune.judge``). This benchmark replays that decision many ti
 4. ``--draws`` times, the champion serves ``--served`` new episodes in the simulator, and each candidate is judged
    on them with each of ``--estimators`` (by default SNIPS and PDWIS; ``mb`` fits its dynamics model on the served
    episodes alone, ``mb-all`` on the logs and the served episodes together, as the guard does with its snapshot
-   of every stored step; ``mb-all-gaussian`` as ``mb-all`` with every feature's change Gaussian) at 90%
-   confidence by two rules:
+   of every stored step; ``mb-all-gaussian`` as ``mb-all`` with every feature's change Gaussian;
+   ``mb-all-one`` as ``mb-all``, from the same fitted model, with each rollout in one member and an interval
+   over episodes alone) at 90% confidence by two rules:
 
    - **paired** (the guard's rule): reject when the paired bootstrap interval of ``candidate - champion``
      (:func:`decision_core.ope.compare_policies`) lies below 0;
@@ -32,6 +33,7 @@ Results go to benchmarks/results/guard.json (or ``--out``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import time
@@ -111,9 +113,13 @@ def run_domain(domain: str, args: argparse.Namespace, progress: Progress) -> dic
             dynamics["mb"] = fit_task_model(new, task, config=ModelConfig(steps=args.model_steps), rng=rng_of(draw))
         both = DomainArrays.concat([logs, new])
         for variant, classes in (("mb-all", ModelConfig.max_classes), ("mb-all-gaussian", 0)):
-            if variant in estimators:
+            if variant in estimators or (variant == "mb-all" and "mb-all-one" in estimators):
                 config = ModelConfig(steps=args.model_steps, max_classes=classes)
                 dynamics[variant] = fit_task_model(both, reward_task(both, "logged"), config=config, rng=rng_of(draw))
+        if "mb-all-one" in estimators:  # the same fitted model, each rollout in one member, episodes resampled alone
+            fitted = dynamics["mb-all"]
+            one = dataclasses.replace(fitted.config, rollouts="one")
+            dynamics["mb-all-one"] = dataclasses.replace(fitted, config=one)
         for (estimator, name), verdicts in decisions.items():
             d = compare_policies(
                 new,
@@ -210,7 +216,8 @@ def main() -> None:
         "--estimators",
         default="snips,pdwis",
         help="comma-separated OPE estimators, plus mb-all (mb with its model fitted on the logs and the served "
-        "episodes) and mb-all-gaussian (the same with every feature's change Gaussian, max_classes = 0)",
+        "episodes), mb-all-gaussian (the same with every feature's change Gaussian, max_classes = 0) and mb-all-one "
+        "(mb-all's model with each rollout in one member, rollouts = 'one')",
     )
     parser.add_argument("--min-ess", type=float, default=10.0, help="the guard's ESS floor, beside none")
     parser.add_argument("--model-steps", type=int, default=3000, help="gradient steps of mb's model (with mb)")

@@ -70,7 +70,8 @@ class OPEInputs:
     the target policy; ``behaviour_p`` the logged propensity (probability or density), NaN where not logged.
     ``q_sa`` / ``v_s`` are a learned model's ``Q(s_t, a_t)`` and ``E_{a~pi} Q(s_t, a)`` (for ``dr``/``wdr``),
     ``v0`` the model's value of each episode's first state (for ``fqe``), ``model_v0`` the mean rollout return
-    from each episode's first state in the learned dynamics model (for ``mb``).
+    from each episode's first state in the learned dynamics model (for ``mb``): (E,), or (E, members) with one
+    column per ensemble member.
     """
 
     rewards: np.ndarray
@@ -178,6 +179,31 @@ class _Statistic:
     per_episode: np.ndarray  # (E, D)
     combine: Callable[[np.ndarray], np.ndarray]  # (R, D) sums -> (R,) values
     ess: float
+    #: The first ``members`` columns are one model's values per ensemble member: a replicate resamples the members
+    #: too, weighing each column by its member's count, and combines their weighted mean with the other columns.
+    members: int = 0
+
+    def values(self, counts: np.ndarray, member_counts: np.ndarray | None) -> np.ndarray:
+        """(R,) values from (R, E) episode counts and, for a statistic over members, (R, members) member counts."""
+        sums = counts @ self.per_episode
+        if self.members:
+            m = self.members
+            weights = np.ones((len(sums), m)) if member_counts is None else member_counts
+            sums = np.concatenate([(sums[:, :m] * weights).sum(axis=1, keepdims=True) / m, sums[:, m:]], axis=1)
+        return self.combine(sums)
+
+    def point(self) -> float:
+        return float(self.values(np.ones((1, self.per_episode.shape[0])), None)[0])
+
+
+def _resamples(
+    e: int, members: int, n_bootstrap: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Multinomial counts of ``e`` episodes per replicate, and of the ensemble's ``members`` where there are any."""
+    counts = rng.multinomial(e, np.full(e, 1.0 / e), size=n_bootstrap).astype(np.float64)
+    if not members:
+        return counts, None
+    return counts, rng.multinomial(members, np.full(members, 1.0 / members), size=n_bootstrap).astype(np.float64)
 
 
 def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -253,15 +279,23 @@ def _dr(inputs: OPEInputs, weighted: bool) -> _Statistic:
 
 
 def _direct(inputs: OPEInputs, estimator: str, field: str, source: str) -> _Statistic:
-    """A direct method: the mean over episodes of a model's value of each episode's first state."""
+    """A direct method: the mean over episodes of a model's value of each episode's first state.
+
+    Values of shape (E, M) come from an ensemble's M members; the value is their mean, and the bootstrap
+    resamples members as well as episodes."""
     values = getattr(inputs, field)
     if values is None:
         raise OPEError(f"estimator '{estimator}' needs {source} of each episode's first state ({field})")
     v0 = np.asarray(values, np.float64)
-    if v0.shape != (inputs.n_episodes,):
-        raise OPEError(f"{field} must have one value per episode ({inputs.n_episodes}), got shape {v0.shape}")
-    x = np.stack([v0, np.ones_like(v0)], axis=1)
-    return _Statistic(x, lambda s: s[:, 0] / s[:, 1], float(inputs.n_episodes))
+    e = inputs.n_episodes
+    if v0.ndim not in (1, 2) or v0.shape[0] != e or v0.size == 0:
+        raise OPEError(
+            f"{field} must have one value per episode ({e},) or per episode and ensemble member ({e}, members), "
+            f"got shape {v0.shape}"
+        )
+    members = v0.shape[1] if v0.ndim == 2 else 0
+    x = np.concatenate([v0.reshape(e, -1), np.ones((e, 1))], axis=1)
+    return _Statistic(x, lambda s: s[:, 0] / s[:, 1], float(e), members)
 
 
 _STATISTICS: dict[str, Callable[[OPEInputs], _Statistic]] = {
@@ -301,11 +335,9 @@ def estimate(
     """Run estimator ``name`` with a percentile bootstrap interval over episodes at level ``confidence``."""
     _checked(name, confidence, n_bootstrap)
     stat = _STATISTICS[name](inputs)
-    x = stat.per_episode
-    e = x.shape[0]
-    value = float(stat.combine(x.sum(axis=0, keepdims=True))[0])
-    counts = rng.multinomial(e, np.full(e, 1.0 / e), size=n_bootstrap).astype(np.float64)
-    low, high = _interval(stat.combine(counts @ x), confidence)
+    e = stat.per_episode.shape[0]
+    value = stat.point()
+    low, high = _interval(stat.values(*_resamples(e, stat.members, n_bootstrap, rng)), confidence)
     return Estimate(
         estimator=name, value=value, ci_low=low, ci_high=high, ess=float(stat.ess), n_episodes=e, confidence=confidence
     )
@@ -370,7 +402,9 @@ def compare(
     episodes and applies it to both policies' statistics. Both estimates move together with the episodes drawn
     (an episode of high return weighs in both), so the difference's interval is far narrower than either value's
     when the policies are alike; comparing one policy's interval with the other's point estimate ignores that,
-    and also ignores the baseline's own noise.
+    and also ignores the baseline's own noise. With model values per ensemble member, each replicate also
+    resamples the members, the same for both policies: the interval widens where the members disagree on the
+    difference.
     """
     _checked(name, confidence, n_bootstrap)
     same = (
@@ -384,10 +418,15 @@ def compare(
             f"{baseline.n_episodes} episodes with different boundaries"
         )
     a, b = _STATISTICS[name](inputs), _STATISTICS[name](baseline)
+    if a.members != b.members:
+        raise OPEError(
+            f"a paired comparison needs both policies' model values from the same ensemble; got {a.members} and "
+            f"{b.members} members"
+        )
     e = inputs.n_episodes
-    values = [float(s.combine(s.per_episode.sum(axis=0, keepdims=True))[0]) for s in (a, b)]
-    counts = rng.multinomial(e, np.full(e, 1.0 / e), size=n_bootstrap).astype(np.float64)
-    rep_a, rep_b = a.combine(counts @ a.per_episode), b.combine(counts @ b.per_episode)
+    values = [a.point(), b.point()]
+    resample = _resamples(e, a.members, n_bootstrap, rng)
+    rep_a, rep_b = a.values(*resample), b.values(*resample)
     # Two sums over the same episodes that agree up to float round-off are not a difference (a candidate must not
     # be called worse by 1e-16).
     tol = 1e-9 * max(1.0, abs(values[0]), abs(values[1]))

@@ -149,7 +149,10 @@ class AgentPolicy(TargetPolicy):
         states = np.asarray(states, np.float32)
         n, k = len(states), self.spec.n_actions
         goals, gmask = self._goals(n)
-        if self.temperature is not None:
+        if self.temperature == 1.0:  # the agent's own probabilities (masked ones are 0)
+            p = np.asarray(self.agent.action_probs(states, goals, gmask, action_mask), np.float64)
+            p /= p.sum(axis=1, keepdims=True)
+        elif self.temperature is not None:
             base = np.asarray(self.agent.action_probs(states, goals, gmask, action_mask), np.float64)
             logits = np.log(np.maximum(base, _TINY)) / self.temperature
             if action_mask is not None:

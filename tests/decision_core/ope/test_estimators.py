@@ -350,6 +350,40 @@ def test_float_round_off_between_two_policies_is_no_difference() -> None:
     assert compare("fqe", real, one, rng=np.random.default_rng(0)).worse  # a real difference, however small, is not
 
 
+def member_inputs(model_v0: np.ndarray) -> OPEInputs:
+    """One-step episodes whose model values are ``model_v0``: (E,) or (E, members)."""
+    ends = np.arange(1, len(model_v0) + 1)
+    return OPEInputs(rewards=np.zeros(len(ends)), episode_starts=ends - 1, episode_ends=ends, model_v0=model_v0)
+
+
+def test_model_values_per_member_widen_the_interval_where_the_members_disagree() -> None:
+    episodes = np.random.default_rng(0).normal(0.0, 1.0, (400, 1))
+    spread = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])  # each member's own level, common to every episode
+    one = estimate("mb", member_inputs(episodes[:, 0]), rng=np.random.default_rng(1))
+    agree = estimate("mb", member_inputs(np.repeat(episodes, 5, axis=1)), rng=np.random.default_rng(1))
+    disagree = estimate("mb", member_inputs(episodes + spread), rng=np.random.default_rng(1))
+    assert one.value == pytest.approx(agree.value) and disagree.value == pytest.approx(agree.value)
+    width = one.ci_high - one.ci_low
+    assert agree.ci_high - agree.ci_low == pytest.approx(width, rel=0.3)  # members add nothing where they agree
+    assert disagree.ci_high - disagree.ci_low > 5 * width
+
+
+def test_a_paired_comparison_resamples_the_same_members_for_both_policies() -> None:
+    episodes = np.random.default_rng(0).normal(0.0, 1.0, (400, 1))
+    level = episodes + np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+    # The members disagree on both values but agree that the candidate is 0.1 better: a clear difference.
+    agreed = compare("mb", member_inputs(level + 0.1), member_inputs(level), rng=np.random.default_rng(1))
+    assert agreed.value == pytest.approx(0.1) and agreed.ci_low > 0.0
+    # Here they disagree on the difference itself (0.1 on average): the interval takes in 0.
+    split = level + np.array([-0.4, -0.2, 0.1, 0.4, 0.6])
+    disputed = compare("mb", member_inputs(split), member_inputs(level), rng=np.random.default_rng(1))
+    assert disputed.value == pytest.approx(0.1) and disputed.ci_low < 0.0 < disputed.ci_high
+    with pytest.raises(OPEError, match="same ensemble"):
+        compare("mb", member_inputs(level[:, :3]), member_inputs(level), rng=np.random.default_rng(1))
+    with pytest.raises(OPEError, match=r"per episode and ensemble member \(400, members\)"):
+        estimate("mb", dataclasses.replace(member_inputs(level), model_v0=level[:10]), rng=np.random.default_rng(1))
+
+
 def test_a_paired_comparison_refuses_what_it_cannot_compare(logs: DomainArrays) -> None:
     with pytest.raises(OPEError, match=r"unknown estimator\(s\) \['magic'\]"):
         compare_policies(logs, RightProb(0.6), RightProb(0.5), estimator="magic", rng=np.random.default_rng(0))

@@ -277,10 +277,12 @@ def test_once_per_episode_rollouts_start_from_the_logged_mask_and_never_repeat_a
         logs, policy, rng=np.random.default_rng(1), estimators=["mb"], task=task, model=ModelConfig((8,), steps=20)
     )
     assert policy.masks[0] is not None
-    np.testing.assert_array_equal(policy.masks[0], logs.action_masks[later[task.episode_starts]])
+    # Every episode is rolled out in each of the ensemble's members: their rows one block after another.
+    members = ModelConfig().members
+    np.testing.assert_array_equal(policy.masks[0], np.tile(logs.action_masks[later[task.episode_starts]], (members, 1)))
     used = ~policy.masks[0]
     for mask, chosen in zip(policy.masks[1:], policy.actions[:-1], strict=True):
-        used[np.arange(episodes), chosen] = True
+        used[np.arange(episodes * members), chosen] = True
         assert mask is not None
         np.testing.assert_array_equal(mask, ~used)
 
@@ -325,6 +327,8 @@ def test_bad_settings_are_refused() -> None:
         ModelConfig(hidden=())
     with pytest.raises(ValueError, match="max_classes"):
         ModelConfig(max_classes=-1)
+    with pytest.raises(ValueError, match="rollouts must be one of every, one"):
+        ModelConfig(rollouts="all")
 
 
 def test_refits_give_an_interval_that_reflects_the_model_uncertainty() -> None:
@@ -438,6 +442,35 @@ def test_whole_number_features_change_by_a_categorical_over_their_logged_changes
     wait = evaluate_policy(logs, Always(0), rng=np.random.default_rng(3), task=task, dynamics=model, estimators=["mb"])
     assert add.estimates["mb"].value == pytest.approx(4.0, abs=0.3)
     assert wait.estimates["mb"].value == pytest.approx(0.0, abs=0.2)
+
+
+def test_every_member_rolls_out_every_episode_unless_one_member_each_is_asked_for() -> None:
+    logs = counter_logs(300, np.random.default_rng(0))
+    task = reward_task(logs, "logged")
+    model = fit_task_model(logs, task, config=ModelConfig(hidden=(16,), steps=200), rng=np.random.default_rng(1))
+    starts, horizons, m = logs.states[logs.episode_starts], np.full(logs.n_episodes, 6), model.members
+    every = model_values(model, UniformPolicy(COUNTER), starts, horizons, rng=np.random.default_rng(2))
+    assert every.shape == (logs.n_episodes, m)
+    # Rows in one block per member step exactly as rows that each name their member.
+    rows, actions = np.tile(starts, (m, 1)), np.random.default_rng(3).integers(0, 2, (m * logs.n_episodes, 1))
+    blocks = model.step(rows, actions, None, np.random.default_rng(4))
+    named = model.step(rows, actions, np.repeat(np.arange(m), logs.n_episodes), np.random.default_rng(4))
+    for a, b in zip(blocks, named, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="equal blocks"):
+        model.step(rows[:-1], actions[:-1], None, np.random.default_rng(4))
+    # One member per rollout: a value per episode, about the members' mean.
+    cheap = dataclasses.replace(model, config=dataclasses.replace(model.config, rollouts="one"))
+    one = model_values(cheap, UniformPolicy(COUNTER), starts, horizons, rng=np.random.default_rng(2))
+    assert one.shape == (logs.n_episodes,)
+    assert one.mean() == pytest.approx(every.mean(), abs=0.25)
+    estimates = {
+        name: evaluate_policy(
+            logs, UniformPolicy(COUNTER), rng=np.random.default_rng(5), task=task, dynamics=d, estimators=["mb"]
+        ).estimates["mb"]
+        for name, d in (("every", model), ("one", cheap))
+    }
+    assert estimates["every"].n_episodes == estimates["one"].n_episodes == logs.n_episodes
 
 
 def test_which_features_are_categorical_follows_dtype_values_and_max_classes() -> None:
