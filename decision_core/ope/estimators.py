@@ -23,7 +23,7 @@ episodes of unequal length.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -179,21 +179,43 @@ class _Statistic:
     per_episode: np.ndarray  # (E, D)
     combine: Callable[[np.ndarray], np.ndarray]  # (R, D) sums -> (R,) values
     ess: float
-    #: The first ``members`` columns are one model's values per ensemble member: a replicate resamples the members
-    #: too, weighing each column by its member's count, and combines their weighted mean with the other columns.
-    members: int = 0
+    #: An ensemble's value per member, less their mean, shrunk to the part rollout noise does not explain
+    #: (:func:`_member_effects`): a replicate adds the mean of a resample of them.
+    member_effects: np.ndarray | None = None
+
+    @property
+    def members(self) -> int:
+        return 0 if self.member_effects is None else len(self.member_effects)
 
     def values(self, counts: np.ndarray, member_counts: np.ndarray | None) -> np.ndarray:
         """(R,) values from (R, E) episode counts and, for a statistic over members, (R, members) member counts."""
-        sums = counts @ self.per_episode
-        if self.members:
-            m = self.members
-            weights = np.ones((len(sums), m)) if member_counts is None else member_counts
-            sums = np.concatenate([(sums[:, :m] * weights).sum(axis=1, keepdims=True) / m, sums[:, m:]], axis=1)
-        return self.combine(sums)
+        values = self.combine(counts @ self.per_episode)
+        if self.member_effects is not None and member_counts is not None:
+            values = values + member_counts @ self.member_effects / self.members
+        return values
 
     def point(self) -> float:
         return float(self.values(np.ones((1, self.per_episode.shape[0])), None)[0])
+
+
+def _member_effects(values: np.ndarray) -> np.ndarray:
+    """(M,) each member's mean value over the episodes less the ensemble's, shrunk by the share of their spread
+    that the rollouts' own noise accounts for.
+
+    With ``v[e, m] = episode_e + member_m + noise``, resampling the episodes' means over members already carries
+    the noise's share of the variance (``noise / (E M)``); the members' means carry it again, beside the members'
+    own disagreement. Their spread is shrunk by the noise's expected part (the two-way residuals' mean square
+    over ``E``, as in a random-effects analysis of variance), so each source counts once: with members that agree
+    up to noise the interval is the episodes' alone.
+    """
+    e, m = values.shape
+    effects = values.mean(axis=0) - values.mean()
+    if m < 2 or e < 2:
+        return np.zeros(m)
+    spread = float(effects @ effects) / (m - 1)
+    residuals = values - values.mean(axis=1, keepdims=True) - effects
+    noise = float(np.sum(residuals**2)) / ((e - 1) * (m - 1)) / e
+    return effects * np.sqrt(max(0.0, 1.0 - noise / spread)) if spread > 0.0 else np.zeros(m)
 
 
 def _resamples(
@@ -281,8 +303,8 @@ def _dr(inputs: OPEInputs, weighted: bool) -> _Statistic:
 def _direct(inputs: OPEInputs, estimator: str, field: str, source: str) -> _Statistic:
     """A direct method: the mean over episodes of a model's value of each episode's first state.
 
-    Values of shape (E, M) come from an ensemble's M members; the value is their mean, and the bootstrap
-    resamples members as well as episodes."""
+    Values of shape (E, M) come from an ensemble's M members; the value is their mean, and a bootstrap replicate
+    resamples the episodes (their means over the members) and, beside them, the members' effects."""
     values = getattr(inputs, field)
     if values is None:
         raise OPEError(f"estimator '{estimator}' needs {source} of each episode's first state ({field})")
@@ -293,10 +315,14 @@ def _direct(inputs: OPEInputs, estimator: str, field: str, source: str) -> _Stat
             f"{field} must have one value per episode ({e},) or per episode and ensemble member ({e}, members), "
             f"got shape {v0.shape}"
         )
-    members = v0.shape[1] if v0.ndim == 2 else 0
-    x = np.concatenate([v0.reshape(e, -1), np.ones((e, 1))], axis=1)
-    return _Statistic(x, lambda s: s[:, 0] / s[:, 1], float(e), members)
+    effects = _member_effects(v0) if v0.ndim == 2 else None
+    per_episode = v0.mean(axis=1) if v0.ndim == 2 else v0
+    x = np.stack([per_episode, np.ones(e)], axis=1)
+    return _Statistic(x, lambda s: s[:, 0] / s[:, 1], float(e), effects)
 
+
+#: The input each direct method reads: one value per episode, or per episode and ensemble member.
+_DIRECT_FIELDS = {"fqe": "v0", "mb": "model_v0"}
 
 _STATISTICS: dict[str, Callable[[OPEInputs], _Statistic]] = {
     "ips": lambda i: _ips(i, normalised=False),
@@ -304,8 +330,8 @@ _STATISTICS: dict[str, Callable[[OPEInputs], _Statistic]] = {
     "pdwis": _pdwis,
     "dr": lambda i: _dr(i, weighted=False),
     "wdr": lambda i: _dr(i, weighted=True),
-    "fqe": lambda i: _direct(i, "fqe", "v0", "the fitted Q model's value"),
-    "mb": lambda i: _direct(i, "mb", "model_v0", "the dynamics model's rollout return"),
+    "fqe": lambda i: _direct(i, "fqe", _DIRECT_FIELDS["fqe"], "the fitted Q model's value"),
+    "mb": lambda i: _direct(i, "mb", _DIRECT_FIELDS["mb"], "the dynamics model's rollout return"),
 }
 
 
@@ -403,8 +429,9 @@ def compare(
     (an episode of high return weighs in both), so the difference's interval is far narrower than either value's
     when the policies are alike; comparing one policy's interval with the other's point estimate ignores that,
     and also ignores the baseline's own noise. With model values per ensemble member, each replicate also
-    resamples the members, the same for both policies: the interval widens where the members disagree on the
-    difference.
+    resamples the members, the same for both policies: the difference's interval widens where the members
+    disagree on the difference (beyond what the rollouts' noise explains), not where they only disagree on the
+    level both policies share.
     """
     _checked(name, confidence, n_bootstrap)
     same = (
@@ -430,7 +457,13 @@ def compare(
     # Two sums over the same episodes that agree up to float round-off are not a difference (a candidate must not
     # be called worse by 1e-16).
     tol = 1e-9 * max(1.0, abs(values[0]), abs(values[1]))
-    diff = rep_a - rep_b
+    if a.members:
+        # The members' effects on the difference, shrunk for the rollouts' noise in the difference itself.
+        field = _DIRECT_FIELDS[name]
+        apart = np.asarray(getattr(inputs, field), np.float64) - np.asarray(getattr(baseline, field), np.float64)
+        diff = _STATISTICS[name](replace(inputs, **{field: apart})).values(*resample)
+    else:
+        diff = rep_a - rep_b
     diff[np.abs(diff) <= tol] = 0.0
     delta = values[0] - values[1]
 

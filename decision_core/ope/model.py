@@ -15,15 +15,16 @@ of a task, predicts from ``(s, a)``:
 A policy's value is then the mean over the logged episodes' first states of its simulated return, each episode
 rolled out in every member for the whole of it (a member per step would add the members' disagreement to every
 trajectory as if it were the world's noise), so the value averages over the members where the logs leave the
-dynamics open, and the estimate's bootstrap resamples the members as well as the episodes: its interval widens
-where the members disagree, which is the model's own error that resampling episodes under one model leaves out
-(``rollouts="one"`` runs each episode in one member drawn at random instead: cheaper, with the narrower interval).
-One network alone is not enough: three fits of one network from different seeds ranked inventory's benchmark
-policies at Spearman 0.86, 0.98 and 0.24; five members at 0.95, 1.00 and 0.98. Each rollout runs for the
-episode's logged length when the logs just stop, else for the longest logged horizon, and every step's reward is
-weighted by the probability of not having ended before it (no sampled termination, so no extra variance). Rolled-out states, and predicted rewards, are kept within the logged range widened by ``margin`` of
-its width on each side; the network sees states scaled by at least a 30th of that range, so a rarely set flag
-cannot enter far out.
+dynamics open, and the estimate's bootstrap resamples the members' effects as well as the episodes: its interval
+widens where the members disagree beyond the rollouts' noise, which is the part of the model's own error that
+resampling episodes under one model leaves out (``rollouts="one"`` runs each episode in one member drawn at random
+instead: cheaper, and the interval is the episodes' alone). One network alone is not enough: three fits of one
+network from different seeds ranked inventory's benchmark policies at Spearman 0.86, 0.98 and 0.24; five members
+at 0.95, 1.00 and 0.98. Each rollout runs for the episode's logged length when the logs just stop, else for the
+longest logged horizon, and every step's reward is weighted by the probability of not having ended before it (no
+sampled termination, so no extra variance). Rolled-out states, and predicted rewards, are kept within the logged
+range widened by ``margin`` of its width on each side; the network sees states scaled by at least a 30th of that
+range, so a rarely set flag cannot enter far out.
 
 Unlike FQE, the model does not depend on the evaluated policy: :func:`fit_model` runs once per task and
 :func:`model_values` evaluates any number of policies with it. A goal task's reward and end are not learned: a
