@@ -23,6 +23,7 @@ from decision_core.ope import (
     goal_task,
     reward_task,
 )
+from decision_core.ope import model as model_module
 from decision_core.ope.model import model_values
 from decision_core.schema import BoxActions, DiscreteActions, DomainSpec, Feature, OutcomeFeature
 from decision_core.store import DomainArrays
@@ -444,13 +445,19 @@ def test_whole_number_features_change_by_a_categorical_over_their_logged_changes
     assert wait.estimates["mb"].value == pytest.approx(0.0, abs=0.2)
 
 
-def test_every_member_rolls_out_every_episode_unless_one_member_each_is_asked_for() -> None:
+def test_every_member_rolls_out_every_episode_unless_one_member_each_is_asked_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     logs = counter_logs(300, np.random.default_rng(0))
     task = reward_task(logs, "logged")
     model = fit_task_model(logs, task, config=ModelConfig(hidden=(16,), steps=200), rng=np.random.default_rng(1))
     starts, horizons, m = logs.states[logs.episode_starts], np.full(logs.n_episodes, 6), model.members
     every = model_values(model, UniformPolicy(COUNTER), starts, horizons, rng=np.random.default_rng(2))
     assert every.shape == (logs.n_episodes, m)
+    # Rolled out a bounded number of rows at a time: the same values up to the rollouts' noise.
+    monkeypatch.setattr(model_module, "ROLLOUT_ROWS", 250)  # 50 start states in five members per pass
+    chunked = model_values(model, UniformPolicy(COUNTER), starts, horizons, rng=np.random.default_rng(2))
+    assert chunked.shape == every.shape and chunked.mean() == pytest.approx(every.mean(), abs=0.1)
     # Rows in one block per member step exactly as rows that each name their member.
     rows, actions = np.tile(starts, (m, 1)), np.random.default_rng(3).integers(0, 2, (m * logs.n_episodes, 1))
     blocks = model.step(rows, actions, None, np.random.default_rng(4))
