@@ -461,7 +461,9 @@ def compare(
         # The members' effects on the difference, shrunk for the rollouts' noise in the difference itself.
         field = _DIRECT_FIELDS[name]
         apart = np.asarray(getattr(inputs, field), np.float64) - np.asarray(getattr(baseline, field), np.float64)
-        diff = _STATISTICS[name](replace(inputs, **{field: apart})).values(*resample)
+        difference = replace(inputs)
+        setattr(difference, field, apart)
+        diff = _STATISTICS[name](difference).values(*resample)
     else:
         diff = rep_a - rep_b
     diff[np.abs(diff) <= tol] = 0.0
