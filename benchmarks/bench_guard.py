@@ -44,7 +44,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from benchmarks.bench_ope import train_agent
+from benchmarks.bench_ope import simulated_truth_parser, train_agent
 
 RESULTS = Path(__file__).parent / "results" / "guard.json"
 console = Console(width=150)
@@ -205,11 +205,7 @@ def replacements(rows: dict, rule: str, min_ess: float) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--domains", default="inventory,recommender,dialogue")
-    parser.add_argument("--episodes", type=int, default=2000, help="logged behaviour episodes the agents learn from")
-    parser.add_argument("--train-steps", type=int, default=3000)
-    parser.add_argument("--truth-episodes", type=int, default=4000)
+    parser = simulated_truth_parser(__doc__, RESULTS, truth_episodes=4000)
     parser.add_argument("--served", type=int, default=200, help="episodes the champion serves before each verdict")
     parser.add_argument("--draws", type=int, default=40, help="independent verdicts per candidate")
     parser.add_argument(
@@ -221,8 +217,6 @@ def main() -> None:
     )
     parser.add_argument("--min-ess", type=float, default=10.0, help="the guard's ESS floor, beside none")
     parser.add_argument("--model-steps", type=int, default=3000, help="gradient steps of mb's model (with mb)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON results go")
     args = parser.parse_args()
 
     from decision_core.algos import configure_torch_threads

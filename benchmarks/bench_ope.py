@@ -70,16 +70,23 @@ def policies_for(arrays, steps: int, seed: int) -> dict:  # type: ignore[no-unty
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def simulated_truth_parser(doc: str, results: Path, truth_episodes: int) -> argparse.ArgumentParser:
+    """The options the benchmarks that judge OPE against a simulator share: domains, the behaviour logs, the BC and
+    IQL agents' training, the truth's episodes, the seed and where the results go."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--domains", default="inventory,recommender,dialogue")
     parser.add_argument("--episodes", type=int, default=2000, help="logged behaviour episodes per domain")
-    parser.add_argument("--truth-episodes", type=int, default=1000)
-    parser.add_argument("--train-steps", type=int, default=3000)
+    parser.add_argument("--truth-episodes", type=int, default=truth_episodes, help="simulated episodes per policy")
+    parser.add_argument("--train-steps", type=int, default=3000, help="gradient steps of the BC and IQL agents")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=results, help="where the JSON results go")
+    return parser
+
+
+def main() -> None:
+    parser = simulated_truth_parser(__doc__, RESULTS, truth_episodes=1000)
     parser.add_argument("--fqe-steps", type=int, default=3000)
     parser.add_argument("--model-steps", type=int, default=6000, help="gradient steps of mb's dynamics model")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON results go")
     args = parser.parse_args()
 
     from decision_core.algos import configure_torch_threads

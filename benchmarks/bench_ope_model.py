@@ -17,7 +17,6 @@ Results are written to benchmarks/results/ope_model.json (or ``--out``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.bench_ope import policies_for
+from benchmarks.bench_ope import policies_for, simulated_truth_parser
 from decision_core.ope.model import ModelConfig
 
 RESULTS = Path(__file__).parent / "results" / "ope_model.json"
@@ -36,15 +35,9 @@ KINDS = {"categorical": ModelConfig.max_classes, "gaussian": 0}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--domains", default="inventory,recommender,dialogue")
-    parser.add_argument("--episodes", type=int, default=2000, help="logged behaviour episodes per domain")
-    parser.add_argument("--truth-episodes", type=int, default=1000)
-    parser.add_argument("--train-steps", type=int, default=3000)
+    parser = simulated_truth_parser(__doc__, RESULTS, truth_episodes=1000)
     parser.add_argument("--model-steps", type=int, default=6000, help="gradient steps of each dynamics model")
     parser.add_argument("--fits", type=int, default=2, help="models of each kind, fitted from different seeds")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON results go")
     args = parser.parse_args()
 
     from decision_core.algos import configure_torch_threads
