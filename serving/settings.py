@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -103,6 +104,12 @@ class ServingSettings(BaseSettings):
     )
     finetune_model_steps: int = Field(
         default=6000, ge=1, description="Gradient steps of the dynamics model when the guard judges with mb."
+    )
+    finetune_model_rollouts: Literal["every", "one"] = Field(
+        default="every",
+        description="With mb: every (each served episode rolled out in every ensemble member; the interval takes "
+        "in the members' disagreement) or one (one member per rollout: stops more worse candidates where the "
+        "members disagree, on an interval that leaves that disagreement out; docs/ope.md).",
     )
     finetune_confidence: float = Field(default=0.9, gt=0.0, lt=1.0, description="Confidence of the OPE interval.")
     finetune_min_episodes: int = Field(

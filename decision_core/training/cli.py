@@ -122,6 +122,13 @@ def ope_cmd(
     confidence: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.9,
     fqe_steps: Annotated[int, typer.Option(help="Gradient steps of FQE's Q model.")] = 3000,
     model_steps: Annotated[int, typer.Option(help="Gradient steps of the mb estimator's dynamics model.")] = 6000,
+    model_rollouts: Annotated[
+        str,
+        typer.Option(
+            help="mb: 'every' rolls each episode out in every ensemble member and takes their disagreement into the "
+            "interval; 'one' uses one member per rollout (cheaper; the interval leaves it out)."
+        ),
+    ] = "every",
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the models.")] = 0,
     refits: RefitsOption = 0,
     db: Annotated[Path | None, typer.Option("--db", help="DuckDB store.")] = None,
@@ -144,6 +151,7 @@ def ope_cmd(
         from decision_core.algos import Exploration
         from decision_core.errors import SpecError
         from decision_core.ope import FQEConfig, ModelConfig, evaluate_tasks
+        from decision_core.ope.model import ROLLOUTS
         from decision_core.settings import CoreSettings
         from decision_core.training.config import TrainConfig
         from decision_core.training.loop import (
@@ -156,6 +164,9 @@ def ope_cmd(
         )
         from decision_core.training.models import load_agent_from_uri
 
+        if model_rollouts not in ROLLOUTS:
+            raise SpecError(f"--model-rollouts must be one of {', '.join(ROLLOUTS)}, got '{model_rollouts}'")
+        dynamics = ModelConfig(steps=model_steps, rollouts=model_rollouts)
         settings = CoreSettings(db=db) if db else CoreSettings()
         agent, ref = load_agent_from_uri(model, settings)
         cfg = TrainConfig(domain=domain, algo=agent.name, goal_set=goal_set, task=task)
@@ -200,7 +211,7 @@ def ope_cmd(
             base_jobs = ope_jobs(base_agent, arrays, goals, task, exploration)
             compared = compare_jobs(
                 arrays, jobs, base_jobs, estimators, rng, gamma=gamma, n_bootstrap=bootstrap, confidence=confidence,
-                fqe=FQEConfig(steps=fqe_steps), model=ModelConfig(steps=model_steps), max_episodes=episodes,
+                fqe=FQEConfig(steps=fqe_steps), model=dynamics, max_episodes=episodes,
             )  # fmt: skip
             _print_comparisons(compared, ref.label(), base_ref.label(), confidence, as_json)
             return
@@ -209,7 +220,7 @@ def ope_cmd(
             jobs,
             rng=rng,
             estimators=estimators or None,
-            model=ModelConfig(steps=model_steps),
+            model=dynamics,
             gamma=gamma,
             n_bootstrap=bootstrap,
             confidence=confidence,

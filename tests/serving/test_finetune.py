@@ -92,6 +92,17 @@ def test_the_guard_asks_for_the_evidence_select_asks_for_by_default() -> None:
     assert ServingSettings.model_fields["finetune_min_ess"].default == MIN_ESS == 10.0
 
 
+def test_the_guards_model_rolls_out_in_every_member_unless_told_otherwise(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from serving.settings import ServingSettings
+
+    assert ServingSettings.model_fields["finetune_model_rollouts"].default == ModelConfig.rollouts == "every"
+    assert ServingSettings(model="m@champion", home=tmp_path, finetune_model_rollouts="one").finetune_model_rollouts
+    with pytest.raises(ValidationError, match="finetune_model_rollouts"):
+        ServingSettings(model="m@champion", home=tmp_path, finetune_model_rollouts="all")
+
+
 def test_a_model_based_guard_learns_the_dynamics_from_every_stored_step(setting, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     spec, logs, up, down = setting
     # The champion served: it always went up, so the new steps alone never show what going down does.

@@ -166,6 +166,15 @@ def test_cli_trains_and_evaluates_offline(settings: CoreSettings, monkeypatch: p
     refit = json.loads(r.stdout)["reports"][0]["estimates"]["fqe"]
     assert refit["value"] == pytest.approx(fqe["value"]) and refit["ci_low"] <= refit["value"] <= refit["ci_high"]
     assert (refit["ci_low"], refit["ci_high"]) != (fqe["ci_low"], fqe["ci_high"])
+    # mb rolls each episode out in every ensemble member, or in one each with --model-rollouts one.
+    mb = ["ope", "--domain", "chain", "--model", "models:/chain@champion", "--estimator", "mb", "--model-steps", "50"]
+    for rollouts in ("every", "one"):
+        r = runner.invoke(app, [*mb, "--model-rollouts", rollouts, "--json", *db])
+        assert r.exit_code == 0, r.output
+        estimate = json.loads(r.stdout)["reports"][0]["estimates"]["mb"]
+        assert estimate["ci_low"] <= estimate["value"] <= estimate["ci_high"]
+    r = runner.invoke(app, [*mb, "--model-rollouts", "all", *db])
+    assert r.exit_code != 0 and "--model-rollouts must be one of every, one, got 'all'" in " ".join(r.output.split())
 
     # Logs that mix (100 episodes lose their propensities): SNIPS weighs the others, and the table says so.
     import duckdb
