@@ -25,6 +25,6 @@ bench: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/python -m mypy decision_core adapters serving
+	$(BIN)/python -m mypy decision_core adapters serving benchmarks
 
 .PHONY: install run test bench lint

@@ -35,7 +35,6 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -322,10 +321,10 @@ def main() -> None:
     for col in ("algorithm", "ours", "d3rlpy quoted", "x quoted", "d3rlpy measured", "x measured", "target"):
         vs.add_column(col, justify="left" if col == "algorithm" else "right")
     for (name, kind), quoted in D3RLPY_QUOTED.items():
-        row = results.get(f"{name}/{kind}")
-        if not row or "framework" not in row:
+        found = results.get(f"{name}/{kind}")
+        if not found or "framework" not in found:
             continue
-        ours = row["framework"]
+        ours = found["framework"]
         measured = d3.get(f"{name}/{kind}")
         vs.add_row(
             f"{name} ({kind})",
@@ -347,4 +346,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -97,7 +97,7 @@ def run_domain(domain: str, args: argparse.Namespace, progress: Progress) -> dic
     progress.remove_task(t)
     t = progress.add_task(f"{domain}: {args.draws} draws of {args.served} served episodes", total=args.draws)
     estimators = [e.strip() for e in args.estimators.split(",") if e.strip()]
-    decisions = {
+    decisions: dict[tuple[str, str], dict[str, list[float]]] = {
         (e, n): {"paired": [], "one_sided": [], "covered": [], "ess": [], "above_paired": [], "above_bounds": []}
         for e in estimators
         for n in candidates

@@ -135,7 +135,7 @@ def main() -> None:
     for domain in args.domains.split(","):
         with console.status(f"simulating {args.rows:,} raw rows of {domain} (cached after the first run)"):
             files = raw_logs(domain, args.rows)
-        runs = {"ingest": [], "read_csv": []}
+        runs: dict[str, list[dict]] = {"ingest": [], "read_csv": []}
         for _ in range(args.repeats):
             for mode in runs:
                 runs[mode].append(measure(mode, domain, files))
