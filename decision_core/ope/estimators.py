@@ -23,7 +23,7 @@ episodes of unequal length.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -179,13 +179,19 @@ class _Statistic:
     per_episode: np.ndarray  # (E, D)
     combine: Callable[[np.ndarray], np.ndarray]  # (R, D) sums -> (R,) values
     ess: float
-    #: An ensemble's value per member, less their mean, shrunk to the part rollout noise does not explain
-    #: (:func:`_member_effects`): a replicate adds the mean of a resample of them.
-    member_effects: np.ndarray | None = None
+    #: A direct method's values per episode and ensemble member (E, M), where it has them.
+    by_member: np.ndarray | None = None
+    #: Each member's effect, shrunk to the part rollout noise does not explain (:func:`_member_effects`): a
+    #: replicate adds the mean of a resample of them.
+    member_effects: np.ndarray | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.by_member is not None:
+            self.member_effects = _member_effects(self.by_member)
 
     @property
     def members(self) -> int:
-        return 0 if self.member_effects is None else len(self.member_effects)
+        return 0 if self.by_member is None else self.by_member.shape[1]
 
     def values(self, counts: np.ndarray, member_counts: np.ndarray | None) -> np.ndarray:
         """(R,) values from (R, E) episode counts and, for a statistic over members, (R, members) member counts."""
@@ -315,14 +321,16 @@ def _direct(inputs: OPEInputs, estimator: str, field: str, source: str) -> _Stat
             f"{field} must have one value per episode ({e},) or per episode and ensemble member ({e}, members), "
             f"got shape {v0.shape}"
         )
-    effects = _member_effects(v0) if v0.ndim == 2 else None
-    per_episode = v0.mean(axis=1) if v0.ndim == 2 else v0
+    return _mean_of(v0)
+
+
+def _mean_of(values: np.ndarray) -> _Statistic:
+    """The mean over episodes of (E,) values, or of (E, M) values per ensemble member (their mean per episode)."""
+    e = values.shape[0]
+    per_episode = values.mean(axis=1) if values.ndim == 2 else values
     x = np.stack([per_episode, np.ones(e)], axis=1)
-    return _Statistic(x, lambda s: s[:, 0] / s[:, 1], float(e), effects)
+    return _Statistic(x, lambda s: s[:, 0] / s[:, 1], float(e), values if values.ndim == 2 else None)
 
-
-#: The input each direct method reads: one value per episode, or per episode and ensemble member.
-_DIRECT_FIELDS = {"fqe": "v0", "mb": "model_v0"}
 
 _STATISTICS: dict[str, Callable[[OPEInputs], _Statistic]] = {
     "ips": lambda i: _ips(i, normalised=False),
@@ -330,8 +338,8 @@ _STATISTICS: dict[str, Callable[[OPEInputs], _Statistic]] = {
     "pdwis": _pdwis,
     "dr": lambda i: _dr(i, weighted=False),
     "wdr": lambda i: _dr(i, weighted=True),
-    "fqe": lambda i: _direct(i, "fqe", _DIRECT_FIELDS["fqe"], "the fitted Q model's value"),
-    "mb": lambda i: _direct(i, "mb", _DIRECT_FIELDS["mb"], "the dynamics model's rollout return"),
+    "fqe": lambda i: _direct(i, "fqe", "v0", "the fitted Q model's value"),
+    "mb": lambda i: _direct(i, "mb", "model_v0", "the dynamics model's rollout return"),
 }
 
 
@@ -457,13 +465,9 @@ def compare(
     # Two sums over the same episodes that agree up to float round-off are not a difference (a candidate must not
     # be called worse by 1e-16).
     tol = 1e-9 * max(1.0, abs(values[0]), abs(values[1]))
-    if a.members:
+    if a.by_member is not None and b.by_member is not None:
         # The members' effects on the difference, shrunk for the rollouts' noise in the difference itself.
-        field = _DIRECT_FIELDS[name]
-        apart = np.asarray(getattr(inputs, field), np.float64) - np.asarray(getattr(baseline, field), np.float64)
-        difference = replace(inputs)
-        setattr(difference, field, apart)
-        diff = _STATISTICS[name](difference).values(*resample)
+        diff = _mean_of(a.by_member - b.by_member).values(*resample)
     else:
         diff = rep_a - rep_b
     diff[np.abs(diff) <= tol] = 0.0

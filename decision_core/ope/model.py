@@ -74,8 +74,8 @@ class ModelConfig:
     members: int = 5
     #: ``"every"``: each episode is rolled out in every member, and the interval resamples members as well as
     #: episodes, so it widens where the members disagree on the value; ``"one"``: each rollout runs in one member
-    #: drawn at random and the interval resamples episodes alone (rollouts 3-4 times cheaper, but the interval
-    #: leaves out the members' disagreement; see docs/ope.md).
+    #: drawn at random and the interval resamples episodes alone (rollouts about three times cheaper, but the
+    #: interval leaves out the members' disagreement; see docs/ope.md).
     rollouts: str = "every"
     #: Gradient steps.
     steps: int = 6000

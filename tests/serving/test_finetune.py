@@ -98,7 +98,10 @@ def test_the_guards_model_rolls_out_in_every_member_unless_told_otherwise(tmp_pa
     from serving.settings import ServingSettings
 
     assert ServingSettings.model_fields["finetune_model_rollouts"].default == ModelConfig.rollouts == "every"
-    assert ServingSettings(model="m@champion", home=tmp_path, finetune_model_rollouts="one").finetune_model_rollouts
+    assert (
+        ServingSettings(model="m@champion", home=tmp_path, finetune_model_rollouts="one").finetune_model_rollouts
+        == "one"
+    )
     with pytest.raises(ValidationError, match="finetune_model_rollouts"):
         ServingSettings(model="m@champion", home=tmp_path, finetune_model_rollouts="all")
 
