@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -230,15 +231,19 @@ def model_signature(agent: Agent) -> tuple[Any, pd.DataFrame]:
 
 def _log_model(mlflow: Any, code: Path, agent_dir: Path, agent: Agent, registered_name: str | None) -> Any:
     signature, example = model_signature(agent)
-    return mlflow.pyfunc.log_model(
-        name=MODEL_NAME,
-        python_model=str(code),
-        artifacts={AGENT_ARTIFACT: str(agent_dir)},
-        pip_requirements=["decision-core", "mlflow", "torch", "numpy", "pandas"],
-        registered_model_name=registered_name,
-        signature=signature,
-        input_example=example,
-    )
+    with warnings.catch_warnings():
+        # MLflow compares the example's column index with a range when it writes it, which pandas 3 deprecates;
+        # the warning is MLflow's own and says nothing about the model.
+        warnings.filterwarnings("ignore", message="Operation with range is deprecated", module=r"mlflow\.")
+        return mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(code),
+            artifacts={AGENT_ARTIFACT: str(agent_dir)},
+            pip_requirements=["decision-core", "mlflow", "torch", "numpy", "pandas"],
+            registered_model_name=registered_name,
+            signature=signature,
+            input_example=example,
+        )
 
 
 def alias_version(name: str, alias: str, settings: CoreSettings | None = None) -> str | None:

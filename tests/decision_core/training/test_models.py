@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 
 import mlflow
@@ -54,7 +55,8 @@ def test_the_pyfunc_model_applies_the_action_mask_and_refuses_columns_outside_it
     settings = CoreSettings(home=tmp_path / "home", db=tmp_path / "store.duckdb")
     configure_tracking(settings)
     agent = _agent("gcbc", discrete=True, **{availability: True})
-    with mlflow.start_run(experiment_id=ensure_experiment("models", settings)):
+    with mlflow.start_run(experiment_id=ensure_experiment("models", settings)), warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.Pandas4Warning)  # MLflow's own, about the input example
         logged = log_agent_model(agent, registered_name=None)
     model = mlflow.pyfunc.load_model(logged.model_uri)
     assert model.metadata.signature is not None
