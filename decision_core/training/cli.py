@@ -30,6 +30,15 @@ RefitsOption = Annotated[
     ),
 ]
 
+#: ``--model-rollouts`` of the ope and select commands (checked against decision_core.ope.model.ROLLOUTS).
+ModelRolloutsOption = Annotated[
+    str,
+    typer.Option(
+        help="mb: 'every' rolls each episode out in every ensemble member and takes their disagreement into the "
+        "interval; 'one' uses one member per rollout (about three times cheaper; the interval leaves it out).",
+    ),
+]
+
 
 def _fail(exc: Exception) -> typer.Exit:
     console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
@@ -122,13 +131,7 @@ def ope_cmd(
     confidence: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.9,
     fqe_steps: Annotated[int, typer.Option(help="Gradient steps of FQE's Q model.")] = 3000,
     model_steps: Annotated[int, typer.Option(help="Gradient steps of the mb estimator's dynamics model.")] = 6000,
-    model_rollouts: Annotated[
-        str,
-        typer.Option(
-            help="mb: 'every' rolls each episode out in every ensemble member and takes their disagreement into the "
-            "interval; 'one' uses one member per rollout (cheaper; the interval leaves it out)."
-        ),
-    ] = "every",
+    model_rollouts: ModelRolloutsOption = "every",
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the models.")] = 0,
     refits: RefitsOption = 0,
     db: Annotated[Path | None, typer.Option("--db", help="DuckDB store.")] = None,
@@ -308,6 +311,9 @@ def select_cmd(
         float, typer.Option(help="A candidate needs at least this effective sample size (episodes) to compete.")
     ] = 10.0,  # select.MIN_ESS (the command module imports nothing heavy at start-up)
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Compare only; do not move the alias.")] = False,
+    fqe_steps: Annotated[int, typer.Option(help="Gradient steps of FQE's Q model.")] = 2000,
+    model_steps: Annotated[int, typer.Option(help="Gradient steps of the mb estimator's dynamics model.")] = 3000,
+    model_rollouts: ModelRolloutsOption = "every",
     refits: RefitsOption = 0,
     db: Annotated[Path | None, typer.Option("--db", help="DuckDB store.")] = None,
 ) -> None:
@@ -331,6 +337,9 @@ def select_cmd(
             move_alias=not dry_run,
             min_ess=min_ess,
             refits=refits,
+            fqe_steps=fqe_steps,
+            model_steps=model_steps,
+            model_rollouts=model_rollouts,
         )
     except DecisionCoreError as exc:
         raise _fail(exc) from None

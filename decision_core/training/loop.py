@@ -241,7 +241,7 @@ def run_ope(
         jobs,
         rng=rng,
         estimators=estimators,
-        model=ModelConfig(steps=config.model_steps),
+        model=ModelConfig(steps=config.model_steps, rollouts=config.model_rollouts),
         gamma=config.ope_gamma,
         fqe=fqe,
         max_episodes=config.ope_episodes,

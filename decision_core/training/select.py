@@ -12,7 +12,7 @@ when no candidate is, the champion stays where it is and the summary says which 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -136,7 +136,7 @@ def _paired_difference(
         ope_jobs(champion, arrays, goals, config.task, exploration),
         [estimator],
         np.random.default_rng(seed),
-        model=ModelConfig(steps=config.model_steps),
+        model=ModelConfig(steps=config.model_steps, rollouts=config.model_rollouts),
         models=models,
         confidence=confidence,
         fqe=FQEConfig(steps=config.fqe_steps),
@@ -156,6 +156,8 @@ def select_champion(
     confidence: float = 0.9,
     max_episodes: int = 5000,
     fqe_steps: int = 2000,
+    model_steps: int = 3000,
+    model_rollouts: str = "every",
     seed: int = 0,
     move_alias: bool = True,
     arrays: Any | None = None,
@@ -164,7 +166,9 @@ def select_champion(
 ) -> Selection:
     """Score the candidates by OPE on ``domain``'s logs and point ``champion`` at the best lower bound among those
     whose estimate rests on at least ``min_ess`` effective episodes (the smallest over a goal model's goals).
-    ``refits`` > 0 takes fqe's and mb's intervals from that many refitted models (see :func:`run_ope`)."""
+    ``refits`` > 0 takes fqe's and mb's intervals from that many refitted models (see :func:`run_ope`);
+    ``fqe_steps``, ``model_steps`` and ``model_rollouts`` configure FQE's Q model and mb's dynamics model as in
+    :class:`~decision_core.training.config.TrainConfig`."""
     from decision_core.ope import default_estimator
     from decision_core.training.loop import _simulator, load_domain, run_ope
 
@@ -196,8 +200,16 @@ def select_champion(
             f"candidates mix goal-conditioned ({', '.join(gc)}) and reward models, whose OPE values (success "
             f"rate vs return) are not comparable; select among one kind with --runs"
         )
+    ope_config = TrainConfig(
+        domain=domain,
+        algo=loaded[0][1].name,
+        ope_episodes=max_episodes,
+        fqe_steps=fqe_steps,
+        model_steps=model_steps,
+        model_rollouts=model_rollouts,
+    )
     if arrays is None:
-        arrays = load_domain(TrainConfig(domain=domain, algo=loaded[0][1].name), settings)
+        arrays = load_domain(ope_config, settings)
     if estimator is None:
         # The domain's own judge where its spec names one (docs/ope.md measures each built-in domain's).
         estimator = default_estimator(arrays)
@@ -206,7 +218,7 @@ def select_champion(
     task = ""
     models: dict[str, Any] = {}  # mb's dynamics do not depend on the candidate: one fit serves them all
     for v, agent in loaded:
-        cfg = TrainConfig(domain=domain, algo=agent.name, ope_episodes=max_episodes, fqe_steps=fqe_steps)
+        cfg = replace(ope_config, algo=agent.name)
         # The same generator seed for every candidate: they meet the same episodes and bootstrap draws.
         metrics, reports = run_ope(
             agent,
@@ -241,7 +253,7 @@ def select_champion(
         # Ranking first does not yet make it better: both estimates rest on the same episodes, and much of a
         # model-based estimator's error is shared between them, which only a paired comparison cancels.
         agents = {str(v.version): a for v, a in loaded}
-        cfg = TrainConfig(domain=domain, algo=agents[best.version].name, ope_episodes=max_episodes, fqe_steps=fqe_steps)
+        cfg = replace(ope_config, algo=agents[best.version].name)
         value, low, high = _paired_difference(
             agents[best.version], agents[incumbent.version], arrays, cfg, estimator=estimator, sim=sim,
             models=models, seed=seed, confidence=confidence,

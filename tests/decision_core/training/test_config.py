@@ -43,6 +43,8 @@ def test_json_config_and_round_trip(tmp_path: Path) -> None:
         ({"domain": "chain", "algo": "iql", "ope_refits": -1}, r"'ope_refits' must be an integer >= 0"),
         ({"domain": "chain", "algo": "iql", "ope_refits": 1.5}, r"'ope_refits' must be an integer"),
         ({"domain": "chain", "algo": "iql", "precision": "fp16"}, r"'precision' must be 'fp32' or 'bf16'"),
+        ({"domain": "chain", "algo": "iql", "model_rollouts": "all"}, r"'model_rollouts' must be one of every, one"),
+        ({"domain": "chain", "algo": "iql", "model_rollouts": 1}, r"'model_rollouts' must be"),
     ],
 )
 def test_config_errors_name_the_key_and_rule(data: dict, message: str) -> None:

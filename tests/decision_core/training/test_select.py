@@ -112,6 +112,18 @@ def test_select_cli_compares_named_runs_and_reports_unknown_ones(
     assert r.exit_code == 2 and "--candidates all" in r.output
     with pytest.raises(ModelError, match="no registered model 'other'"):
         select_champion("chain", settings=settings, model_name="other")
+    # mb's dynamics model as asked: the same fit (same seed), rolled out in every member or in one each.
+    mb = ["select", "--domain", "chain", "--candidates", "all", "--estimator", "mb", "--model-steps", "50", "--dry-run"]
+    rollouts = {}
+    for how in ("every", "one"):
+        result = select_champion(
+            "chain", settings=settings, estimator="mb", model_steps=50, model_rollouts=how, move_alias=False
+        )
+        rollouts[how] = [(c.value, c.ci_low, c.ci_high) for c in result.candidates]
+        assert all(low <= value <= high for value, low, high in rollouts[how])
+    assert rollouts["every"] != rollouts["one"]
+    r = runner.invoke(app, [*mb, "--model-rollouts", "all", *db])
+    assert r.exit_code == 2 and "'model_rollouts' must be one of every, one (got 'all')" in r.output, r.output
 
 
 def test_named_runs_must_beat_the_champion_to_replace_it(
