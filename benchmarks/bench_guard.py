@@ -14,7 +14,8 @@ worse (``serving.finetune.judge``). This benchmark replays that decision many ti
    episodes alone, ``mb-all`` on the logs and the served episodes together, as the guard does with its snapshot
    of every stored step; ``mb-all-gaussian`` as ``mb-all`` with every feature's change Gaussian;
    ``mb-all-one`` as ``mb-all``, from the same fitted model, with each rollout in one member and an interval
-   over episodes alone) at 90% confidence by two rules:
+   over episodes alone; ``mb-all-boot`` as ``mb-all`` with each member fitted on its own bootstrap resample of
+   the transitions) at 90% confidence by two rules:
 
    - **paired** (the guard's rule): reject when the paired bootstrap interval of ``candidate - champion``
      (:func:`decision_core.ope.compare_policies`) lies below 0;
@@ -112,9 +113,12 @@ def run_domain(domain: str, args: argparse.Namespace, progress: Progress) -> dic
         if "mb" in estimators:
             dynamics["mb"] = fit_task_model(new, task, config=ModelConfig(steps=args.model_steps), rng=rng_of(draw))
         both = DomainArrays.concat([logs, new])
-        for variant, classes in (("mb-all", ModelConfig.max_classes), ("mb-all-gaussian", 0)):
+        for variant, config in (
+            ("mb-all", ModelConfig(steps=args.model_steps)),
+            ("mb-all-gaussian", ModelConfig(steps=args.model_steps, max_classes=0)),
+            ("mb-all-boot", ModelConfig(steps=args.model_steps, member_data="bootstrap")),
+        ):
             if variant in estimators or (variant == "mb-all" and "mb-all-one" in estimators):
-                config = ModelConfig(steps=args.model_steps, max_classes=classes)
                 dynamics[variant] = fit_task_model(both, reward_task(both, "logged"), config=config, rng=rng_of(draw))
         if "mb-all-one" in estimators:  # the same fitted model, each rollout in one member, episodes resampled alone
             fitted = dynamics["mb-all"]
@@ -212,8 +216,9 @@ def main() -> None:
         "--estimators",
         default="snips,pdwis",
         help="comma-separated OPE estimators, plus mb-all (mb with its model fitted on the logs and the served "
-        "episodes), mb-all-gaussian (the same with every feature's change Gaussian, max_classes = 0) and mb-all-one "
-        "(mb-all's model with each rollout in one member, rollouts = 'one')",
+        "episodes), mb-all-gaussian (the same with every feature's change Gaussian, max_classes = 0), mb-all-one "
+        "(mb-all's model with each rollout in one member, rollouts = 'one') and mb-all-boot (members fitted on "
+        "bootstrap resamples of the transitions, member_data = 'bootstrap')",
     )
     parser.add_argument("--min-ess", type=float, default=10.0, help="the guard's ESS floor, beside none")
     parser.add_argument("--model-steps", type=int, default=3000, help="gradient steps of mb's model (with mb)")

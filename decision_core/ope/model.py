@@ -58,6 +58,8 @@ from decision_core.schema import DomainSpec
 _LOGVAR_RANGE = (-10.0, 4.0)
 #: How rollouts use the ensemble (:attr:`ModelConfig.rollouts`).
 ROLLOUTS = ("every", "one")
+#: What each member is fitted on (:attr:`ModelConfig.member_data`).
+MEMBER_DATA = ("all", "bootstrap")
 #: Rollout rows (start states times the members each runs in) stepped together: a policy's action probabilities
 #: over 240 items take 1.9 KB a row.
 ROLLOUT_ROWS = 50_000
@@ -77,6 +79,10 @@ class ModelConfig:
     #: drawn at random and the interval resamples episodes alone (rollouts about three times cheaper, but the
     #: interval leaves out the members' disagreement; see docs/ope.md).
     rollouts: str = "every"
+    #: ``"all"``: every member draws its batches from all the logged transitions (they differ by their
+    #: initialisation and batches); ``"bootstrap"``: each draws them from its own resample of the transitions, so
+    #: members disagree more where few transitions carry a prediction.
+    member_data: str = "all"
     #: Gradient steps.
     steps: int = 6000
     batch_size: int = 256
@@ -100,6 +106,8 @@ class ModelConfig:
             raise ValueError(f"model max_classes must be >= 0, got {self.max_classes}")
         if self.rollouts not in ROLLOUTS:
             raise ValueError(f"model rollouts must be one of {', '.join(ROLLOUTS)}, got '{self.rollouts}'")
+        if self.member_data not in MEMBER_DATA:
+            raise ValueError(f"model member_data must be one of {', '.join(MEMBER_DATA)}, got '{self.member_data}'")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ValueError(f"model hidden widths must be positive, got {self.hidden}")
 
@@ -297,8 +305,12 @@ def fit_transitions(
     g = len(gaussian)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
     loss_value = float("nan")
+    # Each member's own resample of the rows (bootstrap), or all of them.
+    rows = torch.randint(0, n, (cfg.members, n), generator=torch_gen) if cfg.member_data == "bootstrap" else None
     for _ in range(cfg.steps):
         idx = torch.randint(0, n, (cfg.members, min(cfg.batch_size, n)), generator=torch_gen)
+        if rows is not None:
+            idx = rows.gather(1, idx)
         out = net(x[idx])  # (members, batch, outputs): each member its own batch
         mu, logvar = out[..., :g], out[..., g : 2 * g].clamp(*_LOGVAR_RANGE)
         # Every feature weighs alike: the Gaussian ones' negative log-likelihood and the categorical ones' cross

@@ -330,6 +330,8 @@ def test_bad_settings_are_refused() -> None:
         ModelConfig(max_classes=-1)
     with pytest.raises(ValueError, match="rollouts must be one of every, one"):
         ModelConfig(rollouts="all")
+    with pytest.raises(ValueError, match="member_data must be one of all, bootstrap"):
+        ModelConfig(member_data="half")
 
 
 def test_refits_give_an_interval_that_reflects_the_model_uncertainty() -> None:
@@ -495,3 +497,22 @@ def test_which_features_are_categorical_follows_dtype_values_and_max_classes() -
     assert categorical(logs, max_classes=1) == []  # both change by 0 or 1: two values, over a limit of one
     halves = dataclasses.replace(logs, states=logs.states + np.array([0.5, 0, 0], np.float32))
     assert categorical(halves) == [1]  # counts that are not whole numbers stay Gaussian
+
+
+def test_members_fitted_on_bootstrap_resamples_disagree_where_rows_are_few() -> None:
+    # 40 transitions whose changes follow no pattern: a member can only know the ones it was fitted on.
+    rng = np.random.default_rng(0)
+    s = rng.uniform(-2.0, 2.0, (40, 1)).astype(np.float32)
+    a = rng.uniform(-1.0, 1.0, (40, 1)).astype(np.float32)
+    nxt = (s + rng.uniform(-1.0, 1.0, (40, 1))).astype(np.float32)
+    spread = {}
+    for data in ("all", "bootstrap"):
+        config = ModelConfig(hidden=(64, 64), steps=800, learning_rate=3e-3, member_data=data)
+        model = model_module.fit_transitions(
+            LINE, s, a, -np.abs(nxt[:, 0]), nxt, np.zeros(40, np.float32), config=config, rng=np.random.default_rng(1)
+        )
+        with torch.no_grad():
+            mean_change = model.net(model._inputs(s, a))[..., 0]  # (members, rows)
+        spread[data] = float(mean_change.std(dim=0).mean())
+    # Each bootstrap member misses about a third of the rows, and predicts something else there.
+    assert spread["bootstrap"] > 2.5 * spread["all"], spread
