@@ -29,6 +29,7 @@ from decision_core.algos.nets import (
     LOG_STD_MAX,
     LOG_STD_MIN,
     MASKED_LOGIT,
+    UNSUPPORTED_GAP,
     Critic,
     EnsembleLinear,
     EnsembleMLP,
@@ -101,7 +102,10 @@ class _Tilt:
         out = log_pb + np.float32(self.beta) * q
         if self.log_support is not None:
             unsupported = log_pb < log_pb.max(-1, keepdims=True) + np.float32(self.log_support)
-            out = np.where(unsupported, np.float32(MASKED_LOGIT), out)
+            lowest_supported = np.where(unsupported, np.inf, out).min(-1, keepdims=True)
+            highest_unsupported = np.where(unsupported, out, -np.inf).max(-1, keepdims=True)
+            shift = np.maximum(highest_unsupported - lowest_supported + np.float32(UNSUPPORTED_GAP), 0.0)
+            out = np.where(unsupported, out - shift, out)
         if self.goal_features:
             has_goal = x[:, -self.goal_features :].any(-1, keepdims=True)
             out = np.where(has_goal, out, actor_logits)

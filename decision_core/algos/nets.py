@@ -26,6 +26,10 @@ from decision_core.schema import BoxActions, DomainSpec
 
 #: Logit given to unavailable actions: finite (so a masked row never produces NaN) yet exp() underflows to 0.
 MASKED_LOGIT = -1e9
+#: How far below the least likely supported action :func:`tilted_logits` puts the most likely unsupported one:
+#: exp() of it underflows to 0 at any sampling temperature up to 1000, and it stays far above
+#: :data:`MASKED_LOGIT`, so where a caller's mask leaves only unsupported actions the best of them is chosen.
+UNSUPPORTED_GAP = 1e6
 #: Bounds of the Gaussian's log standard deviation (pre-squash); keeps densities finite.
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 #: Squashed actions are kept this far inside (-1, 1) before atanh so logged boundary actions keep a finite density.
@@ -369,12 +373,19 @@ def tilted_logits(behaviour_logits: Tensor, q: Tensor, beta: float, support: flo
     ``support`` times the most likely action's probability are excluded outright (discrete BCQ's threshold,
     Fujimoto et al., 2019), since the critic's values there are extrapolation: the greedy action is the best one
     the data supports, not the critic's argmax over actions it never saw at ``s``.
+
+    Excluded actions keep their order, :data:`UNSUPPORTED_GAP` below the supported ones rather than at
+    :data:`MASKED_LOGIT`: an action mask applied afterwards that rules out every supported action leaves the best
+    of the actions it allows, not an arbitrary one.
     """
     log_pb = F.log_softmax(behaviour_logits, dim=-1)
     logits = log_pb + beta * q
     if support > 0.0:
         unsupported = log_pb < log_pb.max(-1, keepdim=True).values + math.log(support)
-        logits = logits.masked_fill(unsupported, MASKED_LOGIT)
+        lowest_supported = logits.masked_fill(unsupported, math.inf).amin(-1, keepdim=True)
+        highest_unsupported = logits.masked_fill(~unsupported, -math.inf).amax(-1, keepdim=True)
+        shift = (highest_unsupported - lowest_supported + UNSUPPORTED_GAP).clamp_min(0.0)  # 0: none unsupported
+        logits = torch.where(unsupported, logits - shift, logits)
     return logits
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from decision_core.algos import create_agent
+from decision_core.algos import Exploration, create_agent
 from decision_core.algos.gciql import GCIQLConfig
 from decision_core.algos.iql import IQLConfig
-from decision_core.algos.nets import tilted_logits
+from decision_core.algos.nets import masked_logits, tilted_logits
 from decision_core.algos.qrl import QRLConfig
 from decision_core.data import GoalSampler, OfflineDataset
 from decision_core.data.synthetic import grid_arrays
@@ -37,6 +37,47 @@ def test_actions_below_the_support_threshold_are_never_chosen_whatever_their_val
     kept = tilted_logits(pb.log(), q, 20.0, support=0.1)
     assert kept.argmax().item() == 1  # 0.05 < 0.1 * 0.6: both rare actions excluded
     assert torch.softmax(kept, -1)[0, 2:].sum().item() == 0.0
+    # A caller's mask that rules out every supported action leaves the best action it allows, by the same tilt.
+    allowed = torch.tensor([[False, False, True, True]])
+    assert masked_logits(kept, allowed).argmax().item() == 3
+    only_rare = torch.softmax(masked_logits(kept, allowed), -1)
+    torch.testing.assert_close(only_rare, torch.softmax(masked_logits(tilted_logits(pb.log(), q, 20.0), allowed), -1))
+    assert only_rare[0, :2].sum().item() == 0.0
+    # Sampled at any temperature up to 1000, an unsupported action stays out while a supported one is allowed.
+    assert torch.softmax(masked_logits(kept / 1000.0, ~allowed | (pb > 0.5)), -1)[0, 2:].sum().item() == 0.0
+
+
+def test_served_actions_respect_the_mask_where_it_allows_only_actions_outside_the_support() -> None:
+    arrays = grid_arrays(16, 8, size=5, discrete=True, masked=True, seed=0)
+    dataset = OfflineDataset(arrays, rewards=rewards_for(arrays, "next.x"))
+    agent = create_agent("iql", arrays.spec, dataset.stats, config={"hidden_dims": [32, 32], "support": 0.5})
+    sampler = agent.sampler(dataset, seed=0)
+    for _ in range(5):
+        agent.update(sampler.sample(64))
+    with torch.no_grad():  # a behaviour that prefers the first actions strongly: the last ones are unsupported
+        last = [m for m in agent.nets["actor"].modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.bias.copy_(torch.linspace(4.0, -4.0, arrays.spec.n_actions))
+    states = dataset.states[:32].numpy()
+    open_probs = agent.action_probs(states, None, None, None)
+    # Mask out every action the policy would take: what is left lies outside its support.
+    masks = open_probs == 0.0
+    assert masks.any(-1).all()
+    rng = np.random.default_rng(0)
+    for exploration in (None, Exploration(epsilon=0.2), Exploration(temperature=2.0)):
+        result = agent.act(states, action_mask=masks, exploration=exploration, rng=rng)
+        assert masks[np.arange(len(states)), result.actions].all(), exploration
+        assert (result.propensities > 0).all()
+    probs = agent.action_probs(states, None, None, masks)
+    assert np.all(probs[~masks] == 0.0)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    # The policy restricted to the allowed actions ranks them by the tilt: the greedy one is the best allowed.
+    with torch.no_grad():
+        x = agent.norm_states(dataset.states[:32])
+        tilt = torch.log_softmax(agent.nets["actor"](x).logits, -1) + agent.beta * agent.nets["critic"].all_actions(
+            x
+        ).mean(0)
+    best_allowed = np.where(masks, tilt.numpy(), -np.inf).argmax(-1)
+    np.testing.assert_array_equal(agent.act(states, action_mask=masks, rng=rng).actions, best_allowed)
 
 
 def test_discrete_iql_acts_greedily_on_the_critic_within_the_behaviour_support() -> None:
