@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import types
 import typing
 from abc import ABC, abstractmethod
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
@@ -155,11 +156,41 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
             value = tuple(value)
         elif kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if not _is_a(value, kind):
+            raise SpecError(f"{cls.__name__}.{name} must be {_describe(kind)}, got {value!r}")
         kwargs[name] = value
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise SpecError(f"{cls.__name__}: {exc}") from exc
+
+
+def _is_a(value: Any, kind: Any) -> bool:
+    """Whether a config value (after the conversions above) has the field's annotated type."""
+    if kind is float:
+        return isinstance(value, float)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind in (bool, str):
+        return isinstance(value, kind)
+    if isinstance(kind, types.UnionType):
+        return any(_is_a(value, k) for k in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
+    if typing.get_origin(kind) is tuple:
+        (item, _) = typing.get_args(kind)
+        return isinstance(value, tuple) and all(_is_a(v, item) for v in value)
+    return True  # nested configs are checked field by field
+
+
+def _describe(kind: Any) -> str:
+    if isinstance(kind, types.UnionType):
+        return " or ".join(_describe(k) for k in typing.get_args(kind))
+    if typing.get_origin(kind) is tuple:
+        return "a list of " + {float: "numbers", int: "integers"}.get(typing.get_args(kind)[0], "values")
+    return {float: "a number", int: "an integer", bool: "true or false", str: "a string", type(None): "null"}.get(
+        kind, str(kind)
+    )
 
 
 @dataclass(frozen=True)

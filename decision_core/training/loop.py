@@ -393,6 +393,8 @@ def train(
             arrays = load_domain(config, settings)
         if arrays.spec.name != config.domain:
             raise SpecError(f"the data is of domain '{arrays.spec.name}', the config asks for '{config.domain}'")
+        if config.goal_set is not None:  # an unknown goal set stops the run here, not at its first evaluation
+            evaluation_goals(arrays.spec, config.goal_set, _simulator(config.domain))
         stats = FeatureStats.compute(arrays.states, arrays.spec)  # from all data, so every rank normalises alike
         shard = arrays
         if ctx.enabled:

@@ -186,3 +186,20 @@ def test_rewards_for_stored_domain(tmp_path, spec: DomainSpec) -> None:
     np.testing.assert_allclose(rewards_for(arrays)[order], expected)
     with pytest.raises(SpecError, match="reward 'logged' needs a reward on every step"):
         rewards_for(arrays, "logged")
+
+
+def test_the_reward_tasks_the_readme_and_docs_show_compile_for_their_domains() -> None:
+    import re
+    from pathlib import Path
+
+    from adapters import get_adapter
+
+    root = Path(__file__).parents[2]
+    shown = [
+        (m["domain"], m["task"])
+        for doc in [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+        for m in re.finditer(r"--domain (?P<domain>[a-z_]+)[^\n]*?--task \"(?P<task>[^\"]+)\"", doc.read_text())
+    ]
+    assert shown  # the README shows one
+    for domain, task in shown:
+        parse_reward(task, get_adapter(domain).spec())

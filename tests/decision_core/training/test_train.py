@@ -123,6 +123,15 @@ def test_cli_errors_list_the_choices(settings: CoreSettings, make_store) -> None
     assert r.exit_code == 2 and "no domain 'chian'" in r.output and "chain" in r.output
     r = runner.invoke(app, ["train", "--domain", "chain", "--algo", "iql", "--set", "agent.lrr=1", *db])
     assert r.exit_code == 2 and "unknown fields ['lrr']" in r.output
+    r = runner.invoke(app, ["train", "--domain", "chain", "--algo", "iql", "--set", "agent.lr=abc", *db])
+    assert r.exit_code == 2 and "IQLConfig.lr must be a number, got 'abc'" in r.output, r.output
+    # An unknown goal set stops the run before it trains (a million steps would not finish in the test).
+    r = runner.invoke(
+        app, ["train", "--domain", "chain", "--algo", "gcbc", "--goal-set", "nope", "--steps", "1000000", *db]
+    )
+    assert r.exit_code == 2 and "goal set 'nope' is not defined for domain 'chain'" in r.output, r.output
+    configure_tracking(CoreSettings(db=settings.db_path))  # the store the command line used
+    assert not mlflow.search_runs(search_all_experiments=True, output_format="list")
     empty = make_store(0, name="empty.duckdb")
     r = runner.invoke(app, ["train", "--domain", "chain", "--algo", "iql", "--db", str(empty)])
     assert r.exit_code == 2 and "no steps" in r.output
