@@ -16,6 +16,7 @@ Register a third-party adapter under the entry-point group ``decision_core.adapt
 
 from __future__ import annotations
 
+import difflib
 import json
 import tomllib
 from abc import ABC, abstractmethod
@@ -91,10 +92,19 @@ class ColumnMapping:
 
         [defaults]
         slot = 0
+
+    Every entry must take effect, so a misspelt name is an error rather than a column silently left out:
+    :meth:`check` refuses a rename target or a default that is not one of the adapter's columns, and :meth:`apply`
+    refuses, per file, a rename whose source the file lacks, a rename onto a column the file already has, and a
+    default for a column the file has. One mapping may serve files of two layouts, the user's names and the
+    adapter's own: a rename is skipped for a file that already has its target column. A file that lacks a column
+    altogether needs a mapping without that entry.
     """
 
     rename: dict[str, str] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
+    #: The file the mapping was loaded from, named in its errors (``None``: built in code).
+    path: Path | None = field(default=None, compare=False)
 
     @classmethod
     def load(cls, path: str | Path) -> ColumnMapping:
@@ -117,14 +127,72 @@ class ColumnMapping:
             raise SpecError(f"mapping file {p}: 'rename' must map source column names to adapter column names")
         if not isinstance(defaults, dict):
             raise SpecError(f"mapping file {p}: 'defaults' must map adapter column names to constants")
-        return cls(rename=dict(rename), defaults=dict(defaults))
+        return cls(rename=dict(rename), defaults=dict(defaults), path=p)
 
-    def apply(self, raw: pl.LazyFrame, present: list[str]) -> pl.LazyFrame:
-        renames = {src: dst for src, dst in self.rename.items() if src in present}
-        lf = raw.rename(renames) if renames else raw
+    def _where(self) -> str:
+        return f"mapping file {self.path}" if self.path is not None else "column mapping"
+
+    def check(self, adapter: Adapter) -> None:
+        """Raise :class:`SpecError` if a rename target or a default names a column ``adapter`` does not read
+        (ingest would drop it without a word)."""
+        columns = list(adapter.columns)
+        entries = [(f"[rename] {src} = {dst!r}", dst) for src, dst in self.rename.items()]
+        entries += [(f"[defaults] {key}", key) for key in self.defaults]
+        for entry, name in entries:
+            if name not in adapter.columns:
+                raise SpecError(
+                    f"{self._where()}: {entry}: '{name}' is not a column of adapter '{adapter.name}'."
+                    f"{_did_you_mean(name, columns)} The adapter's columns: {', '.join(columns)}"
+                )
+        for key, value in self.defaults.items():
+            # Numbers are checked here, so that a bad constant is blamed on the mapping rather than on row 0 of
+            # the log; other types are parsed (and reported) by ingest like the log's own text.
+            dtype = adapter.columns[key].dtype
+            if dtype.is_numeric() and pl.Series([str(value)]).str.strip_chars().cast(dtype, strict=False)[0] is None:
+                raise SpecError(
+                    f"{self._where()}: [defaults] {key} = {value!r}: adapter '{adapter.name}' reads column '{key}' "
+                    f"as {dtype}; give a constant of that type"
+                )
+
+    def apply(self, raw: pl.LazyFrame, present: list[str], *, file: str | Path | None = None) -> pl.LazyFrame:
+        """``raw`` (whose columns are ``present``, read from ``file``) with the columns renamed and the defaults
+        added; an entry that cannot take effect on this file raises :class:`SpecError`."""
+        log = str(file) if file is not None else "the log being ingested"
+        has = set(present)
+        shown = ", ".join(present[:40]) + (", …" if len(present) > 40 else "")
+        renames: dict[str, str] = {}
+        for src, dst in self.rename.items():
+            if src in has:
+                renames[src] = dst
+            elif dst not in has:  # neither the user's name nor the adapter's: most likely a misspelt source
+                raise SpecError(
+                    f"{self._where()}: [rename] {src} = {dst!r}: {log} has no column '{src}' (nor '{dst}')."
+                    f"{_did_you_mean(src, present)} Fix the name, or remove the entry if the log lacks the column; "
+                    f"its columns: {shown}"
+                )
         after = [renames.get(c, c) for c in present]
-        fills = [pl.lit(str(v)).alias(k) for k, v in self.defaults.items() if k not in after]
+        for name in dict.fromkeys(c for c in after if after.count(c) > 1):
+            claimants = [f"'{c}'" if c != name else "its own column" for c in present if renames.get(c, c) == name]
+            raise SpecError(
+                f"{self._where()}: [rename] gives {log} two columns named '{name}' (from {' and '.join(claimants)}); "
+                f"rename only one column to '{name}'"
+            )
+        for key in self.defaults:
+            if key in after:
+                renamed = next((f" (renamed from '{s}')" for s, d in renames.items() if d == key), "")
+                raise SpecError(
+                    f"{self._where()}: [defaults] {key}: {log} already has column '{key}'{renamed}, so the default "
+                    f"would never be used. Remove the default, or ingest the logs that have the column with a mapping "
+                    f"without it"
+                )
+        lf = raw.rename(renames) if renames else raw
+        fills = [pl.lit(str(v)).alias(k) for k, v in self.defaults.items()]
         return lf.with_columns(fills) if fills else lf
+
+
+def _did_you_mean(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
 
 
 class Adapter(ABC):

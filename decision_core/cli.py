@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
 
 from decision_core.envs.cli import evaluate_cmd, import_minari_cmd, simulate_cmd
@@ -31,9 +32,14 @@ DbOption = Annotated[
 ]
 
 
+def report_error(exc: Exception) -> None:
+    """Print a user error on stderr (its text as written: a "[rename]" in it is not markup)."""
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+
+
 def fail(exc: Exception) -> typer.Exit:
     """Print a user error and return the exit to raise (status 2 for bad input)."""
-    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    report_error(exc)
     return typer.Exit(code=2)
 
 
@@ -43,19 +49,36 @@ def db_path(db: Path | None) -> Path:
 
 @app.command("adapters")
 def adapters_cmd() -> None:
-    """List the registered adapters with their domain spec summary."""
+    """List the registered adapters with their domain spec summary, and the plugins that could not be used."""
     from adapters import ADAPTERS
 
     table = Table("version", "domain", "spec", "origin")
     table.columns.insert(0, Column("adapter", no_wrap=True))
-    for name in ADAPTERS.names():
-        try:
-            cls = ADAPTERS.get(name)
-            spec = cls().spec()
-            table.add_row(name, cls.version, spec.name, spec.summary(), ADAPTERS.origin(name))
-        except DecisionCoreError as exc:
-            table.add_row(name, "?", "?", f"[red]failed to load: {exc}[/]", ADAPTERS.origin(name))
+    try:
+        rejected = ADAPTERS.rejected()
+        names = sorted({*ADAPTERS.names(), *rejected})
+        for name in names:
+            origin = ADAPTERS.origin(name) if name in ADAPTERS else "-"
+            if name in rejected:
+                table.add_row(name, "?", "?", f"[red]not usable: {escape(rejected[name])}[/]", origin)
+                continue
+            try:
+                cls = ADAPTERS.get(name)
+                spec = cls().spec()
+                table.add_row(name, cls.version, spec.name, escape(spec.summary()), origin)
+            except Exception as exc:  # a plugin's own bug must not hide the other adapters
+                reason = str(exc) if isinstance(exc, DecisionCoreError) else f"{type(exc).__name__}: {exc}"
+                table.add_row(name, "?", "?", f"[red]failed to load: {escape(reason)}[/]", origin)
+    except DecisionCoreError as exc:
+        raise fail(exc) from None
     out.print(table)
+    if rejected:
+        console.print(
+            f"[yellow]note:[/] {len(rejected)} adapter name(s) claimed by a plugin that could not be registered; "
+            "see the rows marked 'not usable'",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command("ingest")
@@ -75,7 +98,11 @@ def ingest_cmd(
     try:
         ad = get_adapter(adapter)
         cmap = ColumnMapping.load(mapping) if mapping else None
+        if cmap is not None:
+            cmap.check(ad)
+        spec = ad.spec()
         with DecisionStore(db_path(db)) as store, console.status("ingesting") as status:
+            changes = store.spec_changes(spec)
             report = ingest(ad, paths, store, mapping=cmap, progress=lambda p: status.update(f"ingesting {p}"))
     except DecisionCoreError as exc:
         raise fail(exc) from None
@@ -83,6 +110,19 @@ def ingest_cmd(
         f"[green]ingested[/] {report.files} file(s) into domain '{report.domain}': {report.rows_read} raw rows -> "
         f"{report.steps_staged} steps, {report.steps_inserted} new, {report.steps_skipped} already stored"
     )
+    if changes:
+        lines = "".join(f"\n  {escape(str(c))}" for c in changes)
+        models = (
+            "Models trained before this ingest were built on the old values; retrain them to use the new ones."
+            if any(c.affects_models for c in changes)
+            else "Trained models are unaffected: only how the domain is described and evaluated changed."
+        )
+        console.print(
+            f"[yellow]note:[/] adapter '{ad.name}' v{ad.version} updated the stored spec of domain '{spec.name}':"
+            f"{lines}\n{models} (decision-core show --domain {spec.name} prints the spec now stored.)",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command("show")
@@ -142,9 +182,11 @@ app.command("serve")(serve_cmd)
 register_training_commands(app)
 
 
-def main() -> None:  # pragma: no cover - console entry point
+def main() -> None:
+    """The ``decision-core`` console script: the app, with any :class:`DecisionCoreError` a command lets escape
+    printed as ``error: ...`` and exit status 2 instead of a traceback."""
     try:
         app()
     except DecisionCoreError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        report_error(exc)
         sys.exit(2)

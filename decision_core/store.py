@@ -34,7 +34,7 @@ import polars as pl
 import pyarrow as pa
 
 from decision_core.errors import StoreError
-from decision_core.schema import ROW_COLUMNS, SCHEMA_VERSION, DomainSpec, store_ddl
+from decision_core.schema import ROW_COLUMNS, SCHEMA_VERSION, BoxActions, DiscreteActions, DomainSpec, store_ddl
 
 _META_DDL = (
     "CREATE TABLE IF NOT EXISTS schema_info (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
@@ -309,29 +309,47 @@ class DecisionStore:
             self.con.execute(f"SET threads = {int(saved['threads'])}")
 
     # -- domains ------------------------------------------------------------------------------------------
-    def ensure_domain(self, spec: DomainSpec, con: duckdb.DuckDBPyConnection | None = None) -> None:
-        """Register ``spec`` and create its steps table; a different spec under the same name is refused."""
+    def ensure_domain(self, spec: DomainSpec, con: duckdb.DuckDBPyConnection | None = None) -> list[SpecChange]:
+        """Register ``spec`` and create its steps table.
+
+        A stored spec of another shape (the layout of the stored steps: state and outcome features, action labels
+        or dimensions, logged masks) is refused, naming what differs. Any other difference (tolerances, reward,
+        bounds, descriptions, version) updates the stored spec, and is returned so the caller can report it: models
+        trained before were built on the old values."""
         c = con or self.con
         row = fetch_one(c, "SELECT spec_json FROM domains WHERE name = ?", [spec.name])
         if row is not None:
-            stored = DomainSpec.from_json(row[0])
-            if _shape(stored) != _shape(spec):
-                raise StoreError(
-                    f"domain '{spec.name}' is stored with a different shape (state/outcome features or actions) "
-                    f"than the one being written; use another domain name or a new store"
-                )
-            if stored.to_json() != spec.to_json():
+            changes = self._compare(DomainSpec.from_json(row[0]), spec)
+            if changes:
                 c.execute(
                     "UPDATE domains SET version = ?, spec_json = ? WHERE name = ?",
                     [spec.version, spec.to_json(), spec.name],
                 )
-            return
+            return changes
         for ddl in store_ddl(spec):
             c.execute(ddl)
         c.execute(
             "INSERT INTO domains (name, version, spec_json) VALUES (?, ?, ?)",
             [spec.name, spec.version, spec.to_json()],
         )
+        return []
+
+    def spec_changes(self, spec: DomainSpec) -> list[SpecChange]:
+        """What writing ``spec`` would change in the stored spec of its domain (nothing is written); raises
+        :class:`StoreError` as :meth:`ensure_domain` does when the shape differs."""
+        with self._lock:
+            row = fetch_one(self.con, "SELECT spec_json FROM domains WHERE name = ?", [spec.name])
+        return [] if row is None else self._compare(DomainSpec.from_json(row[0]), spec)
+
+    def _compare(self, stored: DomainSpec, spec: DomainSpec) -> list[SpecChange]:
+        differences = shape_differences(stored, spec)
+        if differences:
+            raise StoreError(
+                f"domain '{spec.name}' is stored in {self.path} with a different shape than the one being written: "
+                f"{'; '.join(differences)}. The stored steps cannot be read under the new spec: write to another "
+                f"domain name or a new store (--db), or re-ingest every log of the domain into a new store"
+            )
+        return changed_fields(stored, spec)
 
     def domains(self) -> list[str]:
         with self._lock:
@@ -603,12 +621,91 @@ def _fill_explicit_next_states(
         )
 
 
-def _shape(spec: DomainSpec) -> tuple[object, ...]:
-    return (
-        tuple(spec.state_names),
-        tuple(spec.outcome_names),
-        spec.actions.kind,
-        spec.action_dim,
-        spec.n_actions,
-        spec.masked,
-    )
+@dataclass(frozen=True)
+class SpecChange:
+    """One field of a stored domain spec that a write changes: ``field`` is a path into the spec's JSON
+    (``outcomes.resolved.tolerance``, ``reward``), ``stored`` and ``new`` its values."""
+
+    field: str
+    stored: object
+    new: object
+
+    def __str__(self) -> str:
+        return f"{self.field}: {_shown(self.stored)} -> {_shown(self.new)}"
+
+    @property
+    def affects_models(self) -> bool:
+        """Whether models trained under the stored spec are built on the changed value (every field but how the
+        domain is described and evaluated, as :meth:`DomainSpec.same_data` tells them apart)."""
+        return self.field.split(".")[0] not in _DESCRIBED_FIELDS
+
+
+#: The spec fields :meth:`DomainSpec.same_data` ignores.
+_DESCRIBED_FIELDS = frozenset({"description", "goals", "ope_estimator"})
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
+def _listed(names: Sequence[str]) -> str:
+    return f"{len(names)} ({', '.join(names)})"
+
+
+def shape_differences(stored: DomainSpec, new: DomainSpec) -> list[str]:
+    """What makes ``new`` describe stored steps differently from ``stored``, one entry per field (empty: the
+    same shape). The shape is what gives the stored arrays their meaning: the state and outcome features in order,
+    the action space's kind, its labels (a discrete action is stored as an index into them) or dimension names,
+    and whether masks are logged."""
+    differences = []
+    for what, old, now in (
+        ("state features", stored.state_names, new.state_names),
+        ("outcome features", stored.outcome_names, new.outcome_names),
+    ):
+        if old == now:
+            continue
+        removed = [n for n in old if n not in now]
+        added = [n for n in now if n not in old]
+        if removed or added:
+            change = ", ".join(
+                part for part in (f"removed {removed}" if removed else "", f"added {added}" if added else "") if part
+            )
+        else:
+            change = "reordered"
+        differences.append(f"{what} {change} (stored {_listed(old)}, new {_listed(now)})")
+    a, b = stored.actions, new.actions
+    if isinstance(a, DiscreteActions) and isinstance(b, DiscreteActions):
+        if a.labels != b.labels:
+            meaning = "" if a.n != b.n else "; the stored action indices would name other actions"
+            differences.append(f"action labels: stored {_listed(a.labels)}, new {_listed(b.labels)}{meaning}")
+        if a.masked != b.masked:
+            differences.append(f"logged action masks: stored {a.masked}, new {b.masked}")
+    elif isinstance(a, BoxActions) and isinstance(b, BoxActions):
+        if a.names != b.names:
+            differences.append(f"action dimensions: stored {_listed(a.names)}, new {_listed(b.names)}")
+    else:
+        differences.append(f"action space: stored {a.kind} ({stored.summary()}), new {b.kind} ({new.summary()})")
+    return differences
+
+
+def changed_fields(stored: DomainSpec, new: DomainSpec) -> list[SpecChange]:
+    """Every field in which ``new`` differs from ``stored`` (features and outcomes are matched by name)."""
+    changes: list[SpecChange] = []
+
+    def walk(path: str, old: object, now: object) -> None:
+        if old == now:
+            return
+        if isinstance(old, dict) and isinstance(now, dict):
+            for key in dict.fromkeys([*old, *now]):
+                walk(f"{path}.{key}" if path else str(key), old.get(key), now.get(key))
+            return
+        if isinstance(old, list | tuple) and isinstance(now, list | tuple):
+            items = [*old, *now]
+            if all(isinstance(x, dict) and "name" in x for x in items):  # features, outcomes: matched by name
+                walk(path, {x["name"]: x for x in old}, {x["name"]: x for x in now})
+                return
+        changes.append(SpecChange(path, old, now))
+
+    walk("", stored.to_dict(), new.to_dict())
+    return changes

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from decision_core.errors import StoreError
-from decision_core.schema import DiscreteActions, DomainSpec, Feature, OutcomeFeature
+from decision_core.schema import BoxActions, DiscreteActions, DomainSpec, Feature, OutcomeFeature
 from decision_core.store import DecisionStore
 
 
@@ -44,9 +45,70 @@ def test_missing_store_and_unknown_domain_are_explained(tmp_path: Path):
 def test_a_domain_keeps_its_shape(tmp_path: Path):
     with DecisionStore(tmp_path / "s.duckdb") as store:
         store.ensure_domain(spec())
-        store.ensure_domain(spec())  # same spec again is fine
+        assert store.ensure_domain(spec()) == []  # same spec again is fine
         with pytest.raises(StoreError, match="different shape"):
             store.ensure_domain(spec(("x", "y")))
+
+
+def test_a_shape_change_names_what_differs(tmp_path: Path):
+    stored = DomainSpec(
+        name="queue",
+        version="1",
+        state=(Feature("backlog"), Feature("sentiment"), Feature("hours")),
+        outcomes=(OutcomeFeature("sentiment", 0.25),),
+        actions=DiscreteActions(labels=("tier1", "tier2", "billing", "engineering")),
+    )
+    with DecisionStore(tmp_path / "s.duckdb") as store:
+        store.ensure_domain(stored)
+        for changed, expected in (
+            (
+                replace(stored, actions=DiscreteActions(labels=("tier1", "tier2", "billing", "engineering", "legal"))),
+                "action labels: stored 4 (tier1, tier2, billing, engineering), "
+                "new 5 (tier1, tier2, billing, engineering, legal)",
+            ),
+            (
+                replace(stored, actions=DiscreteActions(labels=("tier2", "tier1", "billing", "engineering"))),
+                "the stored action indices would name other actions",
+            ),
+            (
+                replace(stored, state=(Feature("backlog"), Feature("sentiment"), Feature("age"))),
+                "state features removed ['hours'], added ['age'] (stored 3 (backlog, sentiment, hours), "
+                "new 3 (backlog, sentiment, age))",
+            ),
+            (
+                replace(stored, actions=DiscreteActions(labels=stored.actions.labels, masked=True)),  # type: ignore[union-attr]
+                "logged action masks: stored False, new True",
+            ),
+            (
+                replace(stored, actions=BoxActions(names=("effort",), low=(0.0,), high=(1.0,))),
+                "action space: stored discrete",
+            ),
+        ):
+            with pytest.raises(StoreError) as info:
+                store.ensure_domain(changed)
+            assert "'queue' is stored in" in str(info.value) and expected in str(info.value), str(info.value)
+        assert store.spec("queue") == stored
+
+
+def test_other_spec_changes_are_applied_and_reported(tmp_path: Path):
+    with DecisionStore(tmp_path / "s.duckdb") as store:
+        store.ensure_domain(spec())
+        retuned = replace(spec(), outcomes=(OutcomeFeature("x", 0.3),), reward="-abs(next.x)", description="toy")
+        assert [str(c) for c in store.spec_changes(retuned)] == [
+            "outcomes.x.tolerance: 0.1 -> 0.3",
+            "reward: None -> '-abs(next.x)'",
+            "description: '' -> 'toy'",
+        ]
+        assert store.spec("toy") == spec()  # asking writes nothing
+        changes = store.ensure_domain(retuned)
+        assert [(c.field, c.stored, c.new) for c in changes] == [
+            ("outcomes.x.tolerance", 0.1, 0.3),
+            ("reward", None, "-abs(next.x)"),
+            ("description", "", "toy"),
+        ]
+        assert [c.affects_models for c in changes] == [True, True, False]
+        assert store.spec("toy") == retuned
+        assert store.ensure_domain(retuned) == []
 
 
 def test_a_foreign_duckdb_file_is_not_mistaken_for_a_store(tmp_path: Path):
