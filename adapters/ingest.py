@@ -3,7 +3,8 @@
 Each file is scanned lazily, mapped, type-checked and transformed by its adapter, then validated against the
 domain's steps schema and staged; only when every file has passed do the staged rows go into the steps table,
 in the same transaction. On any error nothing is written, and the error names the file, row, column and rule.
-Rows whose (episode_id, step) are already stored are skipped, so re-ingesting a source adds nothing.
+Rows whose (episode_id, step) are already stored, or given by an earlier file of the same ingest, are skipped, so
+re-ingesting a source adds nothing and one ingest of several files adds what several ingests would.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from adapters.base import Adapter, ColumnMapping
-from decision_core.errors import IngestError
+from decision_core.errors import DecisionCoreError, IngestError
 from decision_core.schema import STEP_COLUMNS, DiscreteActions, DomainSpec, steps_schema
 from decision_core.store import DecisionStore, fetch_one, next_state_needed
 
@@ -63,11 +64,16 @@ def prepare_parts(
     """
     if not path.exists():
         raise IngestError(file=str(path), rule="file not found", hint="check the path")
-    lf = adapter.scan(path)
-    present = lf.collect_schema().names()
     if mapping is not None:
-        lf = mapping.apply(lf, present)
+        mapping.check(adapter)  # entries the adapter would drop, before any file is read
+    try:
+        lf = adapter.scan(path)
         present = lf.collect_schema().names()
+        if mapping is not None:
+            lf = mapping.apply(lf, present, file=path)
+            present = lf.collect_schema().names()
+    except pl.exceptions.PolarsError as exc:
+        raise _read_error(adapter, path, exc) from None
     missing = [c for c, col in adapter.columns.items() if col.required and c not in present]
     if missing:
         raise IngestError(
@@ -76,16 +82,30 @@ def prepare_parts(
             rule=f"missing column (adapter '{adapter.name}' requires {', '.join(missing)})",
             hint=f"the file has {', '.join(present[:20])}; rename columns with --mapping FILE",
         )
-    typed_scan = _typed_csv_scan(adapter, path, mapping, present)
+    try:
+        typed_scan = _typed_csv_scan(adapter, path, mapping, present)
+    except pl.exceptions.PolarsError as exc:
+        raise _read_error(adapter, path, exc) from None
     keys = [c for c in adapter.episode_columns if c in present]
     parts = max(1, -(-path.stat().st_size // partition_bytes)) if keys else 1
     spec = adapter.spec()
     for part in range(parts):
-        raw = _parse_types(adapter, path, _partition(lf, keys, part, parts), present, typed_scan, keys, part, parts)
+        try:
+            raw = _parse_types(adapter, path, _partition(lf, keys, part, parts), present, typed_scan, keys, part, parts)
+        except pl.exceptions.PolarsError as exc:
+            raise _read_error(adapter, path, exc) from None
         try:
             steps = adapter.transform(raw.lazy()).collect()
         except IngestError as exc:
             raise exc.in_file(str(path)) from None
+        except (DecisionCoreError, MemoryError):
+            raise
+        except Exception as exc:  # the adapter's own bug: named as such, with the file it failed on
+            raise IngestError(
+                file=str(path),
+                rule=f"the adapter '{adapter.name}' failed on this file: {_polars_message(exc)}",
+                hint="fix the adapter (its transform); the file passed the column and type checks",
+            ) from exc
         steps = steps.with_columns(
             pl.lit(adapter.name).alias("source_adapter"),
             pl.lit(adapter.version).alias("adapter_version"),
@@ -97,6 +117,65 @@ def prepare_parts(
         validate_rows(steps, spec, str(path), episodes_sorted=True)
         check_episode_rows(steps, str(path))
         yield steps, raw.height
+
+
+def _polars_message(exc: Exception) -> str:
+    """The first paragraph of an exception's message (polars appends the query plan and generic advice), with
+    the exception's class name, on one line."""
+    text = str(exc).strip().split("\n\n")[0]
+    text = " ".join(text.split())
+    if len(text) > 300:
+        text = text[:300] + "…"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _read_error(adapter: Adapter, path: Path, exc: pl.exceptions.PolarsError) -> IngestError:
+    """A polars error raised while reading ``path``, as an :class:`IngestError` naming the file (and the row
+    where it can be found)."""
+    kind = path.suffix.lower().lstrip(".").upper() or "raw"
+    if isinstance(exc, pl.exceptions.NoDataError):
+        return IngestError(
+            file=str(path),
+            rule=f"the file is empty (no header row): {_polars_message(exc)}",
+            hint="export it again with its header row; a file with only the header ingests as no rows",
+        )
+    if "more fields" in str(exc) and kind == "CSV" and type(adapter).scan is Adapter.scan:
+        row, width = _ragged_row(path)
+        return IngestError(
+            file=str(path),
+            row=row,
+            rule=f"{'the' if row is not None else 'a'} row has more fields than the header's {width} columns",
+            hint="quote values that contain a comma, or remove the extra field (a trailing comma makes one)",
+        )
+    if isinstance(exc, pl.exceptions.DuplicateError):
+        return IngestError(
+            file=str(path),
+            rule=f"a column name occurs twice: {_polars_message(exc)}",
+            hint="rename one of them in the file, or with --mapping FILE",
+        )
+    return IngestError(
+        file=str(path),
+        rule=f"cannot read the file as {kind}: {_polars_message(exc)}",
+        hint=f"check that it is a complete, valid {kind} file (export it again if it was cut short)",
+    )
+
+
+def _ragged_row(path: Path) -> tuple[int | None, int]:
+    """The first data row of a CSV with more fields than its header, and the header's width. Read again with
+    one column more, which only such rows fill; only on the error path. ``None`` when that column stays empty
+    (the extra field is empty: a trailing comma)."""
+    try:
+        header = pl.scan_csv(path, infer_schema=False).collect_schema().names()
+        schema = dict.fromkeys(header, pl.String()) | {"\x00extra": pl.String()}
+        extra = (
+            pl.scan_csv(path, schema=schema, truncate_ragged_lines=True, missing_columns="insert")
+            .select(pl.col("\x00extra").is_not_null().arg_true().first())
+            .collect()
+            .item()
+        )
+    except pl.exceptions.PolarsError:
+        return None, 0
+    return (int(extra) if extra is not None else None), len(header)
 
 
 def _partition(lf: pl.LazyFrame, keys: list[str], part: int, parts: int) -> pl.LazyFrame:
@@ -126,7 +205,7 @@ def _typed_csv_scan(
     }
     lf = pl.scan_csv(path, infer_schema=False, schema_overrides=dtypes)
     if mapping is not None:
-        lf = mapping.apply(lf, lf.collect_schema().names())
+        lf = mapping.apply(lf, lf.collect_schema().names(), file=path)
     return lf
 
 
@@ -222,12 +301,61 @@ def _parse_dates(frame: pl.DataFrame, column: str) -> pl.Series | None:
     return parsed if parsed.null_count() == frame[column].null_count() else None
 
 
+def _converts_like_text(source: pl.DataType, target: pl.DataType) -> bool:
+    """Whether a typed value (Parquet, JSONL) of dtype ``source`` may be converted to ``target``: only where its
+    text would parse in a CSV. A float is not an integer, not even 3.0 (as "3.0" is not); a boolean is not a
+    number; a number is not a time; an integer is a boolean only as 0 or 1 (checked by value)."""
+    if source == target or source == pl.Null or target == pl.String:
+        return True
+    if target.is_integer():
+        return source.is_integer()
+    if target.is_float():
+        return source.is_numeric()
+    if target == pl.Boolean:
+        return source.is_integer()
+    if isinstance(target, pl.Datetime):
+        return isinstance(source, (pl.Datetime, pl.Date))
+    return target != pl.Date  # a Date only from text; other dtypes (lists, structs) convert as polars casts them
+
+
+def _refused_type(path: Path, frame: pl.DataFrame, column: str, target: pl.DataType) -> IngestError:
+    """The error for a typed column whose dtype does not convert to the declared one, at its first value (for a
+    float column declared integer, its first value with a fraction, if any)."""
+    source = frame.schema[column]
+    values = frame[column]
+    bad = values.is_not_null()
+    if target.is_integer() and source.is_float():
+        fraction = bad & (values.is_nan() | values.is_infinite() | (values.round(0) != values)).fill_null(False)
+        bad = fraction if fraction.any() else bad
+        hint = (
+            f"a float is not read as an integer, not even 3.0 (as the text '3.0' is not in a CSV): write '{column}' "
+            f"as an integer column (pandas: df['{column}'].astype('Int64') keeps missing values), or have the "
+            f"adapter declare it a float and convert it"
+        )
+    else:
+        hint = f"write '{column}' as {target} values (as a CSV would spell them), or have the adapter declare {source}"
+    i = int(bad.arg_true()[0])
+    return IngestError(
+        file=str(path),
+        row=int(frame["source_row"][i]),
+        column=column,
+        rule=f"wrong type: expected {target}, but the file stores the column as {source}",
+        value=values[i],
+        hint=hint,
+    )
+
+
 def _parse_text(adapter: Adapter, path: Path, frame: pl.DataFrame, used: list[str]) -> pl.DataFrame:
     casts = []
     for c in used:
         dtype = adapter.columns[c].dtype
         col = pl.col(c)
-        if frame.schema[c] == pl.String and dtype == pl.Boolean:
+        source = frame.schema[c]
+        if source != pl.String and not _converts_like_text(source, dtype):
+            if frame[c].null_count() < frame.height:
+                raise _refused_type(path, frame, c, dtype)
+            parsed = pl.lit(None, dtype)
+        elif source == pl.String and dtype == pl.Boolean:
             exact = frame[c].replace_strict(_BOOLEAN_TEXT, default=None, return_dtype=pl.Boolean)
             if exact.null_count() == frame[c].null_count():  # every value is a plain spelling: done
                 casts.append(pl.lit(exact).alias(c))
@@ -240,7 +368,7 @@ def _parse_text(adapter: Adapter, path: Path, frame: pl.DataFrame, used: list[st
                 .then(False)
                 .otherwise(None)
             )
-        elif frame.schema[c] == pl.String and isinstance(dtype, pl.Datetime):
+        elif source == pl.String and isinstance(dtype, pl.Datetime):
             unit: TimeUnit = dtype.time_unit or "us"
             known = _parse_datetimes(frame, c, unit)
             if known is not None:
@@ -252,16 +380,18 @@ def _parse_text(adapter: Adapter, path: Path, frame: pl.DataFrame, used: list[st
                 # With a UTC offset ("Z", "+02:00"): converted to UTC, stored without the zone.
                 text.str.to_datetime("%+", time_unit=unit, time_zone="UTC", strict=False).dt.replace_time_zone(None),
             )
-        elif frame.schema[c] == pl.String and dtype == pl.Date:
+        elif source == pl.String and dtype == pl.Date:
             known = _parse_dates(frame, c)
             if known is not None:
                 casts.append(pl.lit(known).alias(c))
                 continue
             parsed = col.str.strip_chars().str.to_date(strict=False)
-        elif frame.schema[c] == pl.String and dtype != pl.String:
+        elif source == pl.String and dtype != pl.String:
             parsed = col.str.strip_chars().cast(dtype, strict=False)
+        elif dtype == pl.Boolean and source.is_integer():  # 1 and 0, as in a CSV; any other number is refused
+            parsed = pl.when(col == 1).then(True).when(col == 0).then(False)
         else:
-            parsed = col.cast(dtype, strict=False)
+            parsed = col.cast(dtype, strict=False)  # a wider or narrower number: out of range becomes null
         casts.append(parsed.alias(c))
     typed = frame.with_columns(casts)
     for c in used:
@@ -270,15 +400,32 @@ def _parse_text(adapter: Adapter, path: Path, frame: pl.DataFrame, used: list[st
         bad = frame[c].is_not_null() & (frame[c].cast(pl.String) != "") & typed[c].is_null()
         if bad.any():
             i = int(bad.arg_true()[0])
+            dtype = adapter.columns[c].dtype
             raise IngestError(
                 file=str(path),
                 row=int(frame["source_row"][i]),
                 column=c,
-                rule=f"wrong type: expected {adapter.columns[c].dtype}",
+                rule=f"wrong type: expected {dtype}",
                 value=frame[c][i],
-                hint="fix the value or drop the row",
+                hint=_wrong_type_hint(str(frame[c][i]).strip(), dtype),
             )
     return typed
+
+
+def _wrong_type_hint(text: str, dtype: pl.DataType) -> str:
+    """What to do about a value that does not parse as ``dtype``: for an integer column, whether it is a number
+    written with a decimal point or one out of range."""
+    if dtype.is_integer():
+        digits = text.lstrip("+-")
+        if digits.isdigit():
+            return f"the number is outside the range of {dtype}; fix the value, or have the adapter declare Int64"
+        try:
+            float(text)
+        except ValueError:
+            pass
+        else:
+            return "write integers without a decimal point (3, not 3.0), or fix the value"
+    return "fix the value or drop the row"
 
 
 def _in_episode_order(steps: pl.DataFrame) -> bool:
@@ -302,15 +449,25 @@ def check_episode_rows(steps: pl.DataFrame, file: str) -> None:
     gap = step.tail(-1) - step.head(-1)
     ended = steps["terminated"].head(-1) | steps["truncated"].head(-1)
     rows = steps["source_row"]
+    duplicate = same & (gap == 0)
+    if duplicate.any():
+        i = int(duplicate.arg_true()[0])
+        first, second = sorted((int(rows[i]), int(rows[i + 1])))
+        raise IngestError(
+            file=file,
+            row=first,
+            column="step",
+            rule=f"duplicate step {int(step[i])} of episode '{steps['episode_id'][i]}' (rows {first} and {second})",
+            hint="each step of an episode must be logged once: drop one of the two rows",
+        )
     for bad, rule, column in (
-        (same & (gap == 0), "duplicate step {step} of episode '{episode}'", "step"),
         (same & (gap != 1), "step gap in episode '{episode}': step {prev} is followed by step {step}", "step"),
         (same & ended, "episode '{episode}' ends at step {prev} but has later steps", "terminated"),
     ):
         if bad.any():
             i = int(bad.arg_true()[0])
-            # a duplicate is named at its first occurrence in the file, a gap at the step after it
-            row = min(rows[i], rows[i + 1]) if gap[i] == 0 else rows[i + 1] if column == "step" else rows[i]
+            # a gap is named at the step after it, an early end at the step that ends
+            row = rows[i + 1] if column == "step" else rows[i]
             raise IngestError(
                 file=file,
                 row=int(row),
@@ -332,7 +489,11 @@ def conform(steps: pl.DataFrame, spec: DomainSpec, file: str) -> pl.DataFrame:
     try:
         return steps.select([pl.col(c).cast(schema[c]) for c in STEP_COLUMNS])
     except pl.exceptions.PolarsError as exc:
-        raise IngestError(file=file, rule=f"adapter output does not fit the steps schema: {exc}") from exc
+        raise IngestError(
+            file=file,
+            rule=f"adapter output does not fit the steps schema: {_polars_message(exc)}",
+            hint="fix the adapter",
+        ) from exc
 
 
 def _first(frame: pl.DataFrame, bad: pl.Series) -> int:
@@ -352,6 +513,32 @@ def _distinct_in_runs(steps: pl.DataFrame, actions: np.ndarray, n_actions: int) 
     return int(np.count_nonzero(seen)) == len(runs)
 
 
+#: Rows :func:`_off_dtype` checks at a time: a block's copy of the checked features stays in cache.
+_DTYPE_BLOCK_ROWS = 16_384
+
+
+def _off_dtype(values: np.ndarray, spec: DomainSpec) -> tuple[int, int, str] | None:
+    """The first row of (N, S) state ``values`` where an ``int`` feature has a fraction or a ``bool`` feature is
+    not 0 or 1, as (row, feature, what was expected); ``None`` when every value keeps its feature's dtype. The spec
+    promises these dtypes to what reads the store (a dynamics model treats them as classes and flags). Checked in
+    blocks of rows, whose copies of the checked features stay in cache: one copy of the whole columns would cost
+    more (fresh pages) than the comparisons."""
+    whole = np.array([j for j, f in enumerate(spec.state) if f.dtype == "int"], np.int64)
+    flags = np.array([j for j, f in enumerate(spec.state) if f.dtype == "bool"], np.int64)
+    if not len(whole) and not len(flags):
+        return None
+    for start in range(0, values.shape[0], _DTYPE_BLOCK_ROWS):
+        block = values[start : start + _DTYPE_BLOCK_ROWS]
+        w, f = block[:, whole], block[:, flags]
+        bad_w, bad_f = w != np.rint(w), (f != 0) & (f != 1)
+        if bad_w.any() or bad_f.any():
+            found = [(int(r), int(whole[k]), "a whole number") for r, k in np.argwhere(bad_w)[:1]]
+            found += [(int(r), int(flags[k]), "0 or 1") for r, k in np.argwhere(bad_f)[:1]]
+            r, j, expected = min(found)
+            return start + r, j, expected
+    return None
+
+
 def validate_rows(steps: pl.DataFrame, spec: DomainSpec, file: str, *, episodes_sorted: bool = False) -> None:
     """Row-level rules of the common schema; raises :class:`IngestError` on the first row that breaks one.
     ``episodes_sorted``: each episode's rows are adjacent (a faster once-per-episode check)."""
@@ -364,6 +551,17 @@ def validate_rows(steps: pl.DataFrame, spec: DomainSpec, file: str, *, episodes_
     n = steps.height
     if n == 0:
         return
+    negative = steps["step"] < 0
+    if negative.any():
+        i = int(negative.arg_true()[0])
+        raise IngestError(
+            file=file,
+            row=int(steps["source_row"][i]),
+            column="step",
+            rule=f"negative step in episode '{steps['episode_id'][i]}': steps count from 0",
+            value=int(steps["step"][i]),
+            hint="number each episode's steps 0, 1, 2, ...",
+        )
     names = spec.state_names
     for col in ("state", "next_state"):
         values = steps[col].to_numpy().reshape(n, spec.state_dim)
@@ -377,6 +575,17 @@ def validate_rows(steps: pl.DataFrame, spec: DomainSpec, file: str, *, episodes_
                 rule="NaN or infinite value in a state feature",
                 value=float(values[r, f]),
                 hint="impute or drop the row before ingesting",
+            )
+        off = _off_dtype(values, spec)
+        if off is not None:
+            r, f, expected = off
+            raise IngestError(
+                file=file,
+                row=int(steps["source_row"][r]),
+                column=f"{col}.{names[f]}",
+                rule=f"state feature '{names[f]}' is declared {spec.state[f].dtype}: expected {expected}",
+                value=float(values[r, f]),
+                hint=f"fix the value, or declare '{names[f]}' a float feature in the domain spec",
             )
     actions = steps["action"].to_numpy().reshape(n, spec.action_dim)
     acts = spec.actions
@@ -471,60 +680,87 @@ def validate_rows(steps: pl.DataFrame, spec: DomainSpec, file: str, *, episodes_
         )
 
 
-_SUMMARY_DDL = (
-    "CREATE TEMP TABLE IF NOT EXISTS ingest_episodes (episode_id VARCHAR, first_step INTEGER, last_step INTEGER, "
-    "ended BOOLEAN, source_file VARCHAR, first_row BIGINT, last_row BIGINT)"
+_CONTINUATIONS_DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS ingest_continuations (episode_id VARCHAR, step INTEGER, source_file VARCHAR, "
+    "source_row BIGINT, frame INTEGER)"
 )
 
 
-def _summarise(steps: pl.DataFrame) -> pl.DataFrame:
-    """One row per episode of a sorted frame: the step range it covers and whether it ends there."""
-    return steps.group_by("episode_id", maintain_order=True).agg(
-        pl.col("step").first().alias("first_step"),
-        pl.col("step").last().alias("last_step"),
-        (pl.col("terminated").last() | pl.col("truncated").last()).alias("ended"),
-        pl.col("source_file").first(),
-        pl.col("source_row").first().alias("first_row"),
-        pl.col("source_row").last().alias("last_row"),
-    )
+def _episode_firsts(steps: pl.DataFrame) -> pl.DataFrame:
+    """The first row of each episode of a frame sorted by (episode_id, step): one vectorised pass."""
+    first = (pl.col("episode_id") != pl.col("episode_id").shift(1)).fill_null(True)
+    return steps.select("episode_id", "step", "source_row").filter(first)
 
 
-def _check_across_frames(con: duckdb.DuckDBPyConnection, spec: DomainSpec) -> None:
-    """Episode rules that span files or partitions, checked on the per-episode summary (one row per episode
-    and frame), against what was stored before this ingest."""
-    split = fetch_one(
+def _continuations(steps: pl.DataFrame) -> pl.DataFrame:
+    """The rows of a frame sorted by (episode_id, step) whose preceding step is not in the frame: the first row of
+    each run of consecutive steps, unless it is step 0. That step must be stored, or written by another file of
+    the same ingest."""
+    ep, step = pl.col("episode_id"), pl.col("step")
+    starts = ((ep != ep.shift(1)) | (step != step.shift(1) + 1)).fill_null(True) & (step > 0)
+    return steps.select("episode_id", "step", "source_row").filter(starts)
+
+
+def _unstored(frame: pl.DataFrame, spec: DomainSpec, con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """The rows of ``frame`` whose (episode_id, step) the steps table does not hold: neither stored before this
+    ingest nor written by an earlier file of it. Found by a semi-join on the two key columns only."""
+    con.register("ingest_keys", frame.select("episode_id", "step").with_row_index("_i"))
+    try:
+        found = con.execute(
+            f"SELECT k._i FROM ingest_keys k SEMI JOIN {spec.rows_table} t "
+            f"ON k.episode_id = t.episode_id AND k.step = t.step"
+        ).fetchnumpy()["_i"]
+    finally:
+        con.unregister("ingest_keys")
+    if len(found) == 0:
+        return frame
+    keep = np.ones(frame.height, np.bool_)
+    keep[np.asarray(found, np.int64)] = False
+    return frame.filter(pl.Series(keep))
+
+
+def _check_continuations(con: duckdb.DuckDBPyConnection, spec: DomainSpec) -> None:
+    """Episode rules that span files and the store, once every file's new rows are in the steps table: each run of
+    new steps that starts after step 0 follows a step the table holds, and that step did not terminate the episode.
+    A truncated step only says the log stopped there: when a later file continues the episode, the step no longer
+    ends it and its flag is cleared (its ``next_state`` stays as logged)."""
+    if not fetch_one(con, "SELECT count(*) FROM ingest_continuations")[0]:  # type: ignore[index]
+        return
+    rows = spec.rows_table
+    broken = fetch_one(
         con,
-        "SELECT episode_id, first_step, prev_last, source_file, first_row, prev_ended FROM ("
-        "  SELECT *, lag(last_step) OVER w AS prev_last, lag(ended) OVER w AS prev_ended FROM ingest_episodes"
-        "  WINDOW w AS (PARTITION BY episode_id ORDER BY first_step)"
-        ") WHERE prev_last IS NOT NULL AND (first_step <> prev_last + 1 OR prev_ended) LIMIT 1",
+        f"SELECT c.episode_id, c.step, c.source_file, c.source_row, p.step IS NULL FROM ingest_continuations c "
+        f"LEFT JOIN {rows} p ON p.episode_id = c.episode_id AND p.step = c.step - 1 "
+        f"WHERE p.step IS NULL OR p.terminated ORDER BY c.frame, c.source_row LIMIT 1",
     )
-    if split:
-        episode, first, prev_last, file, row, prev_ended = split
-        if prev_ended:
-            rule = f"episode '{episode}' ended at step {prev_last} but has later steps in another file"
-        elif first <= prev_last:
-            rule = f"duplicate step {first} of episode '{episode}' (also in another file)"
-        else:
-            rule = f"step gap in episode '{episode}': step {prev_last} is followed by step {first} in another file"
-        raise IngestError(file=file, row=int(row), column="step", rule=rule)
-    start = fetch_one(
-        con,
-        f"SELECT e.episode_id, e.first_step, e.source_file, e.first_row FROM ("
-        f"  SELECT episode_id, arg_min(first_step, first_step) AS first_step, arg_min(source_file, first_step) "
-        f"  AS source_file, arg_min(first_row, first_step) AS first_row FROM ingest_episodes GROUP BY episode_id"
-        f") e WHERE e.first_step > 0 AND NOT EXISTS ("
-        f"  SELECT 1 FROM {spec.rows_table} t WHERE t.episode_id = e.episode_id AND t.step = e.first_step - 1"
-        f") LIMIT 1",
-    )
-    if start:
-        raise IngestError(
-            file=start[2],
-            row=int(start[3]),
-            column="step",
-            rule=f"episode '{start[0]}' starts at step {start[1]} but its earlier steps are not stored",
-            hint="ingest the episode's earlier steps too",
+    if broken:
+        episode, step, file, row, missing = broken
+        before = fetch_one(
+            con,
+            f"SELECT step, source_file, source_row FROM {rows} WHERE episode_id = ? AND step < ? "
+            f"ORDER BY step DESC LIMIT 1",
+            [episode, step],
         )
+        if before is None:
+            rule = f"episode '{episode}' starts at step {step} but its earlier steps are not stored"
+            hint = "ingest the episode's earlier steps too (before, or in the same command)"
+        elif missing:
+            rule = (
+                f"step gap in episode '{episode}': step {before[0]} ({before[1]}, row {before[2]}) is followed by "
+                f"step {step}"
+            )
+            hint = "ingest the steps in between too, or fix the step numbering"
+        else:
+            rule = (
+                f"episode '{episode}' ended at step {before[0]} (terminated: {before[1]}, row {before[2]}) but this "
+                f"file continues it at step {step}"
+            )
+            hint = "a terminated episode takes no later steps: give them a new episode id, or drop them"
+        raise IngestError(file=file, row=int(row), column="step", rule=rule, hint=hint)
+    con.execute(
+        f"UPDATE {rows} SET truncated = false FROM ingest_continuations c "
+        f"WHERE {rows}.episode_id = c.episode_id AND {rows}.step = c.step - 1 AND {rows}.truncated"
+    )
 
 
 def fingerprint(path: Path) -> str:
@@ -544,11 +780,15 @@ def ingest(
     """Validate every file and write all of them in one transaction; on any error nothing is written.
 
     Each frame (a file, or a partition of a large one) is checked row by row and episode by episode in polars,
-    then inserted straight into the steps table, skipping (episode, step) pairs already stored; rules that span
-    frames are checked on a per-episode summary before the commit.
+    then its new rows are inserted into the steps table: (episode, step) pairs already there, stored before or
+    written by an earlier file of this ingest, are skipped, so one command ingests as several would. A file
+    named twice is read once. Rules that span files are checked on the runs of new steps before the commit.
     """
     spec = adapter.spec()
-    files = [Path(p) for p in paths]
+    distinct: dict[Path, Path] = {}
+    for p in paths:
+        distinct.setdefault(Path(p).resolve(), Path(p))
+    files = list(distinct.values())
     if not files:
         raise IngestError(file="(none)", rule="no input files given", hint="pass one or more raw log files")
     rows_read = staged = inserted = 0
@@ -557,45 +797,58 @@ def ingest(
     with ThreadPoolExecutor(1, thread_name_prefix="fingerprint") as hasher, store.transaction() as con:
         digests = {path: hasher.submit(fingerprint, path) for path in files if path.exists()}
         store.ensure_domain(spec, con)
-        con.execute(_SUMMARY_DDL)
-        con.execute("DELETE FROM ingest_episodes")
+        con.execute(_CONTINUATIONS_DDL)
+        con.execute("DELETE FROM ingest_continuations")
+        frames = 0
         for path in files:
             if progress:
                 progress(str(path))
-            file_rows = file_steps = 0
+            file_rows = file_steps = file_new = 0
             for frame, n_raw in prepare_parts(adapter, path, mapping, partition_bytes=partition_bytes):
                 file_rows += n_raw
                 file_steps += frame.height
-                # Which next states the store must keep (the rest are the following rows' states), marked here in
-                # one vectorised pass rather than by a window over the frame in DuckDB.
-                frame = frame.with_columns(next_state_needed(frame).alias("_keep_next"))
-                con.register("ingest_summary", _summarise(frame))
-                # The provenance is one value per file: bound as constants, not read as a million strings each.
-                provenance = {c: frame[c][0] for c in _PROVENANCE} if frame.height else None
-                con.register("ingest_frame", frame.drop(_PROVENANCE) if provenance else frame)
-                # Episodes neither stored nor seen earlier in this ingest go in without the dedupe anti-join.
+                frames += 1
+                firsts = _episode_firsts(frame)
+                con.register("ingest_firsts", firsts)
+                # Episodes the steps table does not know go in whole, without looking up their steps.
                 known = fetch_one(
                     con,
-                    f"SELECT count(*) FROM ingest_summary s WHERE EXISTS (SELECT 1 FROM {spec.rows_table} t "
-                    f"WHERE t.episode_id = s.episode_id) OR EXISTS (SELECT 1 FROM ingest_episodes e "
-                    f"WHERE e.episode_id = s.episode_id)",
+                    f"SELECT count(*) FROM ingest_firsts s WHERE EXISTS (SELECT 1 FROM {spec.rows_table} t "
+                    f"WHERE t.episode_id = s.episode_id)",
                 )[0]  # type: ignore[index]
-                con.execute("INSERT INTO ingest_episodes SELECT * FROM ingest_summary")
-                inserted += store.insert_steps(
-                    spec, "ingest_frame", con, dedupe=bool(known), keep_next="_keep_next", constants=provenance
+                con.unregister("ingest_firsts")
+                if known:
+                    frame = _unstored(frame, spec, con)
+                    firsts = _continuations(frame)
+                con.register("ingest_continued", firsts.filter(pl.col("step") > 0))
+                con.execute(
+                    "INSERT INTO ingest_continuations SELECT episode_id, step, ?, source_row, ? FROM ingest_continued",
+                    [str(path), frames],
                 )
-                con.unregister("ingest_frame")
-                con.unregister("ingest_summary")
+                con.unregister("ingest_continued")
+                if frame.height:
+                    # Which next states the store must keep (the rest are the following rows' states), marked here
+                    # in one vectorised pass rather than by a window over the frame in DuckDB.
+                    frame = frame.with_columns(next_state_needed(frame).alias("_keep_next"))
+                    # The provenance is one value per file: bound as constants, not read as a million strings each.
+                    provenance = {c: frame[c][0] for c in _PROVENANCE}
+                    con.register("ingest_frame", frame.drop(_PROVENANCE))
+                    file_new += store.insert_steps(
+                        spec, "ingest_frame", con, dedupe=False, keep_next="_keep_next", constants=provenance
+                    )
+                    con.unregister("ingest_frame")
                 del frame
             rows_read += file_rows
             staged += file_steps
-            per_file.append((path, file_rows, file_steps))
-        _check_across_frames(con, spec)
-        for path, n_raw, n_steps in per_file:
+            inserted += file_new
+            per_file.append((path, file_rows, file_new))
+        _check_continuations(con, spec)
+        # One row per file read, with the steps it added (a repeat of stored steps adds none).
+        for path, n_raw, n_new in per_file:
             con.execute(
                 "INSERT INTO ingests (domain, adapter, adapter_version, source, fingerprint, rows, steps) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [spec.name, adapter.name, adapter.version, str(path), digests[path].result(), n_raw, n_steps],
+                [spec.name, adapter.name, adapter.version, str(path), digests[path].result(), n_raw, n_new],
             )
-        con.execute("DROP TABLE ingest_episodes")
+        con.execute("DROP TABLE ingest_continuations")
     return IngestReport(spec.name, len(files), rows_read, staged, inserted)

@@ -98,8 +98,6 @@ def ingest_cmd(
     try:
         ad = get_adapter(adapter)
         cmap = ColumnMapping.load(mapping) if mapping else None
-        if cmap is not None:
-            cmap.check(ad)
         spec = ad.spec()
         with DecisionStore(db_path(db)) as store, console.status("ingesting") as status:
             changes = store.spec_changes(spec)

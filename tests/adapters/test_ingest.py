@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from thermostat_adapter import ThermostatAdapter
 from typer.testing import CliRunner
 
 from adapters.base import ColumnMapping
 from adapters.ingest import _distinct_in_runs, _parse_dates, _parse_datetimes, ingest
-from decision_core.errors import IngestError, SpecError
+from decision_core.errors import DecisionCoreError, IngestError, SpecError
+from decision_core.schema import DomainSpec, Feature
 from decision_core.store import DecisionStore
 
+HEADER = "room,t,temp,setting,p,done,ts\n"
 GOOD = [
     "r1,0,18.0,2,0.6,false,2026-01-01T00:00:00",
     "r1,1,19.5,1,0.3,false,2026-01-01T00:10:00",
@@ -68,7 +72,9 @@ def test_logs_without_propensities_still_load(thermostat, write_csv, store):
         (GOOD[:1] + ["r1,1,19.0,1,1.5,false,"], 1, "propensity", "propensity outside (0, 1]"),
         (GOOD[:1] + ["r1,1,19.0,1,0,false,"], 1, "propensity", "propensity outside (0, 1]"),
         (GOOD[:1] + ["r1,2,19.0,1,0.5,false,"], 1, "step", "step gap"),
-        (GOOD[:1] + ["r1,0,19.0,1,0.5,false,"], 0, "step", "duplicate step"),
+        (GOOD[:1] + ["r1,0,19.0,1,0.5,false,"], 0, "step", "duplicate step 0 of episode 'r1' (rows 0 and 1)"),
+        (["r1,-1,18.0,2,0.6,false,", "r1,0,19.0,1,0.5,false,"], 0, "step", "negative step in episode 'r1'"),
+        (GOOD[:1] + ["r1,1,19.0,1.0,0.3,false,"], 1, "setting", "wrong type: expected Int32"),
         (["r1,0,18.0,2,0.6,true,", "r1,1,19.0,1,0.5,false,"], 0, "terminated", "ends at step 0"),
         (["r1,,18.0,2,0.6,false,"], 0, "t", "missing value"),
         (["r9,3,18.0,2,0.6,false,"], 0, "step", "starts at step 3"),
@@ -113,6 +119,10 @@ def test_column_mapping_ingests_a_differently_named_log(thermostat, tmp_path, st
     report = ingest(thermostat, [raw], store, mapping=ColumnMapping.load(mapping))
     assert report.steps_inserted == 2
     np.testing.assert_allclose(store.load_arrays("thermostat").actions[:, 0], [2, 0])
+    # A default for a column the adapter does not read would be dropped: ingest refuses it before reading.
+    mapping.write_text(mapping.read_text() + "dnoe = true\n")
+    with pytest.raises(SpecError, match=r"\[defaults\] dnoe.*Did you mean 'done'"):
+        ingest(thermostat, [raw], store, mapping=ColumnMapping.load(mapping))
 
 
 def test_mapping_file_errors_are_explained(tmp_path):
@@ -276,3 +286,173 @@ def test_the_fast_once_per_episode_check_defers_to_the_exact_one_when_unsure() -
     assert not _distinct_in_runs(steps, np.array([0, 1, 2, 2, 1]), 3)  # episode b repeats action 2
     # A bitmap much larger than the rows (huge action space): no answer, the exact check runs instead.
     assert not _distinct_in_runs(steps, np.array([0, 1, 0, 1, 1]), 10_000_000)
+
+
+def test_a_duplicate_step_far_from_its_first_occurrence_names_both_rows(thermostat, write_csv, store):
+    path = write_csv("dup.csv", GOOD + [GOOD[0]])  # data row 5 repeats row 0
+    with pytest.raises(IngestError) as info:
+        ingest(thermostat, [path], store)
+    assert (info.value.row, info.value.column) == (0, "step")
+    assert "duplicate step 0 of episode 'r1' (rows 0 and 5)" in str(info.value)
+
+
+def test_an_integer_written_with_a_decimal_point_is_refused_with_how_to_write_it(thermostat, write_csv, store):
+    with pytest.raises(IngestError, match=r"row 1, column 'setting'.*'1\.0'.*without a decimal point \(3, not 3\.0\)"):
+        ingest(thermostat, [write_csv("dec.csv", GOOD[:1] + ["r1,1,19.0,1.0,0.3,false,"])], store)
+
+
+# -- typed files (Parquet, JSONL) are converted only as their CSV text would be --------------------------------
+
+
+def _typed_log(**overrides: pl.Series) -> pl.DataFrame:
+    log = pl.DataFrame(
+        {
+            "room": ["r1", "r1", "r1"],
+            "t": pl.Series([0, 1, 2], dtype=pl.Int64),
+            "temp": [18.0, 19.5, 20.0],
+            "setting": pl.Series([2, 1, 0], dtype=pl.Int64),
+            "p": [0.6, 0.3, 0.5],
+            "done": [False, False, True],
+        }
+    )
+    return log.with_columns(**overrides)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_typed_files_ingest_like_their_csv(thermostat, tmp_path, store, suffix):
+    path = tmp_path / f"log{suffix}"
+    log = _typed_log(done=pl.Series([0, 0, 1]))  # an integer 0/1 is a boolean, as "0"/"1" is in a CSV
+    log.write_parquet(path) if suffix == ".parquet" else log.write_ndjson(path)
+    assert ingest(thermostat, [path], store).steps_inserted == 3
+    np.testing.assert_allclose(store.load_arrays("thermostat").actions[:, 0], [2, 1, 0])
+    assert store.load_arrays("thermostat").terminated.tolist() == [False, False, True]
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "row", "value", "hint"),
+    [
+        ("setting", [2.0, 1.7, 0.0], 1, 1.7, "astype('Int64')"),  # a fraction is not truncated to 1
+        ("setting", [2.0, 1.0, 0.0], 0, 2.0, "not even 3.0"),  # a whole float is refused, as "2.0" is in a CSV
+        ("t", [0.0, 1.0, 2.0], 0, 0.0, "write 't' as an integer column"),
+        ("done", [0, 7, 1], 1, 7, "fix the value"),  # an integer other than 0 or 1 is not a boolean
+        ("done", [0.0, 0.0, 1.0], 0, 0.0, "write 'done' as Boolean"),
+        ("temp", [True, False, True], 0, True, "write 'temp' as Float32"),
+    ],
+)
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_typed_values_that_would_not_parse_from_csv_text_are_refused(
+    thermostat, tmp_path, store, suffix, column, values, row, value, hint
+):
+    path = tmp_path / f"log{suffix}"
+    log = _typed_log(**{column: pl.Series(values)})
+    log.write_parquet(path) if suffix == ".parquet" else log.write_ndjson(path)
+    with pytest.raises(IngestError) as info:
+        ingest(thermostat, [path], store)
+    err = info.value
+    assert (err.file, err.row, err.column, err.value) == (str(path), row, column, value)
+    assert "wrong type: expected" in str(err) and hint in str(err)
+    assert store.domains() == []
+
+
+def test_an_integer_out_of_range_is_refused_by_value(thermostat, tmp_path, store):
+    path = tmp_path / "log.parquet"
+    _typed_log(setting=pl.Series([2, 3_000_000_000, 0])).write_parquet(path)
+    with pytest.raises(IngestError, match=r"row 1, column 'setting': wrong type: expected Int32.*outside the range"):
+        ingest(thermostat, [path], store)
+
+
+# -- state feature dtypes ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dtype", "lines", "row", "column", "value"),
+    [
+        ("int", ["r1,0,18.0,2,0.6,false,", "r1,1,4.5,1,0.3,true,"], 1, "state.temp", 4.5),
+        ("int", ["r1,0,18.0,2,0.6,false,", "r1,1,19.0,1,0.3,true,"], None, None, None),
+        ("bool", ["r1,0,0,2,0.6,false,", "r1,1,7,1,0.3,true,"], 1, "state.temp", 7.0),
+        ("bool", ["r1,0,1,2,0.6,false,", "r1,1,0,1,0.3,true,"], None, None, None),
+    ],
+)
+def test_int_and_bool_state_features_hold_whole_numbers_and_flags(
+    thermostat, write_csv, store, dtype, lines, row, column, value
+):
+    class Declared(type(thermostat)):  # type: ignore[misc]
+        def spec(self) -> DomainSpec:
+            return dataclasses.replace(super().spec(), state=(Feature("temp", dtype=dtype),))
+
+    path = write_csv("typed.csv", lines)
+    if row is None:
+        assert ingest(Declared(), [path], store).steps_inserted == 2
+        return
+    with pytest.raises(IngestError) as info:
+        ingest(Declared(), [path], store)
+    assert (info.value.row, info.value.column, info.value.value) == (row, column, value)
+    assert f"state feature 'temp' is declared {dtype}" in str(info.value)
+
+
+# -- unreadable files and failing adapters are named, never a traceback -------------------------------------
+
+
+class _UndeclaredColumn(ThermostatAdapter):
+    name = "reads_undeclared"
+
+    def transform(self, raw: pl.LazyFrame) -> pl.LazyFrame:
+        return super().transform(raw.with_columns(pl.col("humidity")))
+
+
+class _MixedArray(ThermostatAdapter):
+    name = "mixes_dtypes"
+
+    def transform(self, raw: pl.LazyFrame) -> pl.LazyFrame:
+        return super().transform(raw).with_columns(pl.concat_arr(pl.col("step"), pl.col("episode_id")).alias("state"))
+
+
+@pytest.mark.parametrize(
+    ("adapter", "name", "content", "row", "message"),
+    [
+        (ThermostatAdapter, "empty.csv", b"", None, "the file is empty (no header row)"),
+        (
+            ThermostatAdapter,
+            "extra.csv",
+            (HEADER + "\n".join(GOOD[:2] + ["r1,2,20.0,0,0.5,true,,EXTRA"] + GOOD[3:]) + "\n").encode(),
+            2,
+            "the row has more fields than the header's 7 columns",
+        ),
+        (ThermostatAdapter, "cut.parquet", b"PAR1 not really", None, "cannot read the file as PARQUET"),
+        (_UndeclaredColumn, "a.csv", (HEADER + "\n".join(GOOD) + "\n").encode(), None, "ColumnNotFoundError"),
+        (_MixedArray, "a.csv", (HEADER + "\n".join(GOOD) + "\n").encode(), None, "SchemaError"),
+    ],
+)
+def test_files_polars_cannot_read_and_adapters_that_fail_exit_2_naming_the_file(
+    tmp_path, adapter, name, content, row, message
+):
+    from adapters import ADAPTERS
+    from decision_core.cli import app
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    with DecisionStore(tmp_path / "direct.duckdb") as store, pytest.raises(IngestError) as info:
+        ingest(adapter(), [path], store)
+    assert (info.value.file, info.value.row) == (str(path), row)
+    if adapter is not ThermostatAdapter:
+        assert f"the adapter '{adapter.name}' failed on this file: {message}" in str(info.value)
+        assert "fix the adapter" in str(info.value)
+    ADAPTERS.register(adapter.name, adapter, origin="test")
+    try:
+        result = CliRunner().invoke(app, ["ingest", adapter.name, str(path), "--db", str(tmp_path / "s.duckdb")])
+    finally:
+        ADAPTERS.unregister(adapter.name)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    output = " ".join(result.output.split())
+    assert str(path) in output and message in output and "Traceback" not in output
+
+
+def test_a_mapping_that_renames_onto_a_column_the_file_has_names_the_file(thermostat, tmp_path, store):
+    raw = tmp_path / "other.csv"
+    raw.write_text("room,t,temp,temperature,setting,done\nr1,0,18.0,18.5,2,false\n")
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text('[rename]\ntemperature = "temp"\n')
+    with pytest.raises(DecisionCoreError) as info:
+        ingest(thermostat, [raw], store, mapping=ColumnMapping.load(mapping))
+    assert str(raw) in str(info.value) and "temp" in str(info.value)

@@ -62,6 +62,11 @@ def test_installed_adapter_ingests_through_the_cli(site: Path, tmp_path: Path):
     assert "2 new" in result.stdout
     shown = cli(site, "show", "--db", str(db))
     assert "thermostat" in shown.stdout and shown.returncode == 0
+    # The log docs/adapters.md shows and ships beside the package ingests as the docs say.
+    shipped = EXAMPLE / "heaters.csv"
+    assert shipped.read_text() in (EXAMPLE.parents[1] / "adapters.md").read_text()
+    result = cli(site, "ingest", "thermostat", str(shipped), "--db", str(tmp_path / "docs.duckdb"))
+    assert result.returncode == 0 and "4 new" in result.stdout, result.stderr
 
 
 def test_unknown_adapter_suggests_the_closest_name(site: Path, tmp_path: Path):

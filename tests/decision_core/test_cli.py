@@ -139,3 +139,31 @@ def test_ingest_says_which_spec_fields_it_changed(registry: Registry, tmp_path: 
     assert "0 new, 2 already stored" in again.stdout
     assert "updated the stored spec of domain 'thermostat':\n  outcomes.temp.tolerance: 0.5 -> 1.0\n" in again.stderr
     assert "retrain them" in again.stderr
+
+
+def test_every_command_line_the_docs_show_parses() -> None:
+    """Each ``decision-core ...`` line in the README and docs names a command and options that exist, with values
+    of the right kind (parsed as the shell and the command line would, without running anything)."""
+    import re
+    import shlex
+
+    group = typer.main.get_command(cli.app)
+    shown = []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]:
+        blocks = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", doc.read_text(), re.S)
+        for line in "".join(blocks).replace("\\\n", " ").splitlines():  # continued lines joined
+            text = line.strip()
+            if text.startswith("decision-core "):
+                shown.append((doc.name, shlex.split(text, comments=True)[1:]))
+            elif text.startswith("torchrun ") and " -m decision_core " in text:
+                shown.append((doc.name, shlex.split(text.split(" -m decision_core ", 1)[1], comments=True)))
+    assert len(shown) > 20
+    for doc, args in shown:
+        name, *rest = args
+        command = group.get_command(typer.Context(group), name)  # type: ignore[attr-defined]
+        assert command is not None, f"{doc}: no command '{name}'"
+        try:
+            command.make_context(name, rest)
+        except Exception as exc:  # the command line's usage errors (typer's own click)
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            raise AssertionError(f"{doc}: decision-core {' '.join(args)}: {message}") from None
