@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import mmap
+import re
 import threading
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -216,6 +217,13 @@ class DecisionStore:
         try:
             self.con = duckdb.connect(str(path), read_only=read_only)
         except duckdb.Error as exc:
+            holder = re.search(r"PID (\d+)", str(exc))
+            if "lock" in str(exc).lower() and holder is not None:
+                raise StoreError(
+                    f"store {path} is in use by process {holder[1]} (a running decision-core serve, train or ingest): "
+                    "DuckDB lets one process open a store file at a time. Stop that process, or point this command "
+                    "at another store with --db or DECISION_CORE_DB"
+                ) from exc
             raise StoreError(f"cannot open store {path}: {exc}") from exc
         self.read_only = read_only
         self._lock = threading.RLock()

@@ -163,9 +163,13 @@ def _discounts(t: int, gamma: float) -> np.ndarray:
 
 
 def _ess(weights: np.ndarray) -> float:
-    """Kish's effective sample size ``(sum w)^2 / sum w^2`` (0 when every weight is 0)."""
-    s2 = float(np.sum(weights**2))
-    return float(np.sum(weights) ** 2 / s2) if s2 > 0 else 0.0
+    """Kish's effective sample size ``(sum w)^2 / sum w^2`` (0 when every weight is 0), scale-free: the weights are
+    divided by the largest first, so weights whose squares underflow (1e-200) still count as at least one episode."""
+    top = float(np.max(np.abs(weights))) if weights.size else 0.0
+    if not top > 0.0:
+        return 0.0
+    w = weights / top
+    return float(np.sum(w) ** 2 / np.sum(w**2))
 
 
 # -- per-estimator statistics -------------------------------------------------------------------------------------

@@ -300,3 +300,27 @@ def test_marking_the_needed_next_states_in_the_frame_keeps_the_same_ones_as_the_
             store.insert_steps(toy, "frame", con, **kwargs)
             kept.append(con.execute(f"SELECT * FROM {toy.next_table} ORDER BY ALL").fetchall())
     assert kept[0] == kept[1] and len(kept[0]) == 4
+
+
+def test_a_store_another_process_holds_names_the_process_and_what_to_do(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    db = tmp_path / "store.duckdb"
+    DecisionStore(db).close()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, sys; c = duckdb.connect({str(db)!r}); print('open', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreError, match=rf"in use by process {holder.pid} .*--db or DECISION_CORE_DB"):
+            DecisionStore(db)
+    finally:
+        holder.communicate("")

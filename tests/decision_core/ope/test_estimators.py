@@ -424,3 +424,13 @@ def test_candidates_evaluated_on_the_same_tasks_share_one_model_fit(logs: Domain
     assert list(models.values()) == [fitted] and models[task.description] is fitted  # not fitted again
     assert run(0.8) == first  # the same model and, from an equal seed, the same draws
     assert other.value < first.value  # going right more often reaches the rewarded end of the chain more often
+
+
+def test_the_effective_sample_size_does_not_depend_on_the_weights_scale() -> None:
+    from decision_core.ope.estimators import _ess
+
+    weights = np.array([3.0, 1.0, 0.0, 1.0])
+    assert _ess(weights) == pytest.approx(25 / 11)
+    # Weights of a policy far from the logs: their squares underflow, yet they are the same weights.
+    assert _ess(weights * 1e-200) == pytest.approx(25 / 11)
+    assert _ess(np.zeros(4)) == 0.0 and _ess(np.zeros(0)) == 0.0
