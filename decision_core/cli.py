@@ -28,7 +28,10 @@ out = Console()
 
 DbOption = Annotated[
     Path | None,
-    typer.Option("--db", help="DuckDB store (default: $DECISION_CORE_DB or .decision_core/store.duckdb)"),
+    typer.Option(
+        "--db",
+        help="DuckDB store (default: $DECISION_CORE_DB, else store.duckdb in $DECISION_CORE_HOME or .decision_core)",
+    ),
 ]
 
 

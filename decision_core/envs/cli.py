@@ -20,8 +20,10 @@ out = Console()
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
+    """The error printed as every command prints one (see :func:`decision_core.cli.fail`)."""
+    from decision_core.cli import fail  # the app module imports this one
+
+    return fail(exc)
 
 
 def simulate_cmd(
@@ -94,8 +96,10 @@ def evaluate_cmd(
         options = dict(parse_option(o) for o in option or [])
         sim = get_simulator(domain)
         policy = None
+        reward = None
         if model is not None:
             agent = load_model(model)
+            reward = agent.task  # a reward agent's returns are scored under the task it was trained on
             exploration = None
             if explore > 0:
                 from decision_core.algos.base import Exploration
@@ -111,6 +115,7 @@ def evaluate_cmd(
                 seed=seed,
                 options=options,
                 progress=progress,
+                reward=reward,
             )
     except DecisionCoreError as exc:
         raise _fail(exc) from None

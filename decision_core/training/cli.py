@@ -17,7 +17,6 @@ from rich.table import Table
 
 from decision_core.errors import DecisionCoreError
 
-console = Console(stderr=True)
 out = Console()
 
 #: ``--refits`` of the ope and select commands.
@@ -41,8 +40,10 @@ ModelRolloutsOption = Annotated[
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
+    """The error printed as every command prints one (see :func:`decision_core.cli.fail`)."""
+    from decision_core.cli import fail  # the app module imports this one
+
+    return fail(exc)
 
 
 def _settings(db: Path | None) -> object:
@@ -55,7 +56,12 @@ def train_cmd(
     domain: Annotated[
         str | None, typer.Option("--domain", help="Domain to train on (see `decision-core show`).")
     ] = None,
-    algo: Annotated[str | None, typer.Option("--algo", help="Algorithm: gcbc, gciql, crl, hiql, iql, cql, bc.")] = None,
+    algo: Annotated[
+        str | None,
+        typer.Option(
+            "--algo", help="Algorithm: goal-conditioned gcbc, gciql, crl, hiql, qrl; reward-task iql, cql, bc."
+        ),
+    ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML or JSON training config.")] = None,
     sets: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config key: key=value (agent.lr=1e-3).")
@@ -71,6 +77,7 @@ def train_cmd(
 ) -> None:
     """Train an agent on a domain's logs as an MLflow run and register the model (candidate/champion)."""
     try:
+        from decision_core.algos import ALGORITHMS
         from decision_core.settings import CoreSettings
         from decision_core.training.config import build_config
         from decision_core.training.loop import config_of_run, train
@@ -85,6 +92,11 @@ def train_cmd(
         else:
             cfg = build_config(
                 file=config, sets=sets, domain=domain, algo=algo, goal_set=goal_set, task=task, steps=steps
+            )
+        if cfg.task is not None and ALGORITHMS.get(cfg.algo).goal_conditioned:
+            raise DecisionCoreError(
+                f"--task is for reward-task algorithms (iql, cql, bc); {cfg.algo} learns to reach goals, which "
+                "need no reward: drop --task (and use --goal-set to evaluate on one named goal)"
             )
         result = train(cfg, settings, progress=not no_progress, resume=resume)
     except DecisionCoreError as exc:
@@ -172,6 +184,18 @@ def ope_cmd(
         dynamics = ModelConfig(steps=model_steps, rollouts=model_rollouts)
         settings = CoreSettings(db=db) if db else CoreSettings()
         agent, ref = load_agent_from_uri(model, settings)
+        if agent.spec.name != domain:
+            raise SpecError(
+                f"{model} is a model of domain '{agent.spec.name}', not '{domain}'; pass --domain {agent.spec.name} "
+                f"or a model of '{domain}'"
+            )
+        if agent.goal_conditioned and task is not None:
+            raise SpecError(f"--task is for reward models; {model} ({agent.name}) is goal-conditioned: use --goal")
+        if not agent.goal_conditioned and (goal or goal_set):
+            raise SpecError(
+                f"--goal and --goal-set are for goal-conditioned models; {model} ({agent.name}) is a reward model: "
+                "use --task"
+            )
         cfg = TrainConfig(domain=domain, algo=agent.name, goal_set=goal_set, task=task)
         arrays = load_domain(cfg, settings)
         exploration = Exploration(epsilon, temperature) if (epsilon > 0 or temperature is not None) else None

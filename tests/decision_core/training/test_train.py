@@ -155,6 +155,8 @@ def test_cli_trains_and_evaluates_offline(settings: CoreSettings, monkeypatch: p
     db = ["--db", str(settings.db_path)]
     r = cli_train(runner, "bc", db)
     assert "registered as chain v1 (candidate, champion)" in r.output
+    r = runner.invoke(app, ["ope", "--domain", "chain", "--model", "models:/chain@champion", "--goal", "x=3", *db])
+    assert r.exit_code == 2 and "--goal and --goal-set are for goal-conditioned models" in " ".join(r.output.split())
     r = runner.invoke(
         app,
         ["ope", "--domain", "chain", "--model", "models:/chain@champion", "--estimator", "snips",
@@ -255,6 +257,14 @@ def test_cli_evaluates_a_goal_model_on_a_stated_goal_or_the_domains_goals(
     for bad in ("x=three", "y=1", "x"):
         r = runner.invoke(app, [*ope, "--goal", bad])
         assert r.exit_code != 0 and f"--goal '{bad}' must be feature=number over the outcome features x" in r.output
+    # Options the model cannot use are refused, not ignored; so is a model of another domain.
+    r = runner.invoke(app, [*ope, "--task", "next.x"])
+    assert r.exit_code == 2 and "--task is for reward models" in r.output and "use --goal" in r.output
+    other = ["ope", "--domain", "grid", "--model", "models:/chain@champion", *db]
+    r = runner.invoke(app, other)
+    assert r.exit_code == 2 and "is a model of domain 'chain', not 'grid'" in " ".join(r.output.split()), r.output
+    r = runner.invoke(app, ["train", "--domain", "chain", "--algo", "gcbc", "--task", "next.x", *db])
+    assert r.exit_code == 2 and "--task is for reward-task algorithms" in " ".join(r.output.split())
 
 
 def test_behaviour_cloning_without_rewards_trains_and_skips_reward_ope(
