@@ -161,7 +161,12 @@ def quickstart_cmd(
     algo: Annotated[str, typer.Option(help="Algorithm to train.")] = "gciql",
     steps: Annotated[int, typer.Option(help="Training gradient steps.")] = 1500,
     port: Annotated[int, typer.Option(help="Port the server listens on (127.0.0.1).")] = 8000,
-    episodes: Annotated[int, typer.Option(help="Episodes served toward a goal before fine-tuning.")] = 24,
+    episodes: Annotated[
+        int,
+        typer.Option(
+            min=10, help="Episodes served toward a goal before fine-tuning (the guard judges no fewer than 10)."
+        ),
+    ] = 24,
     serve_forever: Annotated[
         bool, typer.Option("--serve-forever/--exit", help="Keep serving at the end (default) or stop.")
     ] = True,

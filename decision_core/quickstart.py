@@ -229,7 +229,6 @@ def run(
         api_keys=key,
         epsilon=0.1,
         finetune_steps=max(100, steps // 5),
-        finetune_min_episodes=5,
     )
     server, thread = start_server(serving, port)
     base = f"http://127.0.0.1:{port}"

@@ -13,6 +13,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -25,13 +26,23 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 from starlette.requests import ClientDisconnect
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
+from decision_core.reward import LOGGED
 from decision_core.schema import DomainSpec
 from decision_core.store import DecisionStore
 from serving.auth import HEADER, check_key
-from serving.errors import InvalidInput, Unavailable, UnknownDecision, install_error_handlers
+from serving.errors import (
+    Conflict,
+    InvalidInput,
+    PayloadTooLarge,
+    Unavailable,
+    UnknownDecision,
+    error_body,
+    install_error_handlers,
+    status_of,
+)
 from serving.feedback import FeedbackEvent, FeedbackResult, FeedbackWriter, decisions_table
 from serving.finetune import FineTuner
 from serving.hooks import HookManager
@@ -72,6 +83,8 @@ class ServingContext:
     finetuner: FineTuner
     #: ``action`` objects of discrete decisions by index (the spec never changes while serving).
     action_views: list[dict[str, Any]] | None = None
+    #: Feedback must carry a reward: the domain's spec reward is ``"logged"`` (training reads it from the steps).
+    needs_reward: bool = False
 
 
 def load_served_model(settings: ServingSettings) -> ServedModel:
@@ -81,7 +94,14 @@ def load_served_model(settings: ServingSettings) -> ServedModel:
 
     if not settings.model:
         raise InvalidInput("no model configured: pass --model (or set DECISION_CORE_SERVE_MODEL)", field="model")
-    agent, ref = load_agent_from_uri(settings.uri, settings.core)
+    uri = settings.uri
+    if ":/" not in uri and not Path(uri).exists():
+        # Neither a directory nor a URI: refused as `decision-core evaluate` refuses it, rather than looked up as an
+        # MLflow artifact of that name ("cannot download model ./x: No such artifact").
+        from decision_core.envs.cli import load_model
+
+        load_model(uri)
+    agent, ref = load_agent_from_uri(uri, settings.core)
     version = ref.version or "local"
     agent_dir = settings.work_dir / agent.spec.name / "versions" / version
     agent.save(agent_dir)
@@ -254,6 +274,74 @@ def parse_body(model: type[B], raw: bytes) -> B:
         raise RequestValidationError(errors) from None
 
 
+class BodySizeLimit:
+    """Refuses request bodies over ``limit`` bytes with a 413 (``PayloadTooLarge`` in the error table) without
+    reading them: by the Content-Length header, or, for a body sent without one (chunked), as soon as what has
+    arrived passes the limit (such a body is read here, then handed on whole). A request whose declared length is
+    within the limit passes untouched: the server holds it to that length."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = int(value) if value.isdigit() else None
+                break
+        if declared is not None:
+            if declared <= self.limit:
+                await self.app(scope, receive, send)
+            else:
+                await self._refuse(scope, receive, send, f"is {declared} bytes")
+            return
+        chunks: list[bytes] = []
+        size = 0
+        first: Message | None = None
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: let the app see it
+                first = message
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(scope, receive, send, f"passed {self.limit} bytes")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                first = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                break
+        replay: list[Message] = [first]
+
+        async def replayed() -> Message:
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replayed, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, how: str) -> None:
+        exc = PayloadTooLarge(
+            f"body: the request body {how}; this deployment accepts at most {self.limit} bytes "
+            "(DECISION_CORE_SERVE_MAX_BODY_BYTES): split a batch into smaller calls",
+            field="body",
+        )
+        status, kind = status_of(exc)
+        await JSONResponse(error_body(kind, str(exc), exc.field), status_code=status)(scope, receive, send)
+
+
+def episode_ended(episode_id: str, field: str) -> Conflict:
+    """The refusal of a decision for an episode whose last stored step is terminated."""
+    return Conflict(
+        f"{field} '{episode_id[:64]}' has ended: its last stored step is terminated, and a terminated episode takes "
+        "no later decisions; start a new episode id (an episode cut short is reported as truncated, and may go on)",
+        field=field,
+    )
+
+
 # -- the app ----------------------------------------------------------------------------------------------------------
 def recent_episode_actions(
     spec: DomainSpec, settings: ServingSettings
@@ -272,9 +360,16 @@ def recent_episode_actions(
     return read
 
 
-def create_app(settings: ServingSettings | None = None, *, hooks: HookManager | None = None) -> FastAPI:
-    """The service for ``settings`` (read from the environment when None); ``hooks`` adds in-code plugins."""
+def create_app(
+    settings: ServingSettings | None = None, *, hooks: HookManager | None = None, champion: ServedModel | None = None
+) -> FastAPI:
+    """The service for ``settings`` (read from the environment when None); ``hooks`` adds in-code plugins.
+
+    ``champion``: the model to serve, already loaded by :func:`load_served_model` (``decision-core serve`` loads it
+    before starting uvicorn, so a model it cannot load is a one-line error); when None the lifespan loads it.
+    """
     settings = settings if settings is not None else ServingSettings()
+    preloaded = champion
     metrics = ServingMetrics()
     hook_manager = hooks or HookManager()
     hook_manager._on_error = lambda hook: metrics.hook_errors.labels(hook).inc()
@@ -286,7 +381,7 @@ def create_app(settings: ServingSettings | None = None, *, hooks: HookManager | 
         configure_torch_threads(settings.inference_threads)
         hook_manager.load_entry_points()
         hook_manager.load_paths(settings.hook_paths)
-        champion = await anyio.to_thread.run_sync(load_served_model, settings)
+        champion = preloaded if preloaded is not None else await anyio.to_thread.run_sync(load_served_model, settings)
         spec = champion.agent.spec
         store = DecisionStore(settings.core.db_path)
         finetuner: FineTuner | None = None
@@ -314,6 +409,8 @@ def create_app(settings: ServingSettings | None = None, *, hooks: HookManager | 
                 queue_max=settings.writer_queue_max,
                 group_max=settings.writer_group_max,
                 cache_max=settings.decision_cache,
+                episode_memory=settings.episode_memory,
+                new_episodes_cap=settings.finetune_needed_episodes,
                 on_committed=committed,
             ).start()
         except Exception:
@@ -348,6 +445,7 @@ def create_app(settings: ServingSettings | None = None, *, hooks: HookManager | 
             metrics=metrics,
             finetuner=finetuner,
             action_views=action_views(spec),
+            needs_reward=(spec.reward or "").strip() == LOGGED,
         )
         log.info(
             "serving %s v%s for domain '%s' (store %s)",
@@ -391,13 +489,16 @@ def create_app(settings: ServingSettings | None = None, *, hooks: HookManager | 
     app.state.metrics = metrics
     app.state.hooks = hook_manager
     install_error_handlers(app)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: refused bodies are counted too
 
     # The three routes on the request path are served by direct handlers (see DirectRoute): they check the key,
     # parse the body in pydantic's core and call the documented endpoint, which then runs as FastAPI would.
     async def act(body: ActRequest, ctx: Ctx, _: ActGuard) -> Any:
         """One decision for a state, toward a goal (or the reward), with its propensity."""
         p = ctx.encoder.prepare(ctx.catalog.champion.agent, body)
+        if p.episode_id is not None and ctx.writer.ended(p.episode_id):
+            raise episode_ended(p.episode_id, "episode_id")
         [d] = await ctx.batcher.decide([p])
         return json_body(_decision(ctx, d, p))
 
@@ -416,6 +517,9 @@ def create_app(settings: ServingSettings | None = None, *, hooks: HookManager | 
             )
         agent = ctx.catalog.champion.agent
         prepared = [ctx.encoder.prepare(agent, item, f"items[{i}].") for i, item in enumerate(body.items)]
+        for i, p in enumerate(prepared):
+            if p.episode_id is not None and ctx.writer.ended(p.episode_id):
+                raise episode_ended(p.episode_id, f"items[{i}].episode_id")
         decided = await ctx.batcher.decide(prepared)
         return json_body({"decisions": [_decision(ctx, d, p) for d, p in zip(decided, prepared, strict=True)]})
 
@@ -429,6 +533,12 @@ def create_app(settings: ServingSettings | None = None, *, hooks: HookManager | 
         """What happened after a decision. A 2xx answer means the step is durable in the store."""
         agent = ctx.catalog.champion.agent
         next_state = ctx.encoder.state_vector(agent, body.next_state, "next_state")
+        if body.reward is None and ctx.needs_reward:
+            raise InvalidInput(
+                f"reward: domain '{agent.spec.name}' trains on the rewards its steps carry (its spec's reward is "
+                f"'{LOGGED}'), so every outcome needs one; send the reward observed after this decision",
+                field="reward",
+            )
         event = FeedbackEvent(
             decision_id=body.decision_id,
             next_state=np.asarray(next_state, np.float32),
@@ -440,6 +550,9 @@ def create_app(settings: ServingSettings | None = None, *, hooks: HookManager | 
             result = await asyncio.wrap_future(ctx.writer.add_feedback(event))
         except UnknownDecision:
             ctx.metrics.feedback.labels("unknown_decision").inc()
+            raise
+        except Conflict:  # an ended episode, or a retry that changes a stored outcome
+            ctx.metrics.feedback.labels("rejected").inc()
             raise
         ctx.metrics.feedback.labels(result.status).inc()
         return json_body(

@@ -56,7 +56,9 @@ def serve_cmd(
     """
     import uvicorn
 
-    from serving.app import create_app
+    from decision_core.errors import DecisionCoreError
+    from decision_core.store import DecisionStore
+    from serving.app import create_app, load_served_model
     from serving.settings import ServingSettings
 
     overrides: dict[str, object] = {}
@@ -70,9 +72,16 @@ def serve_cmd(
     if not settings.model:
         console.print("[bold red]error:[/] pass --model (or set DECISION_CORE_SERVE_MODEL)")
         raise typer.Exit(code=2)
+    try:  # before uvicorn starts: what cannot be served is said in one line, as the other commands say it
+        champion = load_served_model(settings)
+        DecisionStore(settings.core.db_path).close()  # the app opens it again in its lifespan
+    except DecisionCoreError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
     if not settings.keys and not settings.auth_disabled:
         key, path = ensure_api_key(settings.core.home)
         settings = settings.model_copy(update={"api_keys": key})
         console.print(f"API key for guarded routes (X-API-Key): read it from {path}")
     console.print(f"serving {settings.uri} on http://{host}:{port} (store {settings.core.db_path})")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
+    app = create_app(settings, champion=champion)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

@@ -54,6 +54,10 @@ class Conflict(ServingError):
     """The request conflicts with the current state (a fine-tune already running, nothing to roll back to)."""
 
 
+class PayloadTooLarge(ServingError):
+    """The request body is larger than the deployment accepts (``max_body_bytes``)."""
+
+
 class Unavailable(ServingError):
     """The service cannot do this now (model not loaded, writer overloaded or stopped); retry later."""
 
@@ -65,6 +69,7 @@ STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (UnknownDecision, 404, "unknown_decision"),
     (UnknownModel, 404, "unknown_model"),
     (Conflict, 409, "conflict"),
+    (PayloadTooLarge, 413, "payload_too_large"),
     (InvalidInput, 422, "invalid_input"),
     (Unavailable, 503, "unavailable"),
     (SpecError, 422, "invalid_input"),
@@ -101,6 +106,22 @@ def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
     return out
 
 
+def _invalid_json(err: dict[str, Any]) -> str:
+    """One message for a body that is not JSON, whichever parser found it: pydantic's core (the direct routes:
+    ``Invalid JSON: <why> at line L column C``) or FastAPI's (``JSON decode error`` with ``ctx.error`` and the
+    character offset as the location)."""
+    msg = str(err.get("msg", ""))
+    if msg.startswith("Invalid JSON: "):
+        why = msg.removeprefix("Invalid JSON: ")
+    else:
+        why = str((err.get("ctx") or {}).get("error", "not JSON"))
+        at = [p for p in err.get("loc", ()) if isinstance(p, int)]
+        if at:
+            why += f" at character {at[0]}"
+    why = re.sub(r"[^\x20-\x7e]", "?", why)[:120]  # the parsers say where, never what: still keep it printable
+    return f"body: invalid JSON ({why}); send one JSON object"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map the error table onto ``app`` (and rewrite FastAPI's validation errors without their input)."""
 
@@ -115,6 +136,10 @@ def install_error_handlers(app: FastAPI) -> None:
         problems = []
         first_field = None
         for err in exc.errors()[:10]:
+            if err.get("type") == "json_invalid":
+                first_field = first_field or "body"
+                problems.append(_invalid_json(err))
+                continue
             field = _loc(err.get("loc", ()))
             first_field = first_field or field
             problems.append(f"{field or 'body'}: {err.get('msg', 'invalid')}")

@@ -23,6 +23,13 @@ is committed): episodes are dense and ordered as the caller reported them, whate
 are kept in the decisions table). Rows carry ``source_adapter = 'serving'``, the model version as
 ``adapter_version``, ``serving:<model name>`` as ``source_file`` and the feedback sequence number as
 ``source_row``.
+
+The episode rules of ingested logs hold for served ones: an episode whose last stored step is terminated takes
+no later step (its next feedback is refused with a :class:`~serving.errors.Conflict`, and the app refuses new
+decisions for it, see :meth:`FeedbackWriter.ended`); a truncated step only says the episode was cut there, so a
+later step continues the episode and clears the flag (as ``decision-core ingest`` does when a later file continues
+an episode). A decision's outcome is stored once: a retry with the same payload is answered ``already_stored``,
+one with another payload is refused (a stored outcome is never changed).
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import pyarrow as pa
 
 from decision_core.schema import DomainSpec
 from decision_core.store import DecisionStore, fetch_one
-from serving.errors import Unavailable, UnknownDecision
+from serving.errors import Conflict, Unavailable, UnknownDecision
 from serving.metrics import ServingMetrics
 
 log = logging.getLogger("decision_core.serving.feedback")
@@ -53,6 +60,8 @@ T = TypeVar("T")
 #: Prefix of served episodes in the steps table (keeps them apart from ingested episode ids).
 EPISODE_PREFIX = "served/"
 SOURCE_ADAPTER = "serving"
+#: How an episode's last stored step ended (``FeedbackWriter._ends``).
+TERMINATED, TRUNCATED = "terminated", "truncated"
 
 
 def decisions_table(spec: DomainSpec) -> str:
@@ -125,6 +134,40 @@ class FeedbackEvent:
     truncated: bool
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
     future: Future[FeedbackResult] = field(default_factory=Future)
+
+
+def _ending(terminated: bool, truncated: bool) -> str | None:
+    return TERMINATED if terminated else TRUNCATED if truncated else None
+
+
+def _caller_episode(episode_id: str) -> str:
+    """The episode id the caller sent (or the decision id), as messages name it."""
+    return episode_id.removeprefix(EPISODE_PREFIX)[:64]
+
+
+def _differences(
+    event: FeedbackEvent, next_state: np.ndarray, reward: float | None, terminated: bool, truncated: bool
+) -> list[str]:
+    """The fields of ``event`` that differ from a stored outcome (in request order)."""
+    out = []
+    if not np.array_equal(np.asarray(next_state, np.float32), np.asarray(event.next_state, np.float32)):
+        out.append("next_state")
+    if reward != event.reward:  # None (not sent) differs from any value
+        out.append("reward")
+    if bool(terminated) != event.terminated:
+        out.append("terminated")
+    if bool(truncated) != event.truncated:
+        out.append("truncated")
+    return out
+
+
+def _changed_outcome(did: str, prior: FeedbackResult, fields: list[str]) -> Conflict:
+    return Conflict(
+        f"decision_id '{did[:64]}': its outcome is already stored (episode '{_caller_episode(prior.episode_id)}', "
+        f"step {prior.step}) and this feedback differs in {', '.join(fields)}; a stored outcome is never changed: "
+        "a retry must repeat it (it is then answered already_stored)",
+        field=fields[0],
+    )
 
 
 @dataclass
@@ -294,9 +337,14 @@ class FeedbackWriter:
         queue_max: int = 200_000,
         group_max: int = 8192,
         cache_max: int = 1_000_000,
+        episode_memory: int = 100_000,
+        new_episodes_cap: int = 1024,
         decision_linger_s: float = 0.05,
         on_committed: Callable[[list[FeedbackEvent], list[FeedbackResult]], None] | None = None,
     ) -> None:
+        """``episode_memory``: how many of the most recently fed episodes are read back at start (their next step
+        and whether they ended); ``new_episodes_cap``: up to how many episodes with feedback since the last
+        :meth:`mark` are counted (:attr:`new_episodes`)."""
         self.store = store
         self.spec = spec
         self.metrics = metrics
@@ -311,10 +359,15 @@ class FeedbackWriter:
         self._held_rows = 0
         self._held_lock = threading.Lock()
         # Owned by the writer thread only: recent decisions (for joins without a query), which of them have
-        # feedback, and the next step number of recently seen episodes.
+        # feedback, the next step number of recently seen episodes and how their last stored step ended (only
+        # those that ended; read, never written, by other threads: see ended()).
         self._cache = _DecisionCache(spec, cache_max)
         self._fed: dict[str, tuple[str, int]] = {}  # decision id -> (episode id, step) of its stored feedback
         self._next_step: dict[str, int] = {}
+        self._ends: dict[str, str] = {}
+        # Episodes with feedback since the last mark, counted up to the cap (all a fine-tune asks is "enough?").
+        self._new_episodes: set[str] = set()
+        self.new_episodes_cap = new_episodes_cap
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         with store.transaction() as con:
@@ -326,6 +379,13 @@ class FeedbackWriter:
         #: Feedback committed since :meth:`mark` (what a fine-tune has not seen yet).
         self.mark_seq = self.last_seq
         self.committed_feedback = 0
+        recent = store.con.execute(
+            f"SELECT episode_id, max(step) + 1, arg_max(terminated, step), arg_max(truncated, step) "
+            f"FROM {feedback_table(spec)} GROUP BY episode_id ORDER BY max(seq) DESC LIMIT ?",
+            [episode_memory],
+        ).fetchall()
+        for episode, next_step, terminated, truncated in reversed(recent):
+            self._learn_episode(episode, int(next_step), _ending(terminated, truncated))
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> FeedbackWriter:
@@ -406,6 +466,18 @@ class FeedbackWriter:
     def mark(self, seq: int) -> None:
         """Feedback up to ``seq`` has been handed to a fine-tune (call on the writer thread, in a snapshot)."""
         self.mark_seq = seq
+        self._new_episodes = set()
+
+    @property
+    def new_episodes(self) -> int:
+        """Episodes with feedback committed since the last :meth:`mark`, counted up to ``new_episodes_cap``."""
+        return len(self._new_episodes)
+
+    def ended(self, episode_id: str) -> bool:
+        """Whether the caller's episode ``episode_id`` is known to have terminated (its last stored step is
+        terminated), as far as this writer has seen it: episodes fed since the start and the ``episode_memory``
+        most recent ones before. Safe to call from any thread (one dict lookup)."""
+        return self._ends.get(EPISODE_PREFIX + episode_id) == TERMINATED
 
     @property
     def new_feedback(self) -> int:
@@ -519,8 +591,16 @@ class FeedbackWriter:
                 done[did] = FeedbackResult(did, "already_stored", f_ep, int(f_step))
         return found, done
 
-    def _episode_steps(self, episodes: list[str], fresh: set[str]) -> dict[str, int]:
-        """The next step of each episode; ``fresh`` ones (a decision's own episode) start at 0 without a query."""
+    def _learn_episode(self, episode: str, next_step: int, end: str | None) -> None:
+        self._next_step[episode] = next_step
+        if end is None:
+            self._ends.pop(episode, None)
+        else:
+            self._ends[episode] = end
+
+    def _episode_steps(self, episodes: list[str], fresh: set[str]) -> tuple[dict[str, int], dict[str, str | None]]:
+        """The next step of each episode and how its last stored step ended; ``fresh`` ones (a decision's own
+        episode) start at 0 without a query."""
         missing = []
         for e in episodes:
             if e not in self._next_step:
@@ -530,14 +610,24 @@ class FeedbackWriter:
                     missing.append(e)
         if missing:
             rows = self.store.con.execute(
-                f"SELECT episode_id, max(step) + 1 FROM {feedback_table(self.spec)} WHERE episode_id = ANY(?) "
-                f"GROUP BY episode_id",
+                f"SELECT episode_id, max(step) + 1, arg_max(terminated, step), arg_max(truncated, step) "
+                f"FROM {feedback_table(self.spec)} WHERE episode_id = ANY(?) GROUP BY episode_id",
                 [missing],
             ).fetchall()
-            known = dict(rows)
+            known = {e: (int(n), _ending(term, trunc)) for e, n, term, trunc in rows}
             for e in missing:
-                self._next_step[e] = int(known.get(e, 0))
-        return {e: self._next_step[e] for e in episodes}
+                self._learn_episode(e, *known.get(e, (0, None)))
+        return {e: self._next_step[e] for e in episodes}, {e: self._ends.get(e) for e in episodes}
+
+    def _stored_outcomes(self, ids: list[str]) -> dict[str, tuple[np.ndarray, float | None, bool, bool]]:
+        """(next state, reward, terminated, truncated) of stored feedback, as the client sent it (retries only)."""
+        spec = self.spec
+        rows = self.store.con.execute(
+            f"SELECT f.decision_id, s.next_state, f.reward, f.terminated, f.truncated FROM {feedback_table(spec)} f "
+            f"JOIN {spec.table} s ON s.episode_id = f.episode_id AND s.step = f.step WHERE f.decision_id = ANY(?)",
+            [ids],
+        ).fetchall()
+        return {did: (np.asarray(nxt, np.float32), reward, term, trunc) for did, nxt, reward, term, trunc in rows}
 
     def _commit(self, blocks: list[DecisionBlock], events: list[FeedbackEvent]) -> None:
         start = time.perf_counter()
@@ -550,19 +640,19 @@ class FeedbackWriter:
         cache = self._cache
         misses = [e.decision_id for e in events if e.decision_id not in cache.slots]
         stored, done = self._lookup(sorted(set(misses))) if misses else ({}, {})
-        accepted: list[FeedbackEvent] = []
-        repeats: list[FeedbackEvent] = []  # a second event for a decision accepted in this same group
-        seen: set[str] = set()
+        candidates: list[FeedbackEvent] = []
+        retried: list[tuple[FeedbackEvent, FeedbackResult]] = []  # feedback stored by an earlier commit
+        repeats: list[FeedbackEvent] = []  # a second event for a decision first seen in this same group
+        first: dict[str, FeedbackEvent] = {}
         fresh: set[str] = set()  # episodes of one decision issued by this process: no stored step before it
         for e in events:
             did = e.decision_id
             fed = self._fed.get(did)
             prior = FeedbackResult(did, "already_stored", *fed) if fed is not None else done.get(did)
             if prior is not None:
-                # A retried event (the first answer may have been lost): acknowledge what is stored.
-                answered.append((e, prior))
+                retried.append((e, prior))
                 continue
-            if did in seen:
+            if did in first:
                 repeats.append(e)
                 continue
             slot = cache.slots.get(did)
@@ -582,15 +672,40 @@ class FeedbackWriter:
                     )
                 )
                 continue
-            seen.add(did)
-            accepted.append(e)
-        # Dense step numbers per episode, in commit order; applied to the cache only after the commit succeeds.
-        next_steps = self._episode_steps(sorted({served[e.decision_id].episode_id for e in accepted}), fresh)
+            first[did] = e
+            candidates.append(e)
+        if retried:
+            # A retry (its first answer may have been lost) is acknowledged if it repeats what is stored.
+            outcomes = self._stored_outcomes(sorted({e.decision_id for e, _ in retried}))
+            for e, prior in retried:
+                stored_outcome = outcomes.get(e.decision_id)
+                changed = _differences(e, *stored_outcome) if stored_outcome is not None else []
+                answered.append((e, _changed_outcome(e.decision_id, prior, changed) if changed else prior))
+        # Dense step numbers per episode, in commit order; applied to the caches only after the commit succeeds.
+        # An episode whose last step terminated takes no more; a continued truncated step is no longer a cut.
+        next_steps, ends = self._episode_steps(sorted({served[e.decision_id].episode_id for e in candidates}), fresh)
+        accepted: list[FeedbackEvent] = []
         results: list[FeedbackResult] = []
-        for e in accepted:
+        refused: dict[str, Conflict] = {}
+        continued: list[tuple[str, int]] = []  # (episode, step) of truncated steps a later one continues
+        for e in candidates:
             ep = served[e.decision_id].episode_id
-            results.append(FeedbackResult(e.decision_id, "stored", ep, next_steps[ep]))
-            next_steps[ep] += 1
+            step = next_steps[ep]
+            if ends[ep] == TERMINATED:
+                refused[e.decision_id] = exc = Conflict(
+                    f"decision_id '{e.decision_id[:64]}' continues episode '{_caller_episode(ep)}', which ended "
+                    f"with a terminated step (step {step - 1}); a terminated episode takes no later steps: start a "
+                    "new episode id for the decisions that follow",
+                    field="decision_id",
+                )
+                answered.append((e, exc))
+                continue
+            if ends[ep] == TRUNCATED:
+                continued.append((ep, step - 1))
+            accepted.append(e)
+            results.append(FeedbackResult(e.decision_id, "stored", ep, step))
+            next_steps[ep] = step + 1
+            ends[ep] = _ending(e.terminated, e.truncated)
         seq0 = self.last_seq + 1
         try:
             # Stage frames stay registered until the next group replaces them (one statement fewer per frame).
@@ -605,6 +720,11 @@ class FeedbackWriter:
                     # (episode, step) pairs are unique by construction: dense numbers past the stored ones.
                     self.store.insert_steps(self.spec, "served_steps_stage", con, dedupe=False, ensure=False)
                     con.execute(f"INSERT INTO {feedback_table(self.spec)} SELECT * FROM served_feedback_stage")
+                if continued:
+                    con.executemany(
+                        f"UPDATE {self.spec.rows_table} SET truncated = false WHERE episode_id = ? AND step = ?",
+                        continued,
+                    )
         except Exception as exc:
             log.exception(
                 "group commit of %d decisions and %d feedback events failed", sum(map(len, blocks)), len(accepted)
@@ -622,11 +742,15 @@ class FeedbackWriter:
         self.last_seq += len(accepted)
         self.committed_feedback += len(accepted)
         for r in results:
-            self._next_step[r.episode_id] = r.step + 1
             self._fed[r.decision_id] = (r.episode_id, r.step)
+            if len(self._new_episodes) < self.new_episodes_cap:
+                self._new_episodes.add(r.episode_id)
+        for ep in {r.episode_id for r in results}:
+            self._learn_episode(ep, next_steps[ep], ends[ep])
         if len(self._next_step) > self.cache_max:
             for ep in list(itertools.islice(iter(self._next_step), len(self._next_step) // 2)):
                 del self._next_step[ep]
+                self._ends.pop(ep, None)
         # Before the answers go out, so hooks are queued by the time a caller sees its acknowledgement.
         if accepted and self.on_committed is not None:
             try:
@@ -635,10 +759,17 @@ class FeedbackWriter:
                 log.exception("post-commit callback failed")
         for e, r in zip(accepted, results, strict=True):
             _resolve(e.future, r)
-        first = {r.decision_id: r for r in results}
+        stored_now = {r.decision_id: r for r in results}
         for e in repeats:
-            r = first[e.decision_id]
-            answered.append((e, FeedbackResult(r.decision_id, "already_stored", r.episode_id, r.step)))
+            did = e.decision_id
+            if did in refused:
+                answered.append((e, refused[did]))
+                continue
+            r = stored_now[did]
+            prior = FeedbackResult(did, "already_stored", r.episode_id, r.step)
+            f = first[did]
+            changed = _differences(e, f.next_state, f.reward, f.terminated, f.truncated)
+            answered.append((e, _changed_outcome(did, prior, changed) if changed else prior))
         for e, outcome in answered:
             if isinstance(outcome, BaseException):
                 _resolve(e.future, error=outcome)

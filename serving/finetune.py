@@ -1,6 +1,9 @@
 """Guarded online fine-tuning: train on old + new data in a worker process, promote only if OPE says not worse.
 
-A run (after ``finetune_every`` new feedback steps, or on ``POST /v1/finetune``):
+A run (after ``finetune_every`` new feedback steps, or on ``POST /v1/finetune``) starts only once
+``finetune_needed_episodes`` served episodes have new feedback: ``finetune_min_episodes``, and no fewer than
+``finetune_min_ess``, since an OPE estimate rests on at most as many effective episodes as there are episodes (a run
+on fewer could only end *not evaluable*; the route answers 409 with the numbers instead). Then:
 
 1. the writer thread snapshots the domain into two small stores in the run's folder: every step (old + new)
    and only the served steps committed since the previous run (the new data); the server keeps serving;
@@ -139,9 +142,16 @@ class FineTuner:
         return self._thread is not None and self._thread.is_alive()
 
     def maybe_start(self) -> None:
-        """Start a run when ``finetune_every`` new feedback steps have arrived (called after each commit)."""
+        """Start a run when ``finetune_every`` new feedback steps have arrived from enough episodes for the guard
+        to judge (called after each commit)."""
         every = self.settings.finetune_every
-        if every and self.writer.new_feedback >= every and not self.running and not self._stopping:
+        if (
+            every
+            and self.writer.new_feedback >= every
+            and self.writer.new_episodes >= self.settings.finetune_needed_episodes
+            and not self.running
+            and not self._stopping
+        ):
             with contextlib.suppress(Conflict):
                 self.start(reason=f"{self.writer.new_feedback} new feedback steps")
 
@@ -155,6 +165,17 @@ class FineTuner:
             new = self.writer.new_feedback
             if new <= 0:
                 raise Conflict("no new feedback since the last fine-tune; nothing to learn from or evaluate on")
+            episodes, needed = self.writer.new_episodes, self.settings.finetune_needed_episodes
+            if episodes < needed:
+                s = self.settings
+                raise Conflict(
+                    f"only {episodes} served episode{'' if episodes == 1 else 's'} "
+                    f"{'has' if episodes == 1 else 'have'} new feedback since the last fine-tune; the guard judges "
+                    f"a candidate on at least {needed} (FINETUNE_MIN_EPISODES {s.finetune_min_episodes}, "
+                    f"FINETUNE_MIN_ESS {s.finetune_min_ess:g}: an estimate rests on at most as many effective "
+                    f"episodes as there are episodes), so this run could only be rejected; serve and report at "
+                    f"least {needed - episodes} more episodes, then ask again"
+                )
             run = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-{len(self.runs)}"
             record = RunRecord(run=run, reason=reason, started_at=time.time())
             self.runs.append(record)
@@ -215,7 +236,7 @@ class FineTuner:
             "model_steps": s.finetune_model_steps,
             "model_rollouts": s.finetune_model_rollouts,
             "confidence": s.finetune_confidence,
-            "min_episodes": s.finetune_min_episodes,
+            "min_episodes": s.finetune_needed_episodes,
             "min_ess": s.finetune_min_ess,
             "exploration": {"epsilon": s.epsilon, "temperature": s.temperature},
             "home": str(core.home.resolve()),

@@ -332,10 +332,11 @@ class RequestEncoder:
                         )
                     goal[i] = float(v)
         elif goal_values:
+            sent = f"{p}goal" if req.goal is not None else f"{p}task"
             raise InvalidInput(
-                f"{p}goal: the served model '{agent.name}' optimises the domain's reward and takes no goal; omit "
-                f"{p}goal/{p}task (or serve a goal-conditioned model)",
-                field=f"{p}goal" if req.goal is not None else f"{p}task",
+                f"{sent}: the served model '{agent.name}' optimises the domain's reward and takes no goal; omit "
+                f"{sent} (or send task '{REWARD_TASK}', or serve a goal-conditioned model)",
+                field=sent,
             )
         mask = req.action_mask
         if mask is not None:
@@ -379,7 +380,26 @@ class RequestEncoder:
         return Exploration(epsilon=epsilon, temperature=temperature)
 
 
-# -- once-per-episode actions ------------------------------------------------------------------------------------------
+# -- episodes --------------------------------------------------------------------------------------------------------
+def check_one_step_per_episode(items: Sequence[Prepared]) -> None:
+    """Refuse a request whose items name one episode twice: both decisions would be made at the same state,
+    while an episode's decisions follow one another (each at the state the previous one led to)."""
+    if len(items) < 2:
+        return
+    episodes: dict[str, int] = {}
+    for j, item in enumerate(items):
+        if item.episode_id is None:
+            continue
+        first = episodes.setdefault(item.episode_id, j)
+        if first != j:
+            raise InvalidInput(
+                f"items[{first}] and items[{j}] both name episode_id '{_safe(item.episode_id)}': both decisions "
+                "would be made at the same state, while an episode's decisions are made one step at a time; send "
+                "the second after the first is answered (with the state it led to)",
+                field=f"items[{j}].episode_id",
+            )
+
+
 class EpisodeActions:
     """The actions served in recent episodes, for domains that allow each action once per episode.
 
@@ -401,20 +421,9 @@ class EpisodeActions:
     async def hold(self, items: Sequence[Prepared]) -> AsyncIterator[None]:
         """Waits until no decision is in flight for the episodes ``items`` name, then holds them until the block
         exits. All of them are taken at once (never some while waiting for others), so holders cannot deadlock.
-        Two items of one request naming the same episode are refused: each would be decided at the same state.
+        ``items`` name each episode at most once (:func:`check_one_step_per_episode`).
         """
-        episodes: dict[str, int] = {}
-        for j, item in enumerate(items):
-            if item.episode_id is None:
-                continue
-            first = episodes.setdefault(item.episode_id, j)
-            if first != j:
-                raise InvalidInput(
-                    f"items[{first}] and items[{j}] both name episode_id '{_safe(item.episode_id)}', in a domain "
-                    "that allows each action once per episode; an episode's decisions are made one step at a "
-                    "time: send the second after the first is answered",
-                    field=f"items[{j}].episode_id",
-                )
+        episodes = {item.episode_id for item in items if item.episode_id is not None}
         if not episodes:
             yield
             return
@@ -540,6 +549,7 @@ class DecisionBatcher:
         self._executor.shutdown(wait=True)
 
     async def decide(self, items: list[Prepared]) -> list[Decided]:
+        check_one_step_per_episode(items)
         spec = self.catalog.champion.agent.spec
         if not spec.once_per_episode:
             return await self._decide(items)

@@ -1,7 +1,10 @@
 """Request and response bodies of the HTTP API (separate models for input and output).
 
-Request models forbid unknown fields and non-finite numbers; checks that need the domain spec (which features
-exist, which are outcomes) happen in :mod:`serving.policy` and name the field at fault.
+Request models forbid unknown fields and non-finite numbers, and are strict: a number or boolean sent as a string
+(``"12"``, ``"yes"``), a boolean where a number belongs or a number where a boolean belongs is refused (422 naming
+the field), never coerced, since it is a client bug. Checks that need the domain spec (which features exist, which
+are outcomes, whether a reward is needed) happen in :mod:`serving.policy` and :mod:`serving.app` and name the field
+at fault.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ Features = Annotated[dict[Name, FiniteFloat], Field(max_length=4096)]
 
 
 class _Input(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class ExplorationIn(_Input):
@@ -35,7 +38,9 @@ class ActRequest(_Input):
 
     state: Features = Field(description="Every state feature of the domain, by name.")
     goal: Features | None = Field(
-        default=None, description="Target values of any subset of the domain's outcome features."
+        default=None,
+        description="Target values of any subset of the domain's outcome features. Without goal and task (or with "
+        "an empty goal) a goal-conditioned model acts as the logged behaviour did: its policy for no goal.",
     )
     task: Name | None = Field(
         default=None,
@@ -90,9 +95,19 @@ class FeedbackRequest(_Input):
 
     decision_id: Identifier
     next_state: Features = Field(description="Every state feature observed after the action, by name.")
-    reward: FiniteFloat | None = None
-    terminated: bool = Field(default=False, description="The task truly ended (no value beyond this step).")
-    truncated: bool = Field(default=False, description="The episode was cut (time limit, session end).")
+    reward: FiniteFloat | None = Field(
+        default=None,
+        description="The reward observed for this step. Required where the domain's spec reward is 'logged' (training "
+        "reads it); elsewhere optional (the spec's reward expression is computed from the states).",
+    )
+    terminated: bool = Field(
+        default=False,
+        description="The task truly ended (no value beyond this step): the episode takes no later decisions.",
+    )
+    truncated: bool = Field(
+        default=False,
+        description="The episode was cut (time limit, session end); a later decision of the same episode continues it.",
+    )
 
 
 class FeedbackResponse(BaseModel):

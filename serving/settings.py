@@ -7,6 +7,7 @@ The data directory, store and MLflow tracking URI come from :class:`~decision_co
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Literal
@@ -45,8 +46,9 @@ class ServingSettings(BaseSettings):
     # -- access ---------------------------------------------------------------------------------------------
     api_keys: str = Field(
         default="",
-        description="Comma-separated API keys accepted in the X-API-Key header. With none, guarded routes refuse "
-        "every call (set auth_disabled to open them on a trusted network).",
+        description="Comma-separated API keys accepted in the X-API-Key header. With none, `decision-core serve` "
+        "generates one once into <home>/serving/api_key and accepts it; an app built with create_app and no key "
+        "answers 401 on every guarded route. Set auth_disabled to open them on a trusted network.",
     )
     auth_disabled: bool = Field(default=False, description="Open every route without a key (trusted networks only).")
     protect_act: bool = Field(default=False, description="Require a key for /v1/act and /v1/act:batch too.")
@@ -63,6 +65,13 @@ class ServingSettings(BaseSettings):
         default=None, gt=0.0, description="Softmax temperature of the served policy; None = greedy + epsilon."
     )
     max_batch: int = Field(default=4096, ge=1, description="Most decisions one /v1/act:batch call may ask for.")
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted, in bytes; a larger one is answered 413 without being read (by "
+        "its Content-Length, or as soon as a body sent without one passes the limit). The default takes a full "
+        "/v1/act:batch of max_batch recommender decisions with action masks (~10 MB).",
+    )
     inference_threads: int = Field(default=1, ge=1, description="torch threads of the inference worker.")
     seed: int | None = Field(default=None, description="Seed of exploration draws; None = from the OS.")
     switch_interval_s: float | None = Field(
@@ -88,8 +97,9 @@ class ServingSettings(BaseSettings):
     episode_memory: int = Field(
         default=100_000,
         ge=1,
-        description="Domains that allow each action once per episode: how many recently served episodes' actions "
-        "the server remembers, to mask them out of the episode's later requests.",
+        description="How many recently served episodes the server remembers across restarts: in domains that "
+        "allow each action once per episode, their actions (masked out of the episode's later requests); in every "
+        "domain, whether they terminated (a later request of a terminated episode is refused).",
     )
 
     # -- fine-tuning ------------------------------------------------------------------------------------------
@@ -113,7 +123,11 @@ class ServingSettings(BaseSettings):
     )
     finetune_confidence: float = Field(default=0.9, gt=0.0, lt=1.0, description="Confidence of the OPE interval.")
     finetune_min_episodes: int = Field(
-        default=5, ge=1, description="New served episodes needed before a candidate can be evaluated."
+        default=10,
+        ge=1,
+        description="Served episodes with new feedback needed before a fine-tune starts. A fine-tune also waits for "
+        "finetune_min_ess episodes, since an estimate never rests on more effective episodes than there are "
+        "episodes (finetune_needed_episodes).",
     )
     finetune_min_ess: float = Field(
         default=10.0,
@@ -162,6 +176,13 @@ class ServingSettings(BaseSettings):
     @property
     def hook_paths(self) -> tuple[str, ...]:
         return tuple(h.strip() for h in self.hooks.split(",") if h.strip())
+
+    @property
+    def finetune_needed_episodes(self) -> int:
+        """Served episodes with new feedback a fine-tune waits for: ``finetune_min_episodes``, and no fewer than
+        ``finetune_min_ess`` (an OPE estimate's effective sample size is at most its number of episodes, exactly
+        that for ``mb`` and ``fqe``: with fewer the guard could only call the candidate not evaluable)."""
+        return max(self.finetune_min_episodes, math.ceil(self.finetune_min_ess))
 
     @property
     def uri(self) -> str:

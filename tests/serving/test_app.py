@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -323,6 +324,53 @@ def test_finetune_without_new_feedback_is_a_conflict(client: TestClient) -> None
     assert r.status_code == 409 and "no new feedback" in r.json()["error"]["message"]
 
 
+def _serve_episodes(client: TestClient, first: int, n: int, steps: int = 1) -> None:
+    for i in range(first, first + n):
+        for _ in range(steps):
+            feedback(client, act(client, episode_id=f"ep{i}")["decision_id"], 1.0)
+
+
+def test_finetune_is_refused_until_the_guard_can_judge_the_episodes(
+    settings: ServingSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serving.finetune import FineTuner
+
+    started: list[str] = []  # the worker is not run here: the route's answer is what is tested
+    monkeypatch.setattr(FineTuner, "_supervise", lambda self, record, steps: started.append(record.run))
+    with TestClient(create_app(settings)) as c:
+        _serve_episodes(c, 0, 4, steps=2)
+        r = c.post("/v1/finetune", headers=auth())
+        assert r.status_code == 409, r.text
+        message = r.json()["error"]["message"]
+        assert "4 served episodes" in message and "at least 10" in message and "6 more" in message, message
+        assert not started
+        _serve_episodes(c, 4, 6)
+        r = c.post("/v1/finetune", headers=auth())
+        assert r.status_code == 202, r.text
+        assert r.json()["new_feedback"] == 14 and len(started) == 1
+
+
+def test_automatic_finetunes_wait_for_enough_episodes(
+    settings: ServingSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serving.finetune import FineTuner
+
+    started: list[str] = []
+    monkeypatch.setattr(FineTuner, "_supervise", lambda self, record, steps: started.append(record.run))
+    with TestClient(create_app(settings.model_copy(update={"finetune_every": 1}))) as c:
+        _serve_episodes(c, 0, 3, steps=3)
+        assert not started
+        _serve_episodes(c, 3, 7)
+        c.app.state.ctx.finetuner.wait(10)  # type: ignore[attr-defined]
+        assert len(started) == 1
+
+
+def test_the_guard_needs_no_fewer_episodes_than_effective_episodes_by_default() -> None:
+    # An estimate rests on at most as many effective episodes as there are episodes (mb and fqe: exactly as many).
+    fields = ServingSettings.model_fields
+    assert fields["finetune_min_episodes"].default >= fields["finetune_min_ess"].default
+
+
 # -- service -------------------------------------------------------------------------------------------------------
 def test_health_metrics_and_openapi(client: TestClient) -> None:
     d = act(client)
@@ -377,3 +425,202 @@ def test_large_batches_and_torch_only_agents_are_served_off_the_event_loop(
         want = int(saved.act(np.array([[0.0, 0.1, 0.0]], np.float32), rng=np.random.default_rng(0)).actions[0])
         assert act(c, exploration={"greedy": True})["action"]["index"] == want
         assert 0.0 < act(c)["propensity"] <= 1.0
+
+
+# -- the audit's rules -----------------------------------------------------------------------------------------------
+def _serve(settings: ServingSettings, tmp_path: Path, algo: str, **spec_changes: object) -> TestClient:
+    """An app around a fresh ``algo`` agent of the walk spec (with ``spec_changes``), on its own store."""
+    import dataclasses
+
+    from decision_core.data.dataset import FeatureStats
+
+    from .conftest import walk_spec
+
+    spec = dataclasses.replace(walk_spec(), **spec_changes)
+    agent = create_agent(algo, spec, FeatureStats.identity(spec), {"hidden_dims": [16], "batch_size": 8})
+    path = agent.save(tmp_path / f"{algo}-agent")
+    return TestClient(create_app(settings.model_copy(update={"model": str(path), "home": tmp_path / f"h-{algo}"})))
+
+
+def test_feedback_without_a_reward_is_refused_where_the_domain_trains_on_logged_rewards(
+    settings: ServingSettings, tmp_path: Path
+) -> None:
+    with _serve(settings, tmp_path, "gcbc", reward="logged") as c:
+        d = act(c)
+        body = {"decision_id": d["decision_id"], "next_state": STATE}
+        r = c.post("/v1/feedback", json=body, headers=auth())
+        assert r.status_code == 422, r.text
+        err = r.json()["error"]
+        assert err["field"] == "reward" and "'logged'" in err["message"] and "walk" in err["message"], err
+        assert feedback(c, d["decision_id"], 1.0, reward=0.5)["status"] == "stored"
+
+
+def test_a_terminated_episode_takes_no_later_decisions_or_outcomes(settings: ServingSettings) -> None:
+    with TestClient(create_app(settings)) as c:
+        before = act(c, episode_id="f2")  # asked for before the episode ended
+        first = act(c, episode_id="f2")
+        assert feedback(c, first["decision_id"], 1.0, terminated=True)["step"] == 0
+        r = c.post("/v1/act", json={"state": STATE, "episode_id": "f2"})
+        assert r.status_code == 409, r.text
+        err = r.json()["error"]
+        assert err["field"] == "episode_id" and "'f2'" in err["message"] and "new episode id" in err["message"], err
+        items = [{"state": STATE, "episode_id": "other"}, {"state": STATE, "episode_id": "f2"}]
+        r = c.post("/v1/act:batch", json={"items": items})
+        assert r.status_code == 409 and r.json()["error"]["field"] == "items[1].episode_id", r.text
+        body = {"decision_id": before["decision_id"], "next_state": STATE}
+        r = c.post("/v1/feedback", json=body, headers=auth())
+        assert r.status_code == 409, r.text
+        assert "'f2'" in r.json()["error"]["message"] and "terminated" in r.json()["error"]["message"]
+        assert [(e, s) for e, s, *_ in stored_steps(c)] == [("served/f2", 0)]
+        assert act(c, episode_id="f3")["episode_id"] == "f3"
+    with TestClient(create_app(settings)) as c:  # a restart remembers which episodes ended
+        r = c.post("/v1/act", json={"state": STATE, "episode_id": "f2"})
+        assert r.status_code == 409, r.text
+
+
+def test_an_episode_continues_after_a_truncated_step_which_then_no_longer_ends_it(client: TestClient) -> None:
+    d0 = act(client, episode_id="t")
+    assert feedback(client, d0["decision_id"], 1.0, truncated=True)["step"] == 0
+    d1 = act(client, episode_id="t")
+    assert feedback(client, d1["decision_id"], 2.0, truncated=True)["step"] == 1
+    ctx = client.app.state.ctx  # type: ignore[attr-defined]
+    rows = ctx.writer.call(
+        lambda s: s.con.execute("SELECT step, truncated FROM steps_walk ORDER BY step").fetchall()
+    ).result()
+    assert rows == [(0, False), (1, True)]  # as ingest does: a continued cut is no longer a cut
+    arrays = ctx.writer.call(lambda s: s.load_arrays("walk")).result()
+    assert arrays.n_episodes == 1 and arrays.truncated.tolist() == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"state": {**STATE, "level": "12"}}, "state.level"),
+        ({"state": {**STATE, "level": True}}, "state.level"),
+        ({"state": STATE, "goal": {"level": "3"}}, "goal.level"),
+        ({"state": STATE, "step": "3"}, "step"),
+        ({"state": STATE, "step": 3.0}, "step"),
+        ({"state": STATE, "action_mask": [1, 1, 1]}, "action_mask[0]"),
+        ({"state": STATE, "exploration": {"greedy": "yes"}}, "exploration.greedy"),
+        ({"state": STATE, "exploration": {"epsilon": "0.1"}}, "exploration.epsilon"),
+    ],
+)
+def test_decision_fields_are_strictly_typed(client: TestClient, body: dict, field: str) -> None:
+    r = client.post("/v1/act", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == field, r.text
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"terminated": "yes"}, "terminated"),
+        ({"truncated": 1}, "truncated"),
+        ({"reward": "1.5"}, "reward"),
+        ({"next_state": {**STATE, "level": "1"}}, "next_state.level"),
+    ],
+)
+def test_feedback_fields_are_strictly_typed(client: TestClient, extra: dict, field: str) -> None:
+    d = act(client)
+    body = {"decision_id": d["decision_id"], "next_state": STATE, **extra}
+    r = client.post("/v1/feedback", json=body, headers=auth())
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == field, r.text
+
+
+def test_a_retry_must_repeat_the_stored_outcome(settings: ServingSettings) -> None:
+    with TestClient(create_app(settings)) as c:
+        d = act(c, episode_id="r")
+        feedback(c, d["decision_id"], 1.0, reward=0.5)
+        assert feedback(c, d["decision_id"], 1.0, reward=0.5)["status"] == "already_stored"
+        for extra, field in (
+            ({"reward": 0.7}, "reward"),
+            ({}, "reward"),  # the stored one had a reward
+            ({"reward": 0.5, "terminated": True}, "terminated"),
+            ({"reward": 0.5, "truncated": True}, "truncated"),
+            ({"reward": 0.5, "next_state": {"level": 2.0, "noise": 0.0, "time": 1.0}}, "next_state"),
+        ):
+            body = {"decision_id": d["decision_id"], "next_state": {"level": 1.0, "noise": 0.0, "time": 1.0}, **extra}
+            r = c.post("/v1/feedback", json=body, headers=auth())
+            assert r.status_code == 409, (extra, r.text)
+            err = r.json()["error"]
+            assert err["field"] == field and d["decision_id"] in err["message"], err
+        assert len(stored_steps(c)) == 1
+    with TestClient(create_app(settings)) as c:  # compared with the store after a restart too
+        assert feedback(c, d["decision_id"], 1.0, reward=0.5)["status"] == "already_stored"
+        body = {"decision_id": d["decision_id"], "next_state": {"level": 1.0, "noise": 0.0, "time": 1.0}}
+        r = c.post("/v1/feedback", json={**body, "reward": 0.25}, headers=auth())
+        assert r.status_code == 409 and r.json()["error"]["field"] == "reward", r.text
+
+
+def test_a_batch_naming_an_episode_twice_is_refused_in_every_domain(client: TestClient) -> None:
+    assert not client.app.state.ctx.catalog.spec.once_per_episode  # type: ignore[attr-defined]
+    items = [{"state": STATE, "episode_id": "e"}, {"state": STATE}, {"state": STATE, "episode_id": "e"}]
+    r = client.post("/v1/act:batch", json={"items": items})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["field"] == "items[2].episode_id" and "items[0]" in err["message"] and "'e'" in err["message"], err
+
+
+def test_malformed_json_is_reported_alike_on_every_route(client: TestClient) -> None:
+    answers = []
+    for path in ("/v1/act", "/v1/act:batch", "/v1/feedback", "/v1/finetune"):
+        r = client.post(path, content=b'{"steps":', headers={**auth(), "content-type": "application/json"})
+        assert r.status_code == 422, (path, r.text)
+        err = r.json()["error"]
+        answers.append((err["field"], err["message"].split(" (")[0]))
+    assert set(answers) == {("body", "body: invalid JSON")}, answers
+
+
+def test_a_goal_or_task_sent_to_a_reward_model_is_refused_naming_what_was_sent(
+    settings: ServingSettings, tmp_path: Path
+) -> None:
+    with _serve(settings, tmp_path, "bc") as c:
+        for extra, field in (({"task": "high"}, "task"), ({"goal": {"level": 1.0}}, "goal")):
+            r = c.post("/v1/act", json={"state": STATE, **extra})
+            assert r.status_code == 422, r.text
+            err = r.json()["error"]
+            assert err["field"] == field and err["message"].startswith(f"{field}: the served model 'bc'"), err
+        assert act(c, task="reward")["propensity"] > 0
+
+
+def test_bodies_over_the_limit_are_refused_with_413(settings: ServingSettings) -> None:
+    with TestClient(create_app(settings.model_copy(update={"max_body_bytes": 2000}))) as c:
+        big = b'{"state": {"level": 0, "noise": 0, "time": 0}}' + b" " * 3000
+        for path in ("/v1/act", "/v1/finetune"):
+            r = c.post(path, content=big, headers={**auth(), "content-type": "application/json"})
+            assert r.status_code == 413, r.text
+            err = r.json()["error"]
+            assert (
+                err["type"] == "payload_too_large" and "2000" in err["message"] and "MAX_BODY_BYTES" in err["message"]
+            ), err
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the limit counts what is read
+            yield b'{"state": {"level": 0, "noise": 0, "time": 0}}'
+            for _ in range(10):
+                yield b" " * 500
+
+        r = c.post("/v1/act", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413, r.text
+        assert act(c)["propensity"] > 0  # within the limit
+
+
+def test_the_api_keys_setting_says_what_serve_does_without_keys() -> None:
+    from serving.cli import serve_cmd
+
+    described = ServingSettings.model_fields["api_keys"].description or ""
+    assert "refuse every call" not in described
+    assert "<home>/serving/api_key" in described and "<home>/serving/api_key" in (serve_cmd.__doc__ or "")
+
+
+def test_a_goal_model_without_a_goal_acts_as_asked_for_no_outcome(client: TestClient, agent_dir: Path) -> None:
+    saved = load_agent(agent_dir)
+    states = np.array([[float(level), 0.1, 0.0] for level in range(-3, 4)], np.float32)
+    nothing = np.full((len(states), 1), np.nan, np.float32)
+    want = saved.act(states, nothing, np.zeros_like(nothing, np.bool_), rng=np.random.default_rng(0)).actions
+    for extra in ({}, {"goal": {}}):
+        got = [
+            act(client, state={"level": s[0], "noise": 0.1, "time": 0.0}, exploration={"greedy": True}, **extra)
+            for s in states.tolist()
+        ]
+        assert [d["action"]["index"] for d in got] == [int(a) for a in want]

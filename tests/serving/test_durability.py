@@ -19,10 +19,12 @@ STATE = {"level": 0.0, "noise": 0.1, "time": 0.0}
 def test_acknowledged_feedback_survives_kill_9(server_factory: Callable, spec) -> None:
     server = server_factory().start()
     with httpx.Client(base_url=server.url, timeout=10.0) as c:
-        items = [{"state": {**STATE, "level": float(i % 7)}, "episode_id": f"ep{i % 50}"} for i in range(1500)]
-        r = c.post("/v1/act:batch", json={"items": items})
-        assert r.status_code == 200, r.text
-        ids = [d["decision_id"] for d in r.json()["decisions"]]
+        ids = []
+        for t in range(30):  # 50 episodes of 30 steps: one batch per step (a batch names an episode once)
+            items = [{"state": {**STATE, "level": float((t * 50 + e) % 7)}, "episode_id": f"ep{e}"} for e in range(50)]
+            r = c.post("/v1/act:batch", json={"items": items})
+            assert r.status_code == 200, r.text
+            ids += [d["decision_id"] for d in r.json()["decisions"]]
 
     acked: list[str] = []
     lock = threading.Lock()
@@ -55,7 +57,8 @@ def test_acknowledged_feedback_survives_kill_9(server_factory: Callable, spec) -
     server.start()
     with httpx.Client(base_url=server.url, timeout=10.0, headers={"X-API-Key": KEY}) as c:
         for did in acked[:: max(1, len(acked) // 40)]:
-            r = c.post("/v1/feedback", json={"decision_id": did, "next_state": {**STATE, "level": 1.0}})
+            body = {"decision_id": did, "next_state": {**STATE, "level": 1.0}, "reward": 1.0}  # the same event
+            r = c.post("/v1/feedback", json=body)
             assert r.status_code == 200 and r.json()["status"] == "already_stored", r.text
     server.stop()
     with DecisionStore(server.home / "store.duckdb", read_only=True) as store:
