@@ -56,7 +56,7 @@ class IngestError(DecisionCoreError):
             shown = repr(value)
             message += f" (got {shown[:80]}{'…' if len(shown) > 80 else ''})"
         if hint:
-            message += f". {hint}"
+            message += f". {hint[:1].upper()}{hint[1:]}"
         super().__init__(message)
 
     def in_file(self, file: str) -> IngestError:

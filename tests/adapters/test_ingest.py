@@ -334,9 +334,9 @@ def test_typed_files_ingest_like_their_csv(thermostat, tmp_path, store, suffix):
         ("setting", [2.0, 1.7, 0.0], 1, 1.7, "astype('Int64')"),  # a fraction is not truncated to 1
         ("setting", [2.0, 1.0, 0.0], 0, 2.0, "not even 3.0"),  # a whole float is refused, as "2.0" is in a CSV
         ("t", [0.0, 1.0, 2.0], 0, 0.0, "write 't' as an integer column"),
-        ("done", [0, 7, 1], 1, 7, "fix the value"),  # an integer other than 0 or 1 is not a boolean
-        ("done", [0.0, 0.0, 1.0], 0, 0.0, "write 'done' as Boolean"),
-        ("temp", [True, False, True], 0, True, "write 'temp' as Float32"),
+        ("done", [0, 7, 1], 1, 7, "Fix the value"),  # an integer other than 0 or 1 is not a boolean
+        ("done", [0.0, 0.0, 1.0], 0, 0.0, "Write 'done' as Boolean"),
+        ("temp", [True, False, True], 0, True, "Write 'temp' as Float32"),
     ],
 )
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
@@ -436,7 +436,7 @@ def test_files_polars_cannot_read_and_adapters_that_fail_exit_2_naming_the_file(
     assert (info.value.file, info.value.row) == (str(path), row)
     if adapter is not ThermostatAdapter:
         assert f"the adapter '{adapter.name}' failed on this file: {message}" in str(info.value)
-        assert "fix the adapter" in str(info.value)
+        assert "Fix the adapter" in str(info.value)
     ADAPTERS.register(adapter.name, adapter, origin="test")
     try:
         result = CliRunner().invoke(app, ["ingest", adapter.name, str(path), "--db", str(tmp_path / "s.duckdb")])
