@@ -414,6 +414,28 @@ class Agent(ABC):
         for module in self.nets.values():
             if isinstance(module, RewardScale) and not module.is_set:
                 module.fit(torch.as_tensor(rewards, dtype=torch.float32))
+        self._record_reward_scale()
+
+    def _record_reward_scale(self) -> None:
+        """Write the factor a fitted reward scale holds into the config's unset ``reward_scale``, so the config that
+        is logged and saved states the factor the agent learned with (the networks keep it too)."""
+        if getattr(self.config, "reward_scale", False) is not None:
+            return  # no such field, or a factor the config fixed
+        for module in self.nets.values():
+            if isinstance(module, RewardScale) and module.is_set:
+                self.config = self.config.replace(reward_scale=float(module.scale))
+                return
+
+    @property
+    def task(self) -> str | None:
+        """The reward task a reward agent was trained on and is judged by: an expression over the features or
+        ``"logged"``, as its config's ``reward`` records it. None for goal-conditioned agents and for agents
+        saved before training recorded it, which learned the domain's own reward (``spec.reward``, else the
+        logged rewards)."""
+        if self.goal_conditioned:
+            return None
+        reward = getattr(self.config, "reward", None)
+        return reward if isinstance(reward, str) else None
 
     #: Whether training needs a reward on every step (reward-task agents); BC does not.
     needs_rewards: ClassVar[bool] = True
@@ -615,6 +637,7 @@ class Agent(ABC):
                     o.load_state_dict(training_state["optimizers"][k])
             agent.generator.set_state(training_state["generator"])
         agent.n_updates = int(meta.get("n_updates", 0))
+        agent._record_reward_scale()  # saved before configs recorded it: the weights hold the factor
         return agent
 
     def __repr__(self) -> str:

@@ -54,12 +54,13 @@ CQL_EXTRACTIONS = ("closed_form", "q")
 @dataclass(frozen=True)
 class CQLConfig(AgentConfig):
     #: The reward learned: an expression over state/next-state features (``decision_core.reward``), ``"logged"``
-    #: for the logs' reward column, or None for the domain's own reward (``spec.reward``).
+    #: for the logs' reward column, or None for the domain's own reward (``spec.reward``). Training records the
+    #: task it resolved here (``agent.task`` reads it), so OPE, selection and fine-tuning judge the agent by it.
     reward: str | None = None
     #: Rewards are multiplied by this factor before learning; None = 1 / std of the training data's rewards
-    #: (set when the agent builds its sampler, kept with the weights), so the conservative weight and ``beta``
-    #: mean the same whatever the reward's units: the conservative term's pull is bounded, the TD error's grows
-    #: with the reward's scale.
+    #: (fitted when the agent builds its sampler, then written here and kept with the weights), so the
+    #: conservative weight and ``beta`` mean the same whatever the reward's units: the conservative term's pull is
+    #: bounded, the TD error's grows with the reward's scale.
     reward_scale: float | None = None
     #: Weight of the conservative term; None = 0.01 for discrete actions with the closed form (the behaviour prior
     #: keeps the policy on the data), 1.0 for discrete ones with "q", 5.0 for continuous ones (d3rlpy's).

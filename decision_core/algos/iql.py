@@ -45,11 +45,12 @@ from decision_core.reward import check_reward
 @dataclass(frozen=True)
 class IQLConfig(AgentConfig):
     #: The reward learned: an expression over state/next-state features (``decision_core.reward``), ``"logged"``
-    #: for the logs' reward column, or None for the domain's own reward (``spec.reward``).
+    #: for the logs' reward column, or None for the domain's own reward (``spec.reward``). Training records the
+    #: task it resolved here (``agent.task`` reads it), so OPE, selection and fine-tuning judge the agent by it.
     reward: str | None = None
     #: Rewards are multiplied by this factor before learning; None = 1 / std of the training data's rewards
-    #: (set when the agent builds its sampler, kept with the weights), so ``beta`` / the conservative weight
-    #: mean the same whatever the reward's units (inventory costs are ~10 per step, clicks ~0.5).
+    #: (fitted when the agent builds its sampler, then written here and kept with the weights), so ``beta`` / the
+    #: conservative weight mean the same whatever the reward's units (inventory costs are ~10 per step, clicks ~0.5).
     reward_scale: float | None = None
     #: Expectile of the value regression (0.5 = mean, -> 1 = max over logged actions).
     expectile: float = 0.7

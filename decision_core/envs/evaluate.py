@@ -1,11 +1,16 @@
 """Judge policies in a domain simulator: goal success, steps to goal, reward-task return, normalised score.
 
-For every policy, each goal of the domain's fixed goal set is pursued in ``episodes`` episodes (an episode
-succeeds when, after some action, the outcome features are within tolerance of the goal; it stops there), and
-the reward task is run in ``episodes`` further episodes without a goal. The **normalised score** is
-``100 * (R - R_random) / (R_oracle - R_random)`` on the mean reward-task return ``R``. Every figure comes with
-a percentile bootstrap confidence interval over episodes (explicit RNG). The random and oracle baselines (which
-anchor the score) and the behaviour baseline are always run beside the evaluated policy.
+For every policy, each goal of the domain's fixed goal set (or of the ``goals`` asked for) is pursued in
+``episodes`` episodes (an episode succeeds when, after some action, the outcome features are within tolerance of
+the goal; it stops there), and the reward task is run in ``episodes`` further episodes without a goal. The
+**normalised score** is ``100 * (R - R_random) / (R_oracle - R_random)`` on the mean reward-task return ``R``.
+Every figure comes with a percentile bootstrap confidence interval over episodes (explicit RNG). The random and
+oracle baselines (which anchor the score) and the behaviour baseline are always run beside the evaluated policy.
+
+Returns are the simulator's own reward unless ``reward`` names another task: an expression over the state
+features (:mod:`decision_core.reward`), computed on every simulated transition (state, next state) for every
+policy alike. The oracle pursues the simulator's reward, not that expression, so it anchors no score under it:
+a custom task's report has returns and no normalised score (NaN).
 
 Rollouts are vectorised (one batched dynamics call per step for a whole chunk of episodes), and every policy
 meets the same starting worlds: the RNG of a (goal, chunk) depends only on the seed, the goal and the chunk.
@@ -14,7 +19,7 @@ meets the same starting worlds: the RNG of a (goal, chunk) depends only on the s
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +33,7 @@ from decision_core.errors import SpecError
 
 if TYPE_CHECKING:
     from decision_core.algos.base import Agent, Exploration
+    from decision_core.reward import RewardExpression
 
 __all__ = [
     "BASELINES",
@@ -38,9 +44,12 @@ __all__ = [
     "PolicyResult",
     "evaluate",
     "evaluate_policies",
+    "task_reward",
 ]
 
 BASELINES = ("random", "behaviour", "oracle")
+#: ``EvaluationReport.reward`` of returns scored with the simulator's own reward.
+SIMULATOR_REWARD = "simulator"
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,8 @@ class EvaluationReport:
     seed: int
     confidence: float
     policies: dict[str, PolicyResult] = field(default_factory=dict)
+    #: The reward the returns are scored with: :data:`SIMULATOR_REWARD`, or the task's expression (no score then).
+    reward: str = SIMULATOR_REWARD
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,6 +127,7 @@ class EvaluationReport:
     def table(self) -> Table:
         """One row per policy: success over the goal set and the hard goals, steps, return, score."""
         pct = round(100 * self.confidence)
+        scored = "" if self.reward == SIMULATOR_REWARD else f"; returns under reward '{self.reward}', no score"
         t = Table(
             "policy",
             "goal success",
@@ -124,7 +136,7 @@ class EvaluationReport:
             "return",
             "normalised score",
             title=f"{self.domain}: {self.episodes} episodes per goal and for the reward task, seed {self.seed} "
-            f"({pct}% bootstrap CIs)",
+            f"({pct}% bootstrap CIs{scored})",
         )
         for name, r in self.policies.items():
             steps = "n/a" if math.isnan(r.steps_to_goal) else f"{r.steps_to_goal:.1f}"
@@ -242,6 +254,32 @@ def _chunks(episodes: int, batch: int) -> list[tuple[int, int]]:
     return [(c, min(batch, episodes - s)) for c, s in enumerate(range(0, episodes, batch))]
 
 
+def task_reward(
+    sim: DomainSimulator, reward: str | None, options: Mapping[str, Any] | None = None
+) -> RewardExpression | None:
+    """The expression returns are scored with under ``reward``, or None for the simulator's own reward: ``reward``
+    None, ``"logged"`` (the logs' reward column, which the simulator writes from its reward) or the simulator
+    spec's own reward (which states it). Any other text is parsed against the spec's features."""
+    from decision_core.reward import LOGGED, parse_reward
+
+    spec = spec_for(sim, options)
+    if reward is None or reward.strip() in (LOGGED, (spec.reward or "").strip()):
+        return None
+    return parse_reward(reward, spec)
+
+
+def _returns(ep: Any, reward: RewardExpression | None) -> np.ndarray:
+    """(B,) episode returns: the simulator's rewards, or ``reward`` on each recorded (state, next state)."""
+    if reward is None:
+        return np.asarray(ep.rewards.astype(np.float64).sum(axis=1))
+    b, t, s = ep.observations.shape[0], ep.rewards.shape[1], ep.observations.shape[2]
+    states = ep.observations[:, :t].reshape(b * t, s)
+    next_states = ep.observations[:, 1 : t + 1].reshape(b * t, s)
+    r = reward.evaluate(states, next_states).reshape(b, t).astype(np.float64)
+    recorded = np.arange(t)[None, :] < ep.lengths[:, None]  # nothing after an episode's end counts
+    return np.asarray(np.where(recorded, r, 0.0).sum(axis=1))
+
+
 def _run_policy(
     sim: DomainSimulator,
     policy: SimPolicy,
@@ -250,15 +288,19 @@ def _run_policy(
     seed: int,
     batch: int,
     options: Mapping[str, Any],
+    reward: RewardExpression | None = None,
 ) -> _Raw:
     spec = spec_for(sim, options)
     oi, tol = spec.outcome_index, spec.tolerances
     success, steps = [], []
+    # A goal's worlds depend on its place in the simulator's goal set, so it meets the same ones when pursued alone.
+    names = [g.name for g in sim.goal_set()]
     for j, goal in enumerate(goals):
         values, mask = goal.vector(spec)
+        key = names.index(goal.name) + 1 if goal.name in names else len(names) + j + 1
         ok_parts, step_parts = [], []
         for c, size in _chunks(episodes, batch):
-            rng = np.random.default_rng([seed, j + 1, c])
+            rng = np.random.default_rng([seed, key, c])
             g, m = np.tile(values, (size, 1)), np.tile(mask, (size, 1))
             ep = rollout(
                 sim.dynamics(**options),
@@ -283,7 +325,7 @@ def _run_policy(
     for c, size in _chunks(episodes, batch):
         rng = np.random.default_rng([seed, 0, c])
         ep = rollout(sim.dynamics(**options), policy, batch=size, max_steps=sim.max_steps, rng=rng)
-        returns.append(ep.rewards.astype(np.float64).sum(axis=1))
+        returns.append(_returns(ep, reward))
     return _Raw(success, steps, np.concatenate(returns))
 
 
@@ -298,18 +340,24 @@ def evaluate_policies(
     batch: int = 1024,
     options: Mapping[str, Any] | None = None,
     progress: Any = None,
+    goals: Sequence[Goal] | None = None,
+    reward: str | None = None,
 ) -> EvaluationReport:
     """Evaluate ``policies`` (name -> policy) together with the random and oracle baselines.
 
-    ``progress`` is an optional ``rich.progress.Progress`` to report on. The report lists the baselines first.
+    ``goals``: the goals pursued (default the simulator's goal set; an empty list runs the reward task only, and
+    the success figures are NaN). ``reward``: the task returns are scored under (see :func:`task_reward`; a task
+    other than the simulator's own has no normalised score). ``progress`` is an optional
+    ``rich.progress.Progress`` to report on. The report lists the baselines first.
     """
     if episodes < 2:
         raise SpecError(f"episodes must be >= 2 for confidence intervals, got {episodes}")
     if not 0 < confidence < 1:
         raise SpecError(f"confidence must be in (0, 1), got {confidence}")
-    goals = list(sim.goal_set())
-    if not goals:
+    pursued = list(sim.goal_set() if goals is None else goals)
+    if goals is None and not pursued:
         raise SpecError(f"simulator '{sim.domain}' has an empty goal set")
+    scored_by = task_reward(sim, reward, options)
     own = sim.policies()
     missing = [b for b in ("random", "oracle") if b not in own]
     if missing:
@@ -322,7 +370,7 @@ def evaluate_policies(
     task = progress.add_task(f"evaluating {sim.domain}", total=len(everything)) if progress else None
     raw: dict[str, _Raw] = {}
     for name, pol in everything.items():
-        raw[name] = _run_policy(sim, pol, goals, episodes, seed, batch, options or {})
+        raw[name] = _run_policy(sim, pol, pursued, episodes, seed, batch, options or {}, scored_by)
         if progress:
             progress.advance(task)
 
@@ -330,7 +378,8 @@ def evaluate_policies(
     boot_returns = {n: _bootstrap_means(r.returns, bootstrap, rng) for n, r in raw.items()}
     mean_returns = {n: float(r.returns.mean()) for n, r in raw.items()}
     lo_r, hi_r = mean_returns["random"], mean_returns["oracle"]
-    hard = [i for i, g in enumerate(goals) if g.hard]
+    hard = [i for i, g in enumerate(pursued) if g.hard]
+    nan = Interval(float("nan"), float("nan"), float("nan"))
     results: dict[str, PolicyResult] = {}
     for name, r in raw.items():
         goal_boots = [_bootstrap_means(s.astype(np.float64), bootstrap, rng) for s in r.success]
@@ -341,14 +390,17 @@ def evaluate_policies(
                 success_rate=_interval(float(r.success[i].mean()), goal_boots[i], confidence),
                 steps_to_goal=float(np.nanmean(r.steps[i])) if r.success[i].any() else float("nan"),
             )
-            for i, g in enumerate(goals)
+            for i, g in enumerate(pursued)
         ]
-        overall = np.mean(goal_boots, axis=0)
+        success = nan
+        if pursued:
+            overall = np.mean(goal_boots, axis=0)
+            success = _interval(float(np.mean([s.mean() for s in r.success])), overall, confidence)
         hard_boots = np.mean([goal_boots[i] for i in hard], axis=0) if hard else np.full(bootstrap, np.nan)
-        all_steps = np.concatenate(r.steps)
+        all_steps = np.concatenate(r.steps) if r.steps else np.full(1, np.nan)
         span = hi_r - lo_r
-        if span == 0:
-            score = Interval(float("nan"), float("nan"), float("nan"))
+        if span == 0 or scored_by is not None:  # the oracle pursues the simulator's reward, not another task
+            score = nan
         else:
             boot_span = boot_returns["oracle"] - boot_returns["random"]
             boots = 100 * (boot_returns[name] - boot_returns["random"]) / np.where(boot_span == 0, np.nan, boot_span)
@@ -356,7 +408,7 @@ def evaluate_policies(
         results[name] = PolicyResult(
             policy=name,
             goals=goal_results,
-            success_rate=_interval(float(np.mean([s.mean() for s in r.success])), overall, confidence),
+            success_rate=success,
             hard_success_rate=_interval(
                 float(np.mean([r.success[i].mean() for i in hard])) if hard else float("nan"), hard_boots, confidence
             ),
@@ -364,7 +416,8 @@ def evaluate_policies(
             returns=_interval(mean_returns[name], boot_returns[name], confidence),
             normalised_score=score,
         )
-    return EvaluationReport(sim.domain, episodes, seed, confidence, results)
+    shown = SIMULATOR_REWARD if scored_by is None else scored_by.text
+    return EvaluationReport(sim.domain, episodes, seed, confidence, results, reward=shown)
 
 
 def evaluate(

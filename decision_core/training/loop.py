@@ -8,6 +8,7 @@ The same function runs in every process under ``torchrun`` (see :mod:`decision_c
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -17,7 +18,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,11 @@ class TrainResult:
     checkpoint: Path | None
     rank: int = 0
     ope: list[dict[str, Any]] = field(default_factory=list)
+    #: With ``keep = "best:<metric>"``: the step whose weights the model holds, and the rule that chose them. When
+    #: they are not the last step's, ``metrics`` holds their evaluation under ``kept/`` (as the run logs it) beside
+    #: the last weights' under the plain names.
+    kept_step: int | None = None
+    kept_by: str | None = None
 
 
 # -- data ---------------------------------------------------------------------------------------------------------
@@ -99,16 +105,34 @@ def fingerprint(arrays: Any, settings: CoreSettings) -> dict[str, str]:
     }
 
 
-def _training_rewards(agent_cls: Any, arrays: Any, config: TrainConfig) -> np.ndarray | None:
-    """The reward-task reward of every step for reward algorithms; None for goal-conditioned ones."""
+def training_task(agent_cls: Any, config: TrainConfig, arrays: Any) -> str | None:
+    """The reward task a reward algorithm trains on, recorded with the agent (its config's ``reward``) and judged
+    by: ``config.task``, else ``agent.reward`` of the config, else the domain's reward (``spec.reward``), else the
+    logged rewards (``"logged"``). None for goal-conditioned algorithms, and for one that learns no reward (BC)
+    on logs that have none."""
+    if agent_cls.goal_conditioned:
+        return None
+    named = config.agent.get("reward")
+    if config.task is not None and named is not None and config.task.strip() != str(named).strip():
+        raise SpecError(
+            f"training config: 'task' ({config.task!r}) and 'agent.reward' ({named!r}) name different reward tasks; "
+            f"give the task once, as 'task' (--task)"
+        )
+    task = config.task if config.task is not None else named
+    if task is None:
+        task = arrays.spec.reward
+    if task is None and (getattr(agent_cls, "needs_rewards", True) or arrays.has_rewards):
+        task = "logged"
+    return None if task is None else str(task)
+
+
+def _training_rewards(agent_cls: Any, arrays: Any, task: str | None) -> np.ndarray | None:
+    """The reward of every step under ``task`` for algorithms that learn a reward; None for the others."""
     if agent_cls.goal_conditioned or not getattr(agent_cls, "needs_rewards", True):
         return None
     from decision_core.reward import rewards_for
 
-    source = config.task
-    if source is None and arrays.spec.reward is None:
-        source = "logged"
-    return rewards_for(arrays, source)
+    return rewards_for(arrays, task)
 
 
 # -- evaluation ----------------------------------------------------------------------------------------------------
@@ -141,6 +165,25 @@ def evaluation_goals(spec: Any, goal_set: str | None, sim: Any | None) -> list[t
     return [(name, *goal_arrays(spec, targets)) for name, targets in goals.items()]
 
 
+def simulator_goals(sim: Any, spec: Any, goal_set: str | None) -> list[Any]:
+    """The goals the simulator evaluation pursues: its own goal set, or only ``goal_set`` (the simulator's goal of
+    that name, else the domain spec's, which :func:`evaluation_goals` has checked)."""
+    from decision_core.envs.base import Goal
+
+    goals = list(sim.goal_set())
+    if goal_set is None:
+        return goals
+    named = [g for g in goals if g.name == goal_set]
+    if named:
+        return named
+    if goal_set in spec.goals:
+        return [Goal(goal_set, dict(spec.goals[goal_set]))]
+    raise SpecError(
+        f"goal set '{goal_set}' is not defined for domain '{spec.name}'. Known: "
+        f"{', '.join(sorted({*spec.goals, *(g.name for g in goals)}))}"
+    )
+
+
 def goal_arrays(spec: Any, targets: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
     """A goal's (values, mask) over the spec's outcome features from its targets (feature -> value)."""
     values = np.array([targets.get(o, 0.0) for o in spec.outcome_names], np.float32)
@@ -156,7 +199,8 @@ def ope_jobs(
     exploration: Any | None = None,
 ) -> list[tuple[Any, Any]]:
     """The (policy, task) pairs OPE evaluates for ``agent``: one per goal (name, values, mask) for a
-    goal-conditioned agent, else its reward task (``task``: an expression, ``"logged"`` or the spec's reward)."""
+    goal-conditioned agent, else its reward task: ``task`` (an expression or ``"logged"``), by default the one the
+    agent was trained on (``agent.task``), else the spec's reward."""
     from decision_core.ope import AgentPolicy, goal_task, reward_task
 
     if agent.goal_conditioned:
@@ -164,7 +208,7 @@ def ope_jobs(
             (AgentPolicy(agent, exploration, goal=values, goal_mask=mask), goal_task(arrays, values, mask, name=name))
             for name, values, mask in goals
         ]
-    return [(AgentPolicy(agent, exploration), reward_task(arrays, task))]
+    return [(AgentPolicy(agent, exploration), reward_task(arrays, task if task is not None else agent.task))]
 
 
 def compare_jobs(
@@ -219,7 +263,8 @@ def run_ope(
     refits: int = 0,
     models: dict[str, Any] | None = None,
 ) -> tuple[dict[str, float], list[Any]]:
-    """OPE of the agent's served policy: on its reward task, or averaged over the evaluation goals. ``refits`` > 0
+    """OPE of the agent's served policy: on its reward task (``config.task``, by default the one it was trained
+    on), or averaged over the evaluation goals. ``refits`` > 0
     takes fqe's and mb's intervals from that many models refitted on bootstrap resamples; ``models`` shares mb's
     fitted models between calls on the same arrays (see :func:`~decision_core.ope.evaluate_tasks`)."""
     from decision_core.ope import FQEConfig, ModelConfig, evaluate_tasks
@@ -227,10 +272,11 @@ def run_ope(
     exploration = ope_exploration(config)
     fqe = FQEConfig(steps=config.fqe_steps)
     jobs: list[tuple[Any, Any]] = []
+    task = config.task if config.task is not None else agent.task
     if agent.goal_conditioned:
         jobs = ope_jobs(agent, arrays, evaluation_goals(arrays.spec, config.goal_set, sim), None, exploration)
-    elif config.task is not None or arrays.spec.reward is not None or arrays.has_rewards:
-        jobs = ope_jobs(agent, arrays, [], config.task, exploration)
+    elif task is not None or arrays.spec.reward is not None or arrays.has_rewards:
+        jobs = ope_jobs(agent, arrays, [], task, exploration)
     else:  # e.g. behaviour cloning on logs without rewards: there is no task to estimate a value for
         console.print(
             f"[yellow]OPE skipped[/]: domain '{arrays.spec.name}' has no reward (no --task, no spec reward, no "
@@ -259,16 +305,113 @@ def run_ope(
 
 
 def run_simulator_eval(agent: Any, sim: Any, config: TrainConfig) -> dict[str, float]:
+    """The agent's greedy policy in the domain's simulator, as ``eval/...`` metrics.
+
+    A goal-conditioned agent pursues the simulator's goals (``config.goal_set``'s only, when named) and runs the
+    reward task. A reward agent runs the reward task only (goal success says nothing of a policy that pursues no
+    goal), its returns scored under its task (``config.task``, by default the one it was trained on): the
+    simulator's own reward, with the normalised score, or an expression computed on the simulated transitions,
+    without one (see :func:`decision_core.envs.evaluate.evaluate_policies`)."""
     from decision_core.envs.evaluate import LearnedPolicy, evaluate
 
-    report = evaluate(sim, LearnedPolicy(agent), name="learned", episodes=config.eval_episodes, seed=config.seed)
+    if agent.goal_conditioned:
+        goals, reward = simulator_goals(sim, agent.spec, config.goal_set), None
+    else:
+        goals, reward = [], config.task if config.task is not None else agent.task
+    report = evaluate(
+        sim,
+        LearnedPolicy(agent),
+        name="learned",
+        episodes=config.eval_episodes,
+        seed=config.seed,
+        goals=goals,
+        reward=reward,
+    )
     return report.metrics("learned", prefix="eval/")
+
+
+def evaluation_metrics(
+    config: TrainConfig, arrays: Any, agent_cls: Any, sim: Any | None, task: str | None
+) -> tuple[set[str], dict[str, str]]:
+    """The metrics a periodic evaluation of this run can log (what ``keep`` may pick by), and why some others
+    that look alike cannot be (a name or prefix -> the reason); ``task`` is the run's (:func:`training_task`)."""
+    from decision_core.ope.estimators import ESTIMATORS, NEEDS_PROPENSITIES
+
+    def spread(name: str) -> set[str]:
+        return {name, f"{name}_low", f"{name}_high"}
+
+    names: set[str] = set()
+    why: dict[str, str] = {}
+    if sim is None:
+        why["eval/"] = f"domain '{config.domain}' has no simulator, so no evaluation logs eval/ figures"
+    elif agent_cls.goal_conditioned:
+        goals = simulator_goals(sim, arrays.spec, config.goal_set)
+        names |= spread("eval/success_rate") | spread("eval/return") | spread("eval/normalised_score")
+        names |= {"eval/steps_to_goal", *(f"eval/success/{g.name}" for g in goals)}
+        if any(g.hard for g in goals):
+            names.add("eval/hard_success_rate")
+    else:
+        from decision_core.envs.evaluate import task_reward
+
+        names |= spread("eval/return")
+        if task_reward(sim, task) is None:
+            names |= spread("eval/normalised_score")
+        else:
+            why["eval/normalised_score"] = (
+                f"the reward task '{task}' is not the simulator's own, so the oracle anchors no normalised score"
+            )
+        why["eval/success"] = f"a reward agent ({config.algo}) pursues no goal: its evaluation logs no goal success"
+        why["eval/hard_success_rate"] = why["eval/steps_to_goal"] = why["eval/success"]
+    if agent_cls.goal_conditioned:
+        scored = bool(evaluation_goals(arrays.spec, config.goal_set, sim))
+    else:
+        scored = task is not None or arrays.spec.reward is not None or arrays.has_rewards
+    if not scored:
+        why["ope/"] = f"domain '{config.domain}' has no task to estimate a value for (no reward, no goals)"
+        return names, why
+    # As decision_core.ope.supported_estimators: importance sampling needs logged propensities and a policy with
+    # a probability for every action (discrete, or continuous with exploration).
+    weighs = bool(arrays.propensity_episodes.any())
+    stochastic = arrays.spec.discrete or ope_exploration(config) is not None
+    for name in ESTIMATORS:
+        if name in NEEDS_PROPENSITIES and not weighs:
+            why[f"ope/{name}"] = "the logs lack propensities (no episode has one on every step)"
+        elif name in NEEDS_PROPENSITIES and not stochastic:
+            why[f"ope/{name}"] = "a greedy continuous policy has no density (set ope_temperature or ope_epsilon)"
+        else:
+            names |= {f"ope/{name}", f"ope/{name}/ci_low", f"ope/{name}/ci_high", f"ope/{name}/ess"}
+    why["ope/behaviour"] = "ope/behaviour is the logged policy's value, the same whatever the weights"
+    return names, why
+
+
+def check_keep_metric(
+    config: TrainConfig, arrays: Any, agent_cls: Any, sim: Any | None, task: str | None
+) -> set[str] | None:
+    """Refuse, before training, a ``keep`` metric that no evaluation of this run can log, with the closest one
+    that it can; returns the names it can log (None when the run keeps the last weights)."""
+    metric = keep_metric(config, arrays)
+    if metric is None:
+        return None
+    known, why = evaluation_metrics(config, arrays, agent_cls, sim, task)
+    if metric in known:
+        return known
+    reason = next((r for prefix, r in sorted(why.items(), key=lambda kv: -len(kv[0])) if metric.startswith(prefix)), "")
+    close = difflib.get_close_matches(metric, sorted(known), n=1, cutoff=0.6)
+    raise TrainingError(
+        f"keep = 'best:{metric}' cannot pick the weights: {reason or f'no evaluation of this run logs {metric!r}'}"
+        + (f"; did you mean 'best:{close[0]}'?" if close else ".")
+        + f" Its evaluations log: {', '.join(sorted(known)) or 'nothing'}"
+    )
 
 
 # -- checkpoints -----------------------------------------------------------------------------------------------------
 CHECKPOINT_ARTIFACT = "checkpoint"
 #: The best evaluated weights so far of a run that keeps the best, beside the checkpoint.
 KEPT_FILE = "kept.pt"
+#: Run tags: the steps the run trains to (its "steps" param, immutable in MLflow, keeps the first target), and the
+#: steps it was resumed from, comma-separated.
+STEPS_TAG = "decision_core.steps"
+RESUMED_TAG = "decision_core.resumed_from_steps"
 
 
 def _generators(agent: Any, sampler: Any) -> dict[str, torch.Generator]:
@@ -393,13 +536,17 @@ def train(
             arrays = load_domain(config, settings)
         if arrays.spec.name != config.domain:
             raise SpecError(f"the data is of domain '{arrays.spec.name}', the config asks for '{config.domain}'")
+        sim = _simulator(config.domain)
         if config.goal_set is not None:  # an unknown goal set stops the run here, not at its first evaluation
-            evaluation_goals(arrays.spec, config.goal_set, _simulator(config.domain))
+            evaluation_goals(arrays.spec, config.goal_set, sim)
+        task = training_task(agent_cls, config, arrays)
+        # As an unknown goal set: a keep metric no evaluation logs stops the run before the first step.
+        known_metrics = check_keep_metric(config, arrays, agent_cls, sim, task)
         stats = FeatureStats.compute(arrays.states, arrays.spec)  # from all data, so every rank normalises alike
         shard = arrays
         if ctx.enabled:
             shard = arrays.select_episodes(dist_utils.shard_episodes(arrays.n_episodes, ctx, config.seed))
-        dataset = OfflineDataset(shard, rewards=_training_rewards(agent_cls, shard, config))
+        dataset = OfflineDataset(shard, rewards=_training_rewards(agent_cls, shard, task))
         if ctx.enabled:
             dataset.stats = stats
 
@@ -418,22 +565,27 @@ def train(
             history.update(loaded)
             if start >= config.steps:
                 raise TrainingError(f"run {resume} already trained {start} steps; pass a larger --steps to continue it")
+            _resume_task(agent, task, resume)
         else:
-            agent = create_agent(config.algo, arrays.spec, stats, config.agent, seed=config.seed)
+            agent_config = dict(config.agent)
+            if task is not None and "reward" in {f.name for f in fields(agent_cls.config_class)}:
+                agent_config["reward"] = task  # the agent records its task (a third party's may have no field)
+            agent = create_agent(config.algo, arrays.spec, stats, agent_config, seed=config.seed)
             if ctx.enabled:  # like the feature statistics, the reward scale comes from all the data
-                all_rewards = _training_rewards(agent_cls, arrays, config)
+                all_rewards = _training_rewards(agent_cls, arrays, task)
                 if all_rewards is not None:
                     agent.fit_reward_scale(all_rewards)
             sampler = make_sampler(agent)
         agent.to(ctx.device).set_precision(config.precision)
         if ctx.enabled:
             dist_utils.data_parallel(agent)
-        tracker = _Tracker(config, settings, arrays, ctx, resume) if ctx.is_main else None
+        tracker = _Tracker(config, settings, arrays, ctx, resume, start) if ctx.is_main else None
         run_id = dist_utils.broadcast_object(tracker.run_id if tracker else None, ctx)
         try:
             result = _loop(
-                config, settings, ctx, agent, sampler, arrays, tracker, run_id, start, history, progress, kept_state
-            )
+                config, settings, ctx, agent, sampler, arrays, tracker, run_id, start, history, progress, kept_state,
+                sim if ctx.is_main else None, known_metrics,
+            )  # fmt: skip
         except BaseException as exc:
             if tracker is not None:
                 tracker.close(failed=True, reason=str(exc)[:500])
@@ -442,6 +594,20 @@ def train(
         return result
     finally:
         dist_utils.shutdown(ctx, wait=finished)
+
+
+def _resume_task(agent: Any, task: str | None, run_id: str) -> None:
+    """Refuse to resume an agent on a reward task other than the one it was trained on; record the task on one
+    saved before agents recorded it."""
+    if agent.goal_conditioned or task is None or not hasattr(agent.config, "reward"):
+        return
+    if agent.task is None:
+        agent.config = agent.config.replace(reward=task)
+    elif agent.task.strip() != task.strip():
+        raise TrainingError(
+            f"run {run_id} trained its agent on reward task '{agent.task}'; resuming it on '{task}' would change "
+            f"the objective mid-run. Resume without --task, or train a new run on the new task"
+        )
 
 
 def _loop(
@@ -457,11 +623,12 @@ def _loop(
     history: dict[str, list],
     show_progress: bool,
     kept_state: dict[str, Any] | None = None,
+    sim: Any | None = None,
+    known_metrics: set[str] | None = None,
 ) -> TrainResult:
     batch_size = int(agent.config.batch_size)
     ckpt_dir = (settings.home / "checkpoints" / str(run_id) / "latest").resolve()
     rng = np.random.default_rng([config.seed, 1])
-    sim = _simulator(config.domain) if ctx.is_main else None
     if tracker is not None and start == 0:
         save_checkpoint(ckpt_dir, agent, sampler, 0, history)  # a good state to fall back on from the start
         last_good = 0
@@ -472,7 +639,7 @@ def _loop(
     keeper = None
     metric = keep_metric(config, arrays)
     if tracker is not None and metric:
-        keeper = _BestWeights(metric)
+        keeper = _BestWeights(metric, expected=metric in (known_metrics or ()))
         if kept_state is not None and kept_state["metric"] == metric:
             keeper.load_state_dict(kept_state, agent.device)  # a resumed run compares with the best before it
     started = time.perf_counter()
@@ -522,6 +689,7 @@ def _loop(
     tracker.log_checkpoint(ckpt_dir)
     final = tracker.evaluate(agent, arrays, rng, sim, config.steps, history, final=True)
     latest.update(final)
+    kept: int | None = None
     if keeper is not None:
         keeper.offer(agent, config.steps, final)
         kept = keeper.step
@@ -537,8 +705,11 @@ def _loop(
             # logged under "kept/" so the run's curves keep the last weights' figures at the last step.
             keeper.restore(agent)
             console.print(f"keeping the weights of step {kept} (best:{metric} = {keeper.value:.4g})")
-            latest.update(tracker.evaluate(agent, arrays, rng, sim, config.steps, history, final=True, prefix="kept/"))
-    result = tracker.finish(agent, history, latest, ckpt_dir)
+            kept_eval = tracker.evaluate(agent, arrays, rng, sim, config.steps, history, final=True, prefix="kept/")
+            latest.update({f"kept/{k}": v for k, v in kept_eval.items()})  # as logged: the plain names stay the last's
+    result = tracker.finish(
+        agent, history, latest, ckpt_dir, kept_step=kept, kept_by=metric if kept is not None else None
+    )
     dist_utils.barrier(ctx)
     return result
 
@@ -567,28 +738,49 @@ def periodic_estimators(config: TrainConfig, arrays: Any) -> tuple[str, ...]:
         judge = default_estimator(arrays)
         if judge not in NEEDS_Q_MODEL:
             names.append(judge)
+    return _with_keep_estimator(names, config, arrays)
+
+
+def final_estimators(config: TrainConfig, arrays: Any) -> tuple[str, ...] | None:
+    """The OPE estimators of the final evaluation: ``ope_estimators`` (None: every one the data supports), with
+    the estimator ``keep`` picks by, which the final evaluation is offered to the keeper on."""
+    if config.ope_estimators is None:
+        return None
+    return _with_keep_estimator(list(config.ope_estimators), config, arrays)
+
+
+def _with_keep_estimator(names: list[str], config: TrainConfig, arrays: Any) -> tuple[str, ...]:
+    from decision_core.ope.estimators import ESTIMATORS
+
     metric = keep_metric(config, arrays)
-    if metric is not None and metric.startswith("ope/"):
-        names.append(metric.split("/")[1])
+    if metric is not None and metric.startswith("ope/") and metric.split("/")[1] in ESTIMATORS:
+        names = [*names, metric.split("/")[1]]
     return tuple(dict.fromkeys(names))
 
 
 class _BestWeights:
-    """The weights of the evaluation with the highest ``metric`` so far (a copy, on the networks' device)."""
+    """The weights of the evaluation with the highest ``metric`` so far (a copy, on the networks' device).
 
-    def __init__(self, metric: str) -> None:
+    ``expected``: the metric is one the evaluations log (checked before training), so an evaluation without it
+    left out a figure it could not compute (e.g. steps to a goal no episode reached), which counts as NaN; else
+    its absence is an error (the check is the fallback for runs that could not be checked)."""
+
+    def __init__(self, metric: str, *, expected: bool = False) -> None:
         self.metric = metric
+        self.expected = expected
         self.value = -math.inf
         self.step: int | None = None
         self._weights: dict[str, torch.Tensor] | None = None
 
     def offer(self, agent: Any, step: int, metrics: dict[str, float]) -> None:
-        if self.metric not in metrics:
+        if self.metric not in metrics and not self.expected:
+            close = difflib.get_close_matches(self.metric, sorted(metrics), n=1, cutoff=0.6)
             raise TrainingError(
-                f"keep = 'best:{self.metric}', but the evaluation logs no '{self.metric}'; it logs "
-                f"{', '.join(sorted(metrics)) or 'nothing'}"
+                f"keep = 'best:{self.metric}', but the evaluation logs no '{self.metric}'"
+                + (f"; did you mean 'best:{close[0]}'?" if close else "")
+                + f" It logs {', '.join(sorted(metrics)) or 'nothing'}"
             )
-        value = metrics[self.metric]
+        value = metrics.get(self.metric, math.nan)
         score = value if math.isfinite(value) else -math.inf  # a NaN estimate never beats a number
         if self.step is None or score > self.value:
             self.value, self.step = score, step
@@ -610,7 +802,13 @@ class _Tracker:
     """Rank 0's MLflow run: params, metrics, artifacts, evaluation, model registration."""
 
     def __init__(
-        self, config: TrainConfig, settings: CoreSettings, arrays: Any, ctx: dist_utils.DistContext, resume: str | None
+        self,
+        config: TrainConfig,
+        settings: CoreSettings,
+        arrays: Any,
+        ctx: dist_utils.DistContext,
+        resume: str | None,
+        start: int = 0,
     ) -> None:
         import mlflow
 
@@ -626,6 +824,10 @@ class _Tracker:
             except Exception:
                 raise TrainingError(f"no run '{resume}' in {settings.mlflow_uri} to resume") from None
             self.run = mlflow.start_run(run_id=resume)
+            # Params cannot change: the run's "steps" param keeps the first target. The tags say how far it goes now
+            # and from which steps it was resumed (each resume appended).
+            before = self.client.get_run(resume).data.tags.get(RESUMED_TAG)
+            mlflow.set_tags({RESUMED_TAG: ",".join(filter(None, (before, str(start))))})
         else:
             exp_id = ensure_experiment(config.experiment_name, settings)
             self.run = mlflow.start_run(experiment_id=exp_id, run_name=config.run_name)
@@ -643,6 +845,7 @@ class _Tracker:
                 (d / "spec.json").write_text(arrays.spec.to_json())
                 (d / "dataset.json").write_text(json.dumps(fingerprint(arrays, settings), indent=2))
                 mlflow.log_artifacts(str(d))
+        mlflow.set_tag(STEPS_TAG, str(config.steps))
         self._agent_params_logged = resume is not None
 
     def log(self, metrics: dict[str, float], step: int, history: dict[str, list]) -> None:
@@ -671,7 +874,7 @@ class _Tracker:
         metrics: dict[str, float] = {}
         if sim is not None:
             metrics.update(run_simulator_eval(agent, sim, self.config))
-        estimators = self.config.ope_estimators if final else periodic_estimators(self.config, arrays)
+        estimators = final_estimators(self.config, arrays) if final else periodic_estimators(self.config, arrays)
         refits = self.config.ope_refits if final else 0
         ope_metrics, reports = run_ope(
             agent, arrays, self.config, rng=rng, estimators=estimators, sim=sim, refits=refits, models=self.ope_models
@@ -682,7 +885,16 @@ class _Tracker:
         self.log({prefix + k: v for k, v in metrics.items()}, step, history)
         return metrics
 
-    def finish(self, agent: Any, history: dict[str, list], latest: dict[str, float], ckpt: Path) -> TrainResult:
+    def finish(
+        self,
+        agent: Any,
+        history: dict[str, list],
+        latest: dict[str, float],
+        ckpt: Path,
+        *,
+        kept_step: int | None = None,
+        kept_by: str | None = None,
+    ) -> TrainResult:
         from decision_core.training import plots
         from decision_core.training.models import log_agent_model, promote_new_version
 
@@ -698,7 +910,11 @@ class _Tracker:
                 history, d / "learning_curves.png", title=f"{self.config.algo} on {self.config.domain}"
             )
             if self.ope_reports:
-                plots.ope_estimates(self.ope_reports, d / "ope.png", title="OPE of the final policy")
+                steps = self.config.steps
+                title = f"OPE of the last weights (step {steps})"
+                if kept_step is not None:
+                    title = f"OPE of the kept weights (step {kept_step} of {steps}, best:{kept_by})"
+                plots.ope_estimates(self.ope_reports, d / "ope.png", title=title)
             mlflow.log_artifacts(str(d))
         name = self.config.registered_name if self.config.register else None
         logged = log_agent_model(agent, registered_name=name)
@@ -717,6 +933,8 @@ class _Tracker:
             steps=self.config.steps,
             checkpoint=ckpt,
             ope=[r.to_dict() for r in self.ope_reports],
+            kept_step=kept_step,
+            kept_by=None if kept_by is None else f"best:{kept_by}",
         )
 
     def close(self, *, failed: bool, reason: str = "") -> None:

@@ -8,6 +8,9 @@ above it must also be better in a paired comparison (the paired interval of ``wi
 candidate whose estimate rests on fewer than ``min_ess`` effective episodes (importance weights concentrated on a
 handful of logged episodes: a policy far from the logs, or hundreds of actions) is not evaluable and cannot win;
 when no candidate is, the champion stays where it is and the summary says which estimators do not weight episodes.
+
+Reward models are scored on the reward task they were trained on (``agent.task``), which must then be the same for
+every candidate (returns under different tasks do not compare), or all on the one ``task`` named.
 """
 
 from __future__ import annotations
@@ -110,6 +113,12 @@ def _versions(name: str, run_ids: list[str] | None, settings: CoreSettings) -> l
     return chosen
 
 
+def task_of(agent: Any) -> str:
+    """The reward task a reward model is judged by: the one it was trained on, or for a model saved before agents
+    recorded it, the domain's own reward (its spec's, else the logged rewards)."""
+    return agent.task if agent.task is not None else (agent.spec.reward or "logged")
+
+
 def _paired_difference(
     challenger: Any,
     champion: Any,
@@ -163,9 +172,12 @@ def select_champion(
     arrays: Any | None = None,
     min_ess: float = MIN_ESS,
     refits: int = 0,
+    task: str | None = None,
 ) -> Selection:
     """Score the candidates by OPE on ``domain``'s logs and point ``champion`` at the best lower bound among those
     whose estimate rests on at least ``min_ess`` effective episodes (the smallest over a goal model's goals).
+    Reward models are scored on ``task`` (an expression or ``"logged"``), by default the task they were all
+    trained on (candidates trained on different ones are refused).
     ``refits`` > 0 takes fqe's and mb's intervals from that many refitted models (see :func:`run_ope`);
     ``fqe_steps``, ``model_steps`` and ``model_rollouts`` configure FQE's Q model and mb's dynamics model as in
     :class:`~decision_core.training.config.TrainConfig`."""
@@ -185,14 +197,20 @@ def select_champion(
         # The champion defends its place: named runs that all score below it must not replace it.
         (incumbent,) = [v for v in _versions(name, None, settings) if str(v.version) == previous]
         agent, _ = load_agent_from_uri(f"models:/{name}/{previous}", settings)
-        if {a.goal_conditioned for _, a in loaded} == {agent.goal_conditioned}:
-            loaded.append((incumbent, agent))
-            notes.append(f"the champion v{previous} is scored beside the named runs: a candidate must beat it")
-        else:
+        named_tasks = {task_of(a) for _, a in loaded if not a.goal_conditioned}
+        if {a.goal_conditioned for _, a in loaded} != {agent.goal_conditioned}:
             notes.append(
                 f"the champion v{previous} is a {'goal-conditioned' if agent.goal_conditioned else 'reward'} model, "
                 "not comparable with the named runs; it was not scored"
             )
+        elif task is None and not agent.goal_conditioned and task_of(agent) not in named_tasks:
+            notes.append(
+                f"the champion v{previous} was trained on reward task '{task_of(agent)}', not the named runs' "
+                f"({', '.join(sorted(named_tasks))}); it was not scored (--task scores every model on one task)"
+            )
+        else:
+            loaded.append((incumbent, agent))
+            notes.append(f"the champion v{previous} is scored beside the named runs: a candidate must beat it")
     kinds = {a.goal_conditioned for _, a in loaded}
     if len(kinds) > 1:
         gc = [f"v{v.version}" for v, a in loaded if a.goal_conditioned]
@@ -200,9 +218,23 @@ def select_champion(
             f"candidates mix goal-conditioned ({', '.join(gc)}) and reward models, whose OPE values (success "
             f"rate vs return) are not comparable; select among one kind with --runs"
         )
+    if kinds == {True} and task is not None:
+        raise DecisionCoreError(f"a reward task ('{task}') is for reward models; the candidates are goal-conditioned")
+    if kinds == {False} and task is None:
+        trained: dict[str, list[str]] = {}
+        for v, a in loaded:
+            trained.setdefault(task_of(a), []).append(f"v{v.version}")
+        if len(trained) > 1:
+            raise DecisionCoreError(
+                "candidates were trained on different reward tasks, whose returns are not comparable: "
+                + "; ".join(f"{', '.join(vs)}: '{t}'" for t, vs in trained.items())
+                + ". Select among one task's models with --runs, or score them all on one with --task"
+            )
+        (task,) = trained
     ope_config = TrainConfig(
         domain=domain,
         algo=loaded[0][1].name,
+        task=task,
         ope_episodes=max_episodes,
         fqe_steps=fqe_steps,
         model_steps=model_steps,

@@ -129,3 +129,26 @@ def test_an_agent_saved_before_the_shared_action_head_loads_as_it_was_trained(al
     assert fresh.config.action_shrink > 0  # type: ignore[attr-defined]
     again = load_agent(fresh.save(tmp_path / f"{algo}-new"))
     np.testing.assert_array_equal(fresh.action_probs(states), again.action_probs(states))
+
+
+@pytest.mark.parametrize("algo", ["iql", "cql"])
+def test_the_task_and_fitted_reward_scale_are_in_the_config_and_older_agents_load_without_them(
+    algo: str, tmp_path
+) -> None:
+    arrays = grid_arrays(16, 8, size=SIZE, discrete=True, seed=0)
+    dataset = OfflineDataset(arrays, rewards=rewards_for(arrays, TO_ORIGIN))
+    agent = create_agent(algo, arrays.spec, dataset.stats, config={**FAST, "reward": TO_ORIGIN})
+    assert agent.task == TO_ORIGIN and agent.config.reward_scale is None  # type: ignore[attr-defined]
+    agent.sampler(dataset)  # fits the scale to the data's rewards
+    scale = float(agent.nets["reward_scale"].scale)
+    assert scale > 0 and agent.config.reward_scale == pytest.approx(scale)  # type: ignore[attr-defined]
+    assert json.loads(agent.config.to_json())["reward_scale"] == pytest.approx(scale)  # what a run logs
+    path = agent.save(tmp_path / algo)
+    meta = json.loads((path / "agent.json").read_text())
+    meta["config"].update(reward=None, reward_scale=None)  # as agents were saved before they recorded either
+    (path / "agent.json").write_text(json.dumps(meta))
+    old = load_agent(path)
+    assert old.task is None  # judged by the domain's own reward, as before
+    assert old.config.reward_scale == pytest.approx(scale)  # type: ignore[attr-defined]  # read from the weights
+    states = arrays.states[:50]
+    np.testing.assert_array_equal(agent.action_probs(states), old.action_probs(states))

@@ -128,3 +128,44 @@ def test_builtin_simulator_baselines(builtin_sim) -> None:
     assert report.policies["random"].normalised_score.mean == pytest.approx(0.0, abs=1e-9)
     assert len(oracle.goals) == len(builtin_sim.goal_set())
     assert any(g.hard for g in oracle.goals)
+
+
+def test_returns_under_a_reward_task_and_goals_asked_for(line_sim) -> None:
+    stay = {"stay": StayPolicy()}
+    own = evaluate_policies(line_sim, stay, episodes=32, seed=1, bootstrap=100)
+    # The simulator's reward restated as an expression over the state features: the same returns for every
+    # policy, but no normalised score (the oracle pursues the simulator's reward, not an arbitrary task's).
+    restated = "where(next.pos >= 10, -5, -0.1 * abs(next.pos - 7))"
+    same = evaluate_policies(line_sim, stay, episodes=32, seed=1, bootstrap=100, reward=restated)
+    assert (own.reward, same.reward) == ("simulator", restated)
+    for name in ("random", "behaviour", "oracle", "stay"):
+        assert same.policies[name].returns.mean == pytest.approx(own.policies[name].returns.mean, rel=1e-5)
+        assert math.isnan(same.policies[name].normalised_score.mean)
+    assert "eval/normalised_score" not in same.metrics("stay") and "eval/return" in same.metrics("stay")
+    # "logged" is the simulator's own reward (its logs record it): scored with it, and anchored by the oracle.
+    logged = evaluate_policies(line_sim, stay, episodes=32, seed=1, bootstrap=100, reward="logged")
+    assert repr(logged) == repr(own)  # (repr: NaN figures never compare equal)
+    # One per recorded step: the return counts the steps up to each episode's end, none after it.
+    lengths = evaluate_policies(line_sim, {}, episodes=32, seed=1, bootstrap=100, reward="1", goals=[])
+    assert lengths.policies["oracle"].returns.mean == line_sim.max_steps  # walks to 7 and stays: never falls
+    assert 0 < lengths.policies["random"].returns.mean <= line_sim.max_steps
+    # No goals: no goal figures at all; one goal: that goal alone, on the worlds it meets in the full set.
+    assert not any(k.startswith(("eval/success", "eval/hard", "eval/steps")) for k in lengths.metrics("random"))
+    edge = [g for g in line_sim.goal_set() if g.name == "edge"]
+    alone = evaluate_policies(line_sim, stay, episodes=32, seed=1, bootstrap=100, goals=edge)
+    assert [g.goal for g in alone.policies["stay"].goals] == ["edge"]
+    assert alone.policies["stay"].goals[0].success_rate.mean == own.policies["stay"].goals[1].success_rate.mean
+    assert alone.metrics("stay")["eval/success_rate"] == alone.metrics("stay")["eval/success/edge"]
+
+
+def test_the_evaluate_command_scores_a_reward_model_under_its_task(line_registered, tmp_path) -> None:
+    algos = pytest.importorskip("decision_core.algos", reason="the algorithms package is not present yet")
+    agent = algos.create_agent("iql", line_registered.spec(), None, {"hidden_dims": [8], "reward": "next.pos"})
+    agent.save(tmp_path / "agent")
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(
+        app, ["evaluate", "--domain", "line", "--model", str(tmp_path / "agent"), "-n", "4", "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "returns under reward 'next.pos', no score" in " ".join(result.output.split())
+    assert json.loads(out.read_text())["reward"] == "next.pos"

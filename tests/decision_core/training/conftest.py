@@ -109,3 +109,30 @@ def make_store(tmp_path: Path):
         return write_store(tmp_path / name, chain_steps(episodes, seed))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def inventory_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store of 40 simulated inventory episodes (behaviour policy): a domain with a simulator (read-only use)."""
+    from adapters import get_adapter
+    from adapters.ingest import ingest
+    from decision_core.envs import get_simulator
+    from decision_core.envs.simulate import simulate_logs
+
+    root = tmp_path_factory.mktemp("inventory")
+    files = simulate_logs(get_simulator("inventory"), 40, "behaviour", 0, root / "raw", progress=False)
+    with DecisionStore(root / "store.duckdb") as store:
+        ingest(get_adapter("inventory"), files, store)
+    return root / "store.duckdb"
+
+
+#: A few seconds of inventory training: tiny networks, 3 simulator episodes, brief OPE models.
+INVENTORY_TINY = {
+    "steps": 20,
+    "log_every": 10,
+    "eval_episodes": 3,
+    "ope_episodes": 20,
+    "fqe_steps": 20,
+    "model_steps": 20,
+    "agent": {"batch_size": 32, "hidden_dims": [16, 16]},
+}

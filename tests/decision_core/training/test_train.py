@@ -94,11 +94,17 @@ def test_resume_continues_the_same_run_from_its_checkpoint(settings: CoreSetting
     resumed = train(cfg.replace(steps=60), settings, progress=False, resume=first.run_id)
     assert resumed.run_id == first.run_id
     c = _client(settings)
+    # MLflow params cannot change ("steps" stays 40); tags say how far the run trains and where it was resumed.
+    run = c.get_run(first.run_id)
+    assert run.data.params["steps"] == "40"
+    assert run.data.tags["decision_core.steps"] == "60" and run.data.tags["decision_core.resumed_from_steps"] == "40"
     steps = [m.step for m in c.get_metric_history(first.run_id, "actor/loss")]
     assert steps == [10, 20, 30, 40, 50, 60]
     trainer = json.loads((resumed.checkpoint / "trainer.json").read_text())
     assert trainer["step"] == 60
     assert json.loads((resumed.checkpoint / "agent" / "agent.json").read_text())["n_updates"] == 60
+    train(cfg.replace(steps=70), settings, progress=False, resume=first.run_id)
+    assert c.get_run(first.run_id).data.tags["decision_core.resumed_from_steps"] == "40,60"
 
 
 def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(settings: CoreSettings, tiny: dict) -> None:
@@ -285,7 +291,14 @@ def test_behaviour_cloning_without_rewards_trains_and_skips_reward_ope(
         train(TrainConfig(domain="chain", algo="iql", **tiny), unrewarded, progress=False)
 
 
-def test_keep_best_logs_and_registers_the_best_evaluated_weights(settings: CoreSettings, tiny: dict) -> None:
+def test_keep_best_logs_and_registers_the_best_evaluated_weights(
+    settings: CoreSettings, tiny: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from decision_core.training import plots
+
+    titles = []
+    ope_plot = plots.ope_estimates
+    monkeypatch.setattr(plots, "ope_estimates", lambda *a, title, **k: titles.append(title) or ope_plot(*a, **k))
     # Every logged episode in OPE (no random subset), so an evaluation of the same weights gives the same figure.
     tiny["agent"]["action_shrink"] = 0.0  # a plain critic head: on this chain its evaluations peak before the end
     cfg = TrainConfig(domain="chain", algo="iql", eval_every=10, keep="best:ope/snips", **tiny)
@@ -299,11 +312,14 @@ def test_keep_best_logs_and_registers_the_best_evaluated_weights(settings: CoreS
     run = c.get_run(result.run_id)
     assert run.data.tags["decision_core.kept_step"] == str(best)
     assert run.data.tags["decision_core.kept_by"] == "best:ope/snips"
-    # The kept weights' full evaluation is logged apart from the last weights' curve, and is what the result holds.
+    # The kept weights' full evaluation is logged apart from the last weights' curve; the result names both alike.
     kept = c.get_metric_history(result.run_id, "kept/ope/snips")
     assert [m.step for m in kept] == [60] and kept[0].value == pytest.approx(history[best])
-    assert result.metrics["ope/snips"] == pytest.approx(history[best])
+    assert result.metrics["kept/ope/snips"] == pytest.approx(history[best])
+    assert result.metrics["ope/snips"] == pytest.approx(history[60])
+    assert (result.kept_step, result.kept_by) == (best, "best:ope/snips")
     assert result.ope[0]["estimates"]["snips"]["value"] == pytest.approx(history[best])  # the kept model's OPE
+    assert titles == [f"OPE of the kept weights (step {best} of 60, best:ope/snips)"]
     # The registered model is the kept one: its evaluation again gives the best figure.
     agent, _ref = load_agent_from_uri(f"models:/chain/{result.registered_version}", settings)
     from decision_core.training.loop import load_domain as load_arrays
@@ -374,8 +390,9 @@ def test_keep_best_needs_evaluations_and_a_metric_they_log(settings: CoreSetting
     with pytest.raises(SpecError, match="'keep' must be 'last', 'best:ope' .* or 'best:<a logged metric>'"):
         TrainConfig(domain="chain", algo="iql", keep="best", eval_every=10, **tiny)
     cfg = TrainConfig(domain="chain", algo="iql", keep="best:eval/normalised_score", eval_every=20, **tiny)
-    with pytest.raises(TrainingError, match=r"logs no 'eval/normalised_score'; it logs .*ope/snips"):
-        train(cfg, settings, progress=False)  # the chain has no simulator: no eval/ figures
+    with pytest.raises(TrainingError, match=r"cannot pick the weights: domain 'chain' has no simulator.*"
+                       r"Its evaluations log: .*ope/snips"):  # fmt: skip
+        train(cfg.replace(steps=1_000_000), settings, progress=False)  # refused before the first step
 
 
 def test_keep_best_never_prefers_a_nan_evaluation() -> None:
@@ -409,4 +426,4 @@ def test_a_resumed_run_keeps_the_best_evaluation_from_before_the_resume(settings
     best = max(history, key=lambda s: (history[s], -s))
     assert best <= 30, history  # the best came before the resume here, or the test shows nothing
     assert c.get_run(resumed.run_id).data.tags["decision_core.kept_step"] == str(best)
-    assert resumed.metrics["ope/snips"] == pytest.approx(history[best])
+    assert resumed.metrics["kept/ope/snips"] == pytest.approx(history[best])
