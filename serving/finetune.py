@@ -316,7 +316,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     if not agent.goal_conditioned and agent.needs_rewards:
         from decision_core.reward import rewards_for
 
-        rewards = rewards_for(arrays, spec.reward or "logged")
+        rewards = rewards_for(arrays, agent.task if agent.task is not None else (spec.reward or "logged"))
     dataset = OfflineDataset(arrays, rewards=rewards)
     del arrays
     sampler = agent.sampler(dataset, seed=seed)
@@ -453,12 +453,12 @@ def judge(
                 values = np.array([0.0 if v is None else v for v in g], np.float32)
                 tasks.append((f"goal{i}", goal_task(new, values, mask, name=f"goal{i}"), values, mask))
         else:
-            tasks.append(("reward", reward_task(new), None, None))
+            tasks.append(("reward", reward_task(new, candidate.task), None, None))  # the task it was trained on
         rng = np.random.default_rng(seed)
         dynamics: list[Any] = [None] * len(tasks)
         if estimator in NEEDS_DYNAMICS and history is not None:
             learned = [
-                reward_task(history) if g is None or m is None else goal_task(history, g, m, name=label)
+                reward_task(history, candidate.task) if g is None or m is None else goal_task(history, g, m, name=label)
                 for label, _, g, m in tasks
             ]
             dynamics = task_models(history, learned, config=model, rng=rng)

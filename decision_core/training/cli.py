@@ -108,9 +108,12 @@ def train_cmd(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-    table = Table("metric", "value", title=f"run {result.run_id}")
+    title = f"run {result.run_id}"
+    if result.kept_step is not None:
+        title += f" · model: weights of step {result.kept_step} ({result.kept_by}), figures under kept/"
+    table = Table("metric", "value", title=title)
     for key in sorted(result.metrics):
-        if key.startswith(("eval/", "ope/")) and not key.endswith(("/ess", "_low", "_high")):
+        if key.startswith(("eval/", "ope/", "kept/eval/", "kept/ope/")) and not key.endswith(("/ess", "_low", "_high")):
             table.add_row(key, f"{result.metrics[key]:.4g}")
     out.print(table)
     registered = (
@@ -130,7 +133,12 @@ def ope_cmd(
             "--estimator", help="Estimator(s): ips, snips, pdwis, dr, wdr, fqe, mb (default: all the data supports)."
         ),
     ] = None,
-    task: Annotated[str | None, typer.Option("--task", help="Reward task: expression or 'logged'.")] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task", help="Reward task: expression or 'logged' (default: the task the model was trained on)."
+        ),
+    ] = None,
     goal: Annotated[
         list[str] | None, typer.Option("--goal", help="Goal feature=value (goal-conditioned models); repeat.")
     ] = None,
@@ -339,6 +347,14 @@ def select_cmd(
     model_steps: Annotated[int, typer.Option(help="Gradient steps of the mb estimator's dynamics model.")] = 3000,
     model_rollouts: ModelRolloutsOption = "every",
     refits: RefitsOption = 0,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            help="Reward task to score reward models on (default: the one they were trained on; candidates "
+            "trained on different tasks are refused without it).",
+        ),
+    ] = None,
     db: Annotated[Path | None, typer.Option("--db", help="DuckDB store.")] = None,
 ) -> None:
     """Pick the candidate with the best OPE lower confidence bound and point `champion` at it."""
@@ -347,8 +363,12 @@ def select_cmd(
         from decision_core.training.select import select_champion
 
         settings = CoreSettings(db=db) if db else CoreSettings()
+        if candidates not in (None, "all"):
+            raise DecisionCoreError(
+                f"--candidates takes 'all' (got '{candidates}'); name runs with --runs RUN_ID, once per run"
+            )
         if not runs and candidates != "all":
-            raise DecisionCoreError("name candidate runs with --runs RUN_ID ... or pass --candidates all")
+            raise DecisionCoreError("name candidate runs with --runs RUN_ID (once per run) or pass --candidates all")
         result = select_champion(
             domain,
             run_ids=runs or None,
@@ -364,6 +384,7 @@ def select_cmd(
             fqe_steps=fqe_steps,
             model_steps=model_steps,
             model_rollouts=model_rollouts,
+            task=task,
         )
     except DecisionCoreError as exc:
         raise _fail(exc) from None

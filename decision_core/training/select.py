@@ -187,12 +187,35 @@ def select_champion(
     settings = settings or CoreSettings()
     name = model_name or domain
     versions = _versions(name, run_ids, settings)
+    previous = alias_version(name, CHAMPION, settings)
+    notes = []
+    if run_ids is None:
+        # Every version competes, except those the fine-tuning guard rejected (named runs are scored regardless).
+        rejected = [v for v in versions if (v.tags or {}).get("decision_core.status") == "rejected"]
+        if rejected:
+            versions = [v for v in versions if v not in rejected]
+            notes.append(
+                f"{', '.join(f'v{v.version}' for v in rejected)} were rejected by the fine-tuning guard and do not "
+                "compete (name their runs with --runs to score them anyway)"
+            )
+        if not versions:
+            raise DecisionCoreError(
+                f"every version of '{name}' was rejected by the fine-tuning guard; nothing to select"
+            )
     loaded = []
     for v in versions:
         agent, _ = load_agent_from_uri(f"models:/{name}/{v.version}", settings)
         loaded.append((v, agent))
-    previous = alias_version(name, CHAMPION, settings)
-    notes = []
+    champion_kind = next((a.goal_conditioned for v, a in loaded if str(v.version) == previous), None)
+    if run_ids is None and champion_kind is not None and len({a.goal_conditioned for _, a in loaded}) > 1:
+        # Goal and reward models are not comparable: with every version asked for, the champion's kind competes.
+        other = [f"v{v.version}" for v, a in loaded if a.goal_conditioned != champion_kind]
+        loaded = [(v, a) for v, a in loaded if a.goal_conditioned == champion_kind]
+        kind, other_kind = ("goal-conditioned", "reward") if champion_kind else ("reward", "goal-conditioned")
+        notes.append(
+            f"the champion v{previous} is a {kind} model: the {other_kind} models ({', '.join(other)}) are not "
+            "comparable with it and do not compete (select among them with --runs)"
+        )
     if previous is not None and all(str(v.version) != previous for v, _ in loaded):
         # The champion defends its place: named runs that all score below it must not replace it.
         (incumbent,) = [v for v in _versions(name, None, settings) if str(v.version) == previous]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +74,18 @@ def test_a_worse_candidate_is_rejected_with_the_difference_and_its_interval(sett
     better = verdict(new, up, down)
     assert better.accepted and better.reason.startswith("not worse within the interval: "), better.reason
     assert better.metrics["ope/reward/difference/snips/ci_low"] > 0.0
+
+
+def test_a_reward_model_is_judged_on_the_task_it_was_trained_on(setting) -> None:  # type: ignore[no-untyped-def]
+    _, new, up, down = setting
+    # The same two policies, trained on the opposite task: going down is now the better one.
+    flipped = [copy.copy(a) for a in (up, down)]
+    for a in flipped:
+        a.config = dataclasses.replace(a.config, reward="-next.level")  # type: ignore[attr-defined]
+    up_flipped, down_flipped = flipped
+    v = verdict(new, down_flipped, up_flipped)
+    assert v.accepted and "reward: -next.level" in v.reason, v.reason
+    assert not verdict(new, up_flipped, down_flipped).accepted
 
 
 def test_the_champion_against_itself_is_accepted_and_too_little_evidence_is_not(setting) -> None:  # type: ignore[no-untyped-def]

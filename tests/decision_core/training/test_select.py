@@ -110,6 +110,8 @@ def test_select_cli_compares_named_runs_and_reports_unknown_ones(
     assert r.exit_code == 2 and "run nope registered no version of 'chain'" in r.output
     r = runner.invoke(app, ["select", "--domain", "chain", *db])
     assert r.exit_code == 2 and "--candidates all" in r.output
+    r = runner.invoke(app, ["select", "--domain", "chain", "--candidates", "some", *db])
+    assert r.exit_code == 2 and "--candidates takes 'all' (got 'some')" in r.output
     with pytest.raises(ModelError, match="no registered model 'other'"):
         select_champion("chain", settings=settings, model_name="other")
     # mb's dynamics model as asked: the same fit (same seed), rolled out in every member or in one each.
@@ -161,3 +163,20 @@ def test_the_command_line_floor_is_selections_own() -> None:
     from decision_core.training.select import MIN_ESS
 
     assert inspect.signature(select_cmd).parameters["min_ess"].default == MIN_ESS
+
+
+def test_every_version_competes_but_those_the_guard_rejected_and_those_of_the_other_kind(
+    settings: CoreSettings, tiny: dict, two_candidates: tuple[str, str]
+) -> None:
+    from decision_core.training.models import client
+
+    client(settings).set_model_version_tag("chain", "2", "decision_core.status", "rejected")
+    goal_model = TrainConfig(domain="chain", algo="gcbc", **{**tiny, "steps": 1, "log_every": 1})
+    train(goal_model, settings, progress=False)  # v3, of the other kind
+    result = select_champion("chain", settings=settings, max_episodes=300, move_alias=False)
+    assert [c.version for c in result.candidates] == ["1"]
+    assert any(n.startswith("v2 were rejected by the fine-tuning guard") for n in result.notes), result.notes
+    assert any("the goal-conditioned models (v3) are not comparable" in n for n in result.notes), result.notes
+    # Named, a rejected version is scored all the same.
+    named = select_champion("chain", settings=settings, run_ids=[two_candidates[1]], max_episodes=300, move_alias=False)
+    assert {c.version for c in named.candidates} == {"1", "2"}
