@@ -78,9 +78,36 @@ def configure_tracking(settings: CoreSettings | None = None) -> str:
     uri = (settings or CoreSettings()).mlflow_uri
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    elif uri.startswith(("http://", "https://")) and uri not in _REACHED:
+        _check_reachable(uri)
+        _REACHED.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+#: Tracking servers this process has reached (checked once each).
+_REACHED: set[str] = set()
+#: Seconds to wait for a tracking server's health check: MLflow's own client retries for minutes before it fails.
+REACH_TIMEOUT_S = 10.0
+
+
+def _check_reachable(uri: str) -> None:
+    """Raise :class:`ModelError` at once when no MLflow server answers at ``uri``."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=REACH_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError:
+        return  # something answers (a proxy in front of the server, say): MLflow's client reports what it says
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ModelError(
+            f"cannot reach the MLflow tracking server at {uri} ({reason}): start it, fix MLFLOW_TRACKING_URI, or "
+            "unset it to use the embedded store under DECISION_CORE_HOME"
+        ) from None
 
 
 def is_embedded(uri: str) -> bool:
@@ -196,6 +223,14 @@ def log_agent_model(agent: Agent, *, registered_name: str | None) -> LoggedModel
         code.write_text(_MODEL_CODE)
         info = _log_model(mlflow, code, agent_dir, agent, registered_name)
     version = info.registered_model_version
+    if version is not None and registered_name:
+        # What the registry's pages show beside each version: its algorithm, kind and (reward models) task.
+        c = mlflow.MlflowClient()
+        tags = {"decision_core.algo": agent.name, "decision_core.kind": "goal" if agent.goal_conditioned else "reward"}
+        if agent.task is not None:
+            tags["decision_core.task"] = agent.task
+        for key, value in tags.items():
+            c.set_model_version_tag(registered_name, str(version), key, value)
     return LoggedModel(
         model_uri=info.model_uri,
         model_id=getattr(info, "model_id", None),

@@ -15,7 +15,13 @@ from decision_core.algos import create_agent
 from decision_core.data import OfflineDataset
 from decision_core.data.synthetic import grid_arrays
 from decision_core.settings import CoreSettings
-from decision_core.training.models import configure_tracking, ensure_experiment, log_agent_model, model_signature
+from decision_core.training.models import (
+    ModelError,
+    configure_tracking,
+    ensure_experiment,
+    log_agent_model,
+    model_signature,
+)
 
 TINY = {"batch_size": 32, "hidden_dims": [16, 16]}
 
@@ -75,3 +81,26 @@ def test_the_pyfunc_model_applies_the_action_mask_and_refuses_columns_outside_it
     del state["y"]
     with pytest.raises(MlflowException, match="y"):
         model.predict(pd.DataFrame(state))
+
+
+def test_an_unreachable_tracking_server_is_reported_at_once(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import time
+
+    from typer.testing import CliRunner
+
+    from decision_core.cli import app
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    start = time.perf_counter()
+    with pytest.raises(ModelError, match=rf"cannot reach the MLflow tracking server at {uri} .*MLFLOW_TRACKING_URI"):
+        configure_tracking(CoreSettings(home=tmp_path / "home"))
+    assert time.perf_counter() - start < 5  # MLflow's own client retries for minutes
+    r = CliRunner().invoke(
+        app, ["select", "--domain", "chain", "--candidates", "all", "--db", str(tmp_path / "s.duckdb")]
+    )
+    assert r.exit_code == 2 and f"cannot reach the MLflow tracking server at {uri}" in r.output

@@ -52,6 +52,12 @@ def test_a_run_logs_everything_and_registers_the_model(settings: CoreSettings, t
     # Registered under the domain's name; the first version is both candidate and champion.
     assert (result.registered_name, result.registered_version) == ("chain", "1")
     assert result.aliases == [CANDIDATE, CHAMPION]
+    tags = c.get_model_version("chain", "1").tags
+    assert {k: tags[k] for k in ("decision_core.algo", "decision_core.kind")} == {
+        "decision_core.algo": "iql",
+        "decision_core.kind": "reward",
+    }
+    assert tags["decision_core.task"] == "logged"  # the chain's spec reward
     agent, ref = load_agent_from_uri("models:/chain@champion", settings)
     assert (ref.name, ref.version, ref.run_id) == ("chain", "1", result.run_id)
     acts = agent.act(np.zeros((3, 2), np.float32), rng=np.random.default_rng(0)).actions
