@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -33,6 +34,10 @@ DbOption = Annotated[
         help="DuckDB store (default: $DECISION_CORE_DB, else store.duckdb in $DECISION_CORE_HOME or .decision_core)",
     ),
 ]
+
+
+#: Output width where no terminal says one (rich's 80 columns would cut the numbers in tables short).
+PIPED_COLUMNS = 160
 
 
 def report_error(exc: Exception) -> None:
@@ -191,6 +196,9 @@ register_training_commands(app)
 def main() -> None:
     """The ``decision-core`` console script: the app, with any :class:`DecisionCoreError` a command lets escape
     printed as ``error: ...`` and exit status 2 instead of a traceback."""
+    if not any(stream.isatty() for stream in (sys.stdin, sys.stdout, sys.stderr)):
+        # A log or a pipe: tables at a width that keeps their numbers whole (rich assumes 80 columns there).
+        os.environ.setdefault("COLUMNS", str(PIPED_COLUMNS))
     try:
         app()
     except DecisionCoreError as exc:

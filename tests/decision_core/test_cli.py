@@ -167,3 +167,22 @@ def test_every_command_line_the_docs_show_parses() -> None:
         except Exception as exc:  # the command line's usage errors (typer's own click)
             message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
             raise AssertionError(f"{doc}: decision-core {' '.join(args)}: {message}") from None
+
+
+def test_tables_printed_to_a_log_keep_their_width() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    result = subprocess.run(
+        [sys.executable, "-m", "decision_core", "adapters"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert max(len(line) for line in result.stdout.splitlines()) > 80
+    assert "…" not in result.stdout
