@@ -6,6 +6,8 @@ restricted to the actions the behaviour supports; a goal critic must not mistake
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -47,16 +49,22 @@ def test_actions_below_the_support_threshold_are_never_chosen_whatever_their_val
     assert torch.softmax(masked_logits(kept / 1000.0, ~allowed | (pb > 0.5)), -1)[0, 2:].sum().item() == 0.0
 
 
-def test_served_actions_respect_the_mask_where_it_allows_only_actions_outside_the_support() -> None:
+def _grid_iql(support: float) -> tuple[Any, OfflineDataset]:
+    """A discrete IQL agent after a few updates on a small masked grid, and its data."""
     arrays = grid_arrays(16, 8, size=5, discrete=True, masked=True, seed=0)
     dataset = OfflineDataset(arrays, rewards=rewards_for(arrays, "next.x"))
-    agent = create_agent("iql", arrays.spec, dataset.stats, config={"hidden_dims": [32, 32], "support": 0.5})
+    agent = create_agent("iql", arrays.spec, dataset.stats, config={"hidden_dims": [32, 32], "support": support})
     sampler = agent.sampler(dataset, seed=0)
     for _ in range(5):
         agent.update(sampler.sample(64))
+    return agent, dataset
+
+
+def test_served_actions_respect_the_mask_where_it_allows_only_actions_outside_the_support() -> None:
+    agent, dataset = _grid_iql(support=0.5)
     with torch.no_grad():  # a behaviour that prefers the first actions strongly: the last ones are unsupported
         last = [m for m in agent.nets["actor"].modules() if isinstance(m, torch.nn.Linear)][-1]
-        last.bias.copy_(torch.linspace(4.0, -4.0, arrays.spec.n_actions))
+        last.bias.copy_(torch.linspace(4.0, -4.0, agent.spec.n_actions))
     states = dataset.states[:32].numpy()
     open_probs = agent.action_probs(states, None, None, None)
     # Mask out every action the policy would take: what is left lies outside its support.
@@ -81,12 +89,7 @@ def test_served_actions_respect_the_mask_where_it_allows_only_actions_outside_th
 
 
 def test_discrete_iql_acts_greedily_on_the_critic_within_the_behaviour_support() -> None:
-    arrays = grid_arrays(16, 8, size=5, discrete=True, masked=True, seed=0)
-    dataset = OfflineDataset(arrays, rewards=rewards_for(arrays, "next.x"))
-    agent = create_agent("iql", arrays.spec, dataset.stats, config={"hidden_dims": [32, 32], "support": 0.2})
-    sampler = agent.sampler(dataset, seed=0)
-    for _ in range(5):
-        agent.update(sampler.sample(64))
+    agent, dataset = _grid_iql(support=0.2)
     states = dataset.states[:32]
     with torch.no_grad():
         x = agent.norm_states(states)
