@@ -111,10 +111,21 @@ def train_cmd(
     title = f"run {result.run_id}"
     if result.kept_step is not None:
         title += f" · model: weights of step {result.kept_step} ({result.kept_by}), figures under kept/"
-    table = Table("metric", "value", title=title)
-    for key in sorted(result.metrics):
+    from decision_core.training.select import MIN_ESS
+
+    table = Table("metric", "value", "interval", "", title=title)
+    m = result.metrics
+    for key in sorted(m):
         if key.startswith(("eval/", "ope/", "kept/eval/", "kept/ope/")) and not key.endswith(("/ess", "_low", "_high")):
-            table.add_row(key, f"{result.metrics[key]:.4g}")
+            low, high = m.get(f"{key}/ci_low", m.get(f"{key}_low")), m.get(f"{key}/ci_high", m.get(f"{key}_high"))
+            interval = f"[{low:.4g}, {high:.4g}]" if low is not None and high is not None else ""
+            ess = m.get(f"{key}/ess")
+            note = (
+                f"[yellow]ESS {ess:.1f} < {MIN_ESS:g}: the interval says little[/]"
+                if ess is not None and ess < MIN_ESS
+                else ""
+            )
+            table.add_row(key, f"{m[key]:.4g}", interval, note)
     out.print(table)
     registered = (
         f"registered as {result.registered_name} v{result.registered_version} ({', '.join(result.aliases)})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,8 @@ def test_cli_trains_and_evaluates_offline(settings: CoreSettings, monkeypatch: p
     db = ["--db", str(settings.db_path)]
     r = cli_train(runner, "bc", db)
     assert "registered as chain v1 (candidate, champion)" in r.output
+    # The summary gives each estimate with its interval.
+    assert re.search(r"ope/snips\s+│\s+\S+\s+│\s+\[\S+, \S+\]", r.output), r.output
     r = runner.invoke(app, ["ope", "--domain", "chain", "--model", "models:/chain@champion", "--goal", "x=3", *db])
     assert r.exit_code == 2 and "--goal and --goal-set are for goal-conditioned models" in " ".join(r.output.split())
     r = runner.invoke(
