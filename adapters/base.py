@@ -97,8 +97,8 @@ class ColumnMapping:
     :meth:`check` refuses a rename target or a default that is not one of the adapter's columns, and :meth:`apply`
     refuses, per file, a rename whose source the file lacks, a rename onto a column the file already has, and a
     default for a column the file has. One mapping may serve files of two layouts, the user's names and the
-    adapter's own: a rename is skipped for a file that already has its target column. A file that lacks a column
-    altogether needs a mapping without that entry.
+    adapter's own: a rename is skipped for a file that lacks its source and has its target column instead. A file
+    that lacks a column altogether needs a mapping without that entry.
     """
 
     rename: dict[str, str] = field(default_factory=dict)

@@ -100,6 +100,11 @@ ActionSpace = DiscreteActions | BoxActions
 OPE_ESTIMATORS: tuple[str, ...] = ("ips", "snips", "pdwis", "dr", "wdr", "fqe", "mb")
 
 
+#: The spec fields that say how a domain is described and evaluated, not what its steps are
+#: (:meth:`DomainSpec.same_data` ignores them).
+DESCRIBED_FIELDS = frozenset({"description", "goals", "ope_estimator"})
+
+
 @dataclass(frozen=True)
 class DomainSpec:
     """Everything the core needs to know about a domain; serialisable to and from JSON."""
@@ -248,10 +253,9 @@ class DomainSpec:
         """Whether ``other`` describes the same steps: equal but for how the domain is described and evaluated
         (its description, named goals and ``ope_estimator``), which a model trained on one can serve under the
         other."""
-        described = {"description", "goals", "ope_estimator"}
 
         def steps(spec: DomainSpec) -> dict[str, Any]:
-            return {k: v for k, v in spec.to_dict().items() if k not in described}
+            return {k: v for k, v in spec.to_dict().items() if k not in DESCRIBED_FIELDS}
 
         return steps(self) == steps(other)
 

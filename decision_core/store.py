@@ -35,7 +35,15 @@ import polars as pl
 import pyarrow as pa
 
 from decision_core.errors import StoreError
-from decision_core.schema import ROW_COLUMNS, SCHEMA_VERSION, BoxActions, DiscreteActions, DomainSpec, store_ddl
+from decision_core.schema import (
+    DESCRIBED_FIELDS,
+    ROW_COLUMNS,
+    SCHEMA_VERSION,
+    BoxActions,
+    DiscreteActions,
+    DomainSpec,
+    store_ddl,
+)
 
 _META_DDL = (
     "CREATE TABLE IF NOT EXISTS schema_info (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
@@ -645,11 +653,7 @@ class SpecChange:
     def affects_models(self) -> bool:
         """Whether models trained under the stored spec are built on the changed value (every field but how the
         domain is described and evaluated, as :meth:`DomainSpec.same_data` tells them apart)."""
-        return self.field.split(".")[0] not in _DESCRIBED_FIELDS
-
-
-#: The spec fields :meth:`DomainSpec.same_data` ignores.
-_DESCRIBED_FIELDS = frozenset({"description", "goals", "ope_estimator"})
+        return self.field.split(".")[0] not in DESCRIBED_FIELDS
 
 
 def _shown(value: object) -> str:

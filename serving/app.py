@@ -29,6 +29,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
+from decision_core.algos import Agent
 from decision_core.reward import LOGGED
 from decision_core.schema import DomainSpec
 from decision_core.store import DecisionStore
@@ -83,8 +84,15 @@ class ServingContext:
     finetuner: FineTuner
     #: ``action`` objects of discrete decisions by index (the spec never changes while serving).
     action_views: list[dict[str, Any]] | None = None
-    #: Feedback must carry a reward: the domain's spec reward is ``"logged"`` (training reads it from the steps).
-    needs_reward: bool = False
+
+
+def needs_reward(agent: Agent) -> bool:
+    """Whether an outcome must carry a reward: the domain's models learn from the steps' rewards by default (its
+    spec's reward is ``"logged"``), or the served reward model (and so its fine-tunes) was trained on them."""
+    from decision_core.training.select import task_of
+
+    trained_on_logged = not agent.goal_conditioned and agent.needs_rewards and task_of(agent).strip() == LOGGED
+    return (agent.spec.reward or "").strip() == LOGGED or trained_on_logged
 
 
 def load_served_model(settings: ServingSettings) -> ServedModel:
@@ -445,7 +453,6 @@ def create_app(
             metrics=metrics,
             finetuner=finetuner,
             action_views=action_views(spec),
-            needs_reward=(spec.reward or "").strip() == LOGGED,
         )
         log.info(
             "serving %s v%s for domain '%s' (store %s)",
@@ -533,10 +540,11 @@ def create_app(
         """What happened after a decision. A 2xx answer means the step is durable in the store."""
         agent = ctx.catalog.champion.agent
         next_state = ctx.encoder.state_vector(agent, body.next_state, "next_state")
-        if body.reward is None and ctx.needs_reward:
+        if body.reward is None and needs_reward(agent):
             raise InvalidInput(
-                f"reward: domain '{agent.spec.name}' trains on the rewards its steps carry (its spec's reward is "
-                f"'{LOGGED}'), so every outcome needs one; send the reward observed after this decision",
+                f"reward: domain '{agent.spec.name}' trains on the rewards its steps carry (the reward of its spec "
+                f"or of the served model is '{LOGGED}'), so every outcome needs one; send the reward observed after "
+                "this decision",
                 field="reward",
             )
         event = FeedbackEvent(

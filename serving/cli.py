@@ -69,15 +69,15 @@ def serve_cmd(
     if finetune_every is not None:
         overrides["finetune_every"] = finetune_every
     settings = ServingSettings(**overrides)  # type: ignore[arg-type]
+    from decision_core.cli import fail  # the app module imports this one
+
     if not settings.model:
-        console.print("[bold red]error:[/] pass --model (or set DECISION_CORE_SERVE_MODEL)")
-        raise typer.Exit(code=2)
+        raise fail(DecisionCoreError("pass --model (or set DECISION_CORE_SERVE_MODEL)"))
     try:  # before uvicorn starts: what cannot be served is said in one line, as the other commands say it
         champion = load_served_model(settings)
         DecisionStore(settings.core.db_path).close()  # the app opens it again in its lifespan
     except DecisionCoreError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
+        raise fail(exc) from None
     if not settings.keys and not settings.auth_disabled:
         key, path = ensure_api_key(settings.core.home)
         settings = settings.model_copy(update={"api_keys": key})

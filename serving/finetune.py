@@ -520,7 +520,13 @@ def _record_in_mlflow(
         import mlflow
 
         from decision_core.settings import CoreSettings
-        from decision_core.training.models import client, configure_tracking, ensure_experiment, log_agent_model
+        from decision_core.training.models import (
+            STATUS_TAG,
+            client,
+            configure_tracking,
+            ensure_experiment,
+            log_agent_model,
+        )
 
         settings = CoreSettings(home=Path(job["home"]), tracking_uri=job["tracking_uri"])
         configure_tracking(settings)
@@ -551,9 +557,7 @@ def _record_in_mlflow(
             run_id = run.info.run_id
         if logged.version is not None and logged.name:
             c = client(settings)
-            c.set_model_version_tag(
-                logged.name, logged.version, "decision_core.status", "candidate" if accepted else "rejected"
-            )
+            c.set_model_version_tag(logged.name, logged.version, STATUS_TAG, "candidate" if accepted else "rejected")
             c.set_model_version_tag(logged.name, logged.version, "decision_core.reason", reason[:4900])
         return {
             "version": logged.version or f"ft-{job['run']}",

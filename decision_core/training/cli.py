@@ -109,7 +109,7 @@ def train_cmd(
         sys.stderr.flush()
         os._exit(0)
     title = f"run {result.run_id}"
-    if result.kept_step is not None:
+    if result.kept_step is not None and result.kept_step != result.steps:
         title += f" · model: weights of step {result.kept_step} ({result.kept_by}), figures under kept/"
     from decision_core.training.select import MIN_ESS
 

@@ -49,6 +49,10 @@ mlflow.models.set_model(AgentModel())
 """
 
 
+#: Model-version tag the fine-tuning guard sets: "candidate" (accepted) or "rejected"; select leaves rejected ones out.
+STATUS_TAG = "decision_core.status"
+
+
 class ModelError(DecisionCoreError):
     """A model URI cannot be resolved or loaded, or a registry operation failed."""
 

@@ -24,7 +24,15 @@ from rich.table import Table
 from decision_core.errors import DecisionCoreError
 from decision_core.settings import CoreSettings
 from decision_core.training.config import TrainConfig
-from decision_core.training.models import CHAMPION, ModelError, alias_version, client, load_agent_from_uri, set_alias
+from decision_core.training.models import (
+    CHAMPION,
+    STATUS_TAG,
+    ModelError,
+    alias_version,
+    client,
+    load_agent_from_uri,
+    set_alias,
+)
 
 #: Fewest effective episodes an estimate may rest on for selection to trust it (``select --min-ess``).
 MIN_ESS = 10.0
@@ -191,7 +199,7 @@ def select_champion(
     notes = []
     if run_ids is None:
         # Every version competes, except those the fine-tuning guard rejected (named runs are scored regardless).
-        rejected = [v for v in versions if (v.tags or {}).get("decision_core.status") == "rejected"]
+        rejected = [v for v in versions if (v.tags or {}).get(STATUS_TAG) == "rejected"]
         if rejected:
             versions = [v for v in versions if v not in rejected]
             notes.append(
@@ -270,7 +278,7 @@ def select_champion(
         estimator = default_estimator(arrays)
     sim = _simulator(domain)
     scores: list[CandidateScore] = []
-    task = ""
+    scored_on = ""  # what the table says the values are of
     models: dict[str, Any] = {}  # mb's dynamics do not depend on the candidate: one fit serves them all
     for v, agent in loaded:
         cfg = replace(ope_config, algo=agent.name)
@@ -287,7 +295,7 @@ def select_champion(
             models=models,
         )
         ess = min(r.estimates[estimator].ess for r in reports)
-        task = reports[0].task if len(reports) == 1 else f"mean success over {len(reports)} goals"
+        scored_on = reports[0].task if len(reports) == 1 else f"mean success over {len(reports)} goals"
         scores.append(
             CandidateScore(
                 version=str(v.version),
@@ -324,4 +332,4 @@ def select_champion(
         set_alias(name, CHAMPION, best.version, settings)
         moved = True
     level = reports[0].estimates[estimator].confidence
-    return Selection(name, scores, best, previous, moved, level, task, notes=notes, min_ess=min_ess)
+    return Selection(name, scores, best, previous, moved, level, scored_on, notes=notes, min_ess=min_ess)

@@ -428,8 +428,11 @@ def test_large_batches_and_torch_only_agents_are_served_off_the_event_loop(
 
 
 # -- the audit's rules -----------------------------------------------------------------------------------------------
-def _serve(settings: ServingSettings, tmp_path: Path, algo: str, **spec_changes: object) -> TestClient:
-    """An app around a fresh ``algo`` agent of the walk spec (with ``spec_changes``), on its own store."""
+def _serve(
+    settings: ServingSettings, tmp_path: Path, algo: str, config: dict | None = None, **spec_changes: object
+) -> TestClient:
+    """An app around a fresh ``algo`` agent (with ``config``) of the walk spec (with ``spec_changes``), on its own
+    store."""
     import dataclasses
 
     from decision_core.data.dataset import FeatureStats
@@ -437,7 +440,9 @@ def _serve(settings: ServingSettings, tmp_path: Path, algo: str, **spec_changes:
     from .conftest import walk_spec
 
     spec = dataclasses.replace(walk_spec(), **spec_changes)
-    agent = create_agent(algo, spec, FeatureStats.identity(spec), {"hidden_dims": [16], "batch_size": 8})
+    agent = create_agent(
+        algo, spec, FeatureStats.identity(spec), {"hidden_dims": [16], "batch_size": 8, **(config or {})}
+    )
     path = agent.save(tmp_path / f"{algo}-agent")
     return TestClient(create_app(settings.model_copy(update={"model": str(path), "home": tmp_path / f"h-{algo}"})))
 
@@ -453,6 +458,14 @@ def test_feedback_without_a_reward_is_refused_where_the_domain_trains_on_logged_
         err = r.json()["error"]
         assert err["field"] == "reward" and "'logged'" in err["message"] and "walk" in err["message"], err
         assert feedback(c, d["decision_id"], 1.0, reward=0.5)["status"] == "stored"
+    # A reward model trained on the logged rewards needs them too (its fine-tunes do), whatever the spec says.
+    with _serve(settings, tmp_path, "iql", config={"reward": "logged"}) as c:
+        d = act(c)
+        r = c.post("/v1/feedback", json={"decision_id": d["decision_id"], "next_state": STATE}, headers=auth())
+        assert r.status_code == 422 and r.json()["error"]["field"] == "reward", r.text
+    # One learned from an expression does not.
+    with _serve(settings, tmp_path / "expr", "iql", config={"reward": "-next.level"}) as c:
+        assert feedback(c, act(c)["decision_id"], 1.0)["status"] == "stored"
 
 
 def test_a_terminated_episode_takes_no_later_decisions_or_outcomes(settings: ServingSettings) -> None:
