@@ -13,7 +13,6 @@ import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -103,12 +102,6 @@ def load_served_model(settings: ServingSettings) -> ServedModel:
     if not settings.model:
         raise InvalidInput("no model configured: pass --model (or set DECISION_CORE_SERVE_MODEL)", field="model")
     uri = settings.uri
-    if ":/" not in uri and not Path(uri).exists():
-        # Neither a directory nor a URI: refused as `decision-core evaluate` refuses it, rather than looked up as an
-        # MLflow artifact of that name ("cannot download model ./x: No such artifact").
-        from decision_core.envs.cli import load_model
-
-        load_model(uri)
     agent, ref = load_agent_from_uri(uri, settings.core)
     version = ref.version or "local"
     agent_dir = settings.work_dir / agent.spec.name / "versions" / version

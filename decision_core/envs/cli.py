@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import Progress
 
-from decision_core.errors import DecisionCoreError, SpecError
+from decision_core.errors import DecisionCoreError
 
 if TYPE_CHECKING:
     from decision_core.algos.base import Agent
@@ -55,20 +55,10 @@ def simulate_cmd(
 
 def load_model(model: str) -> Agent:
     """An agent from a local agent directory, or from an MLflow URI (models:/name@alias, models:/name/1, runs:/…)."""
-    path = Path(model)
-    if path.is_dir():
-        from decision_core.algos import load_agent
+    from decision_core.training.models import load_agent_from_uri
 
-        return load_agent(path)
-    if "://" in model or model.startswith(("models:/", "runs:/")):
-        from decision_core.training.models import load_agent_from_uri
-
-        agent, _ref = load_agent_from_uri(model)
-        return agent
-    raise SpecError(
-        f"--model '{model}' is neither an agent directory (with agent.json) nor an MLflow URI "
-        f"(models:/<name>@<alias>, models:/<name>/<version>, runs:/<run id>/<path>)"
-    )
+    agent, _ref = load_agent_from_uri(model)
+    return agent
 
 
 def evaluate_cmd(

@@ -365,6 +365,11 @@ def load_agent_from_uri(uri: str, settings: CoreSettings | None = None) -> tuple
         if found is None:
             raise ModelError(f"{local} holds no saved agent (agent.json) nor an MLflow model with one")
         return load_agent(found), ModelRef(uri=str(local))
+    if ":/" not in uri:  # neither a directory here nor a URI: not an MLflow artifact named so either
+        raise ModelError(
+            f"model '{uri}' is neither an agent directory (with agent.json) nor an MLflow URI "
+            f"(models:/<name>@<alias>, models:/<name>/<version>, runs:/<run id>/<path>)"
+        )
     ref = resolve(uri, settings)
     import mlflow
     from mlflow.exceptions import MlflowException

@@ -24,7 +24,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        ("./nodir", "error: --model './nodir' is neither an agent directory (with agent.json) nor an MLflow URI"),
+        ("./nodir", "error: model './nodir' is neither an agent directory (with agent.json) nor an MLflow URI"),
         ("walk@nope", "error: registered model 'walk' has no alias 'nope'"),
         ("models:/walk/3", "error: registered model 'walk' has no version 3"),
     ],
