@@ -76,11 +76,18 @@ def prepare_parts(
         raise _read_error(adapter, path, exc) from None
     missing = [c for c, col in adapter.columns.items() if col.required and c not in present]
     if missing:
+        separator = next((c for c in ";\t|" if len(present) == 1 and c in present[0]), None)
+        hint = (
+            f"the header reads as one column, '{present[0][:60]}': the file seems to separate its fields with "
+            f"{separator!r}, and ingest reads commas; export it with commas, or have the adapter's scan() read it"
+            if separator is not None
+            else f"the file has {', '.join(present[:20])}; rename columns with --mapping FILE"
+        )
         raise IngestError(
             file=str(path),
             column=missing[0],
             rule=f"missing column (adapter '{adapter.name}' requires {', '.join(missing)})",
-            hint=f"the file has {', '.join(present[:20])}; rename columns with --mapping FILE",
+            hint=hint,
         )
     try:
         typed_scan = _typed_csv_scan(adapter, path, mapping, present)

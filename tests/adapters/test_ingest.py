@@ -95,6 +95,11 @@ def test_missing_column_names_it_and_suggests_a_mapping(thermostat, write_csv, s
     with pytest.raises(IngestError, match=r"column 'setting': missing column.*--mapping") as info:
         ingest(thermostat, [path], store)
     assert info.value.row is None
+    # A file separated by semicolons reads as one column: the advice is about the separator, not a mapping.
+    semicolons = write_csv("semi.csv", ["r1;0;18.0;2;0.6;false;"], header="room;t;temp;setting;p;done;ts\n")
+    with pytest.raises(IngestError, match=r"missing column.*separate its fields with ';'") as info:
+        ingest(thermostat, [semicolons], store)
+    assert "--mapping" not in str(info.value)
 
 
 def test_a_failed_ingest_of_several_files_writes_nothing(thermostat, write_csv, store):
