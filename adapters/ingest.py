@@ -64,6 +64,10 @@ def prepare_parts(
     """
     if not path.exists():
         raise IngestError(file=str(path), rule="file not found", hint="check the path")
+    if path.is_dir():
+        raise IngestError(
+            file=str(path), rule="a directory, not a log file", hint=f"pass its files, e.g. {path / '*.csv'}"
+        )
     if mapping is not None:
         mapping.check(adapter)  # entries the adapter would drop, before any file is read
     try:

@@ -100,6 +100,8 @@ def test_missing_column_names_it_and_suggests_a_mapping(thermostat, write_csv, s
     with pytest.raises(IngestError, match=r"missing column.*separate its fields with ';'") as info:
         ingest(thermostat, [semicolons], store)
     assert "--mapping" not in str(info.value)
+    with pytest.raises(IngestError, match=r"a directory, not a log file. Pass its files, e.g. .*\*\.csv"):
+        ingest(thermostat, [semicolons.parent], store)
 
 
 def test_a_failed_ingest_of_several_files_writes_nothing(thermostat, write_csv, store):
