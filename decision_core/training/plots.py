@@ -13,24 +13,45 @@ matplotlib.use("Agg")  # files only: training runs headless, often in worker pro
 import matplotlib.pyplot as plt
 
 
+def panels(names: Sequence[str]) -> dict[str, list[str]]:
+    """The panel each metric is drawn in: its group ("critic", "actor", "eval", "ope", ...), with the group's
+    success rates (0 to 1) and returns each in a panel of their own, apart from scores in other units. The kept
+    weights' figures (``kept/eval/return``) join the panel of the figure they repeat. Interval bounds and
+    effective sample sizes are left out."""
+    out: dict[str, list[str]] = {}
+    for name in sorted(names):
+        base = name.removeprefix("kept/")
+        if "/" not in base or name.endswith(("ci_low", "ci_high", "/ess", "_low", "_high")):
+            continue
+        group, measure = base.split("/", 1)
+        if "success" in measure:
+            group += ": success rates"
+        elif measure == "return":
+            group += ": return"
+        out.setdefault(group, []).append(name)
+    return out
+
+
 def learning_curves(history: Mapping[str, Sequence[tuple[int, float]]], path: Path, title: str = "") -> Path:
-    """One panel per metric group ("critic", "actor", "eval", "ope", ...), each metric over steps."""
-    groups: dict[str, list[str]] = {}
-    for name in sorted(history):
-        if history[name] and "/" in name and not name.endswith(("ci_low", "ci_high", "/ess")):
-            groups.setdefault(name.split("/")[0], []).append(name)
+    """One panel per metric group (see :func:`panels`), each metric over steps; the kept weights' figures as stars."""
+    groups = panels([name for name in history if history[name]])
     n = max(len(groups), 1)
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
     for ax, (group, names) in zip(axes.flat, groups.items(), strict=False):
+        prefix = group.split(":")[0] + "/"
         for name in names:
             steps, values = zip(*history[name], strict=True)
-            ax.plot(steps, values, label=name.split("/", 1)[1], marker="." if len(steps) < 30 else None)
+            if name.startswith("kept/"):
+                label = "kept: " + name.removeprefix("kept/").removeprefix(prefix)
+                ax.plot(steps, values, label=label, marker="*", markersize=12, linestyle="none", color="black")
+            else:
+                ax.plot(steps, values, label=name.removeprefix(prefix), marker="." if len(steps) < 30 else None)
         ax.set_title(group)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6 if len(names) > 4 else 7, ncol=2 if len(names) > 4 else 1, loc="best")
     for ax in list(axes.flat)[len(groups) :]:
         ax.axis("off")
     if title:
