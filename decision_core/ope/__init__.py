@@ -198,15 +198,19 @@ def default_estimator(arrays: Any) -> str:
     return "snips" if weighs else "fqe"
 
 
-def supported_estimators(arrays: Any, policy: TargetPolicy) -> tuple[list[str], dict[str, str]]:
+def supported_estimators(
+    arrays: Any, policy: TargetPolicy | None, *, stochastic: bool = True
+) -> tuple[list[str], dict[str, str]]:
     """The estimators the data and policy allow, and why each other one is not. Importance sampling needs one
-    episode with a logged propensity on every step; it then weighs only such episodes (see :func:`evaluate_policy`)."""
+    episode with a logged propensity on every step; it then weighs only such episodes (see :func:`evaluate_policy`).
+    Without a ``policy`` at hand, ``stochastic`` says whether the policy to be evaluated will have one."""
     usable, skipped = [], {}
     has_props = bool(arrays.propensity_episodes.any())
+    stochastic = policy.stochastic if policy is not None else stochastic
     for name in ESTIMATORS:
         if name in NEEDS_PROPENSITIES and not has_props:
             skipped[name] = "the logs lack propensities (no episode has one on every step)"
-        elif name in NEEDS_PROPENSITIES and not policy.stochastic:
+        elif name in NEEDS_PROPENSITIES and not stochastic:
             skipped[name] = "a deterministic continuous policy has no density"
         else:
             usable.append(name)

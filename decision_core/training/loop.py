@@ -335,7 +335,7 @@ def evaluation_metrics(
 ) -> tuple[set[str], dict[str, str]]:
     """The metrics a periodic evaluation of this run can log (what ``keep`` may pick by), and why some others
     that look alike cannot be (a name or prefix -> the reason); ``task`` is the run's (:func:`training_task`)."""
-    from decision_core.ope.estimators import ESTIMATORS, NEEDS_PROPENSITIES
+    from decision_core.ope import supported_estimators
 
     def spread(name: str) -> set[str]:
         return {name, f"{name}_low", f"{name}_high"}
@@ -369,17 +369,13 @@ def evaluation_metrics(
     if not scored:
         why["ope/"] = f"domain '{config.domain}' has no task to estimate a value for (no reward, no goals)"
         return names, why
-    # As decision_core.ope.supported_estimators: importance sampling needs logged propensities and a policy with
-    # a probability for every action (discrete, or continuous with exploration).
-    weighs = bool(arrays.propensity_episodes.any())
-    stochastic = arrays.spec.discrete or ope_exploration(config) is not None
-    for name in ESTIMATORS:
-        if name in NEEDS_PROPENSITIES and not weighs:
-            why[f"ope/{name}"] = "the logs lack propensities (no episode has one on every step)"
-        elif name in NEEDS_PROPENSITIES and not stochastic:
-            why[f"ope/{name}"] = "a greedy continuous policy has no density (set ope_temperature or ope_epsilon)"
-        else:
-            names |= {f"ope/{name}", f"ope/{name}/ci_low", f"ope/{name}/ci_high", f"ope/{name}/ess"}
+    # The served policy has a probability for every action when it is discrete, or continuous with exploration.
+    usable, skipped = supported_estimators(
+        arrays, None, stochastic=arrays.spec.discrete or ope_exploration(config) is not None
+    )
+    for name in usable:
+        names |= {f"ope/{name}", f"ope/{name}/ci_low", f"ope/{name}/ci_high", f"ope/{name}/ess"}
+    why |= {f"ope/{name}": reason for name, reason in skipped.items()}
     why["ope/behaviour"] = "ope/behaviour is the logged policy's value, the same whatever the weights"
     return names, why
 
